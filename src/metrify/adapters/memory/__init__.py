@@ -1,0 +1,1 @@
+"""In-process adapters: the embedded event bus and cache, and dict-backed stores used as fakes."""

@@ -1,0 +1,116 @@
+"""The ports the use cases need, as Protocols. Adapters implement them; the container wires them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate, WindowUpdated
+
+
+class Clock(Protocol):
+    def now_us(self) -> int:
+        """The wall clock, in microseconds since the Unix epoch (UTC)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """A partition's saved stream state: its watermark source, its input offset and its meters."""
+
+    partition: int
+    max_event_time: int | None
+    next_offset: int
+    meters: Mapping[str, list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceProgress:
+    """How far a replay of one source got: rows committed, and whether it finished."""
+
+    source_key: str
+    rows_done: int
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GapRow:
+    meter_id: str
+    missing_from: int
+    missing_to: int | None
+    missing_intervals: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFilter:
+    meter_id: str | None = None
+    start: int | None = None  # inclusive, microseconds
+    end: int | None = None  # exclusive, microseconds
+    window: int | None = None  # window size in microseconds, for aggregates
+
+
+class OutcomeRepository(Protocol):
+    """Stores the stream's outcomes, idempotently: writing the same events twice changes nothing."""
+
+    def add_events(self, events: Sequence[Any]) -> None: ...
+
+
+class StreamStateRepository(Protocol):
+    """Saved stream state per (stream, partition): partition header plus one row per meter."""
+
+    def load(self, stream: str, partition: int) -> PartitionState | None: ...
+
+    def save(
+        self,
+        stream: str,
+        partition: int,
+        max_event_time: int | None,
+        next_offset: int,
+        meters: Mapping[str, list[Any]],
+    ) -> None: ...
+
+    def partitions(self, stream: str) -> list[int]: ...
+
+
+class ProgressRepository(Protocol):
+    def get(self, source_key: str) -> SourceProgress | None: ...
+
+    def set(self, progress: SourceProgress) -> None: ...
+
+
+class StreamUnitOfWork(Protocol):
+    """One transaction over outcomes, state and input position (DESIGN §4)."""
+
+    outcomes: OutcomeRepository
+    state: StreamStateRepository
+    progress: ProgressRepository
+
+    def __enter__(self) -> StreamUnitOfWork: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class OutcomeQueries(Protocol):
+    """Reads outcomes back, each ordered by meter, then time."""
+
+    def readings(self, where: ExportFilter) -> Iterator[ReadingAccepted]: ...
+
+    def rejected(self, where: ExportFilter) -> Iterator[ReadingRejected]: ...
+
+    def too_late(self, where: ExportFilter) -> Iterator[ReadingTooLate]: ...
+
+    def gaps(self, where: ExportFilter) -> Iterator[GapRow]: ...
+
+    def aggregates(self, where: ExportFilter) -> Iterator[WindowUpdated]: ...
+
+
+class TransientStoreError(Exception):
+    """The store is unreachable for now (connection refused, server restarting): retry later."""

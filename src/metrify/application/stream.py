@@ -1,0 +1,133 @@
+"""The one path every way in shares (DESIGN §4): a batch of readings -> the stream core ->
+outcomes, state changes and input position committed together in one unit of work."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from metrify.application.ports import (
+    Clock,
+    SourceProgress,
+    StreamUnitOfWork,
+    TransientStoreError,
+)
+from metrify.domain.readings import RawReading, normalise_meter_id
+from metrify.domain.stream.config import StreamConfig
+from metrify.domain.stream.core import PartitionStream
+from metrify.domain.stream.partitioner import partition_for
+
+
+class PartitionCountMismatch(Exception):
+    """The store holds a stream cut into another number of partitions than asked for."""
+
+
+class Backoff:
+    """Capped exponential backoff for an unreachable store: 0.5 s, 1 s, 2 s ... up to `cap`."""
+
+    def __init__(
+        self,
+        sleep: Callable[[float], None] = time.sleep,
+        first: float = 0.5,
+        cap: float = 15.0,
+        on_retry: Callable[[int, float, Exception], None] | None = None,
+    ) -> None:
+        self.sleep = sleep
+        self.first = first
+        self.cap = cap
+        self.on_retry = on_retry
+
+    def run(self, action: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return action()
+            except TransientStoreError as exc:
+                delay = min(self.cap, self.first * (2**attempt))
+                attempt += 1
+                if self.on_retry is not None:
+                    self.on_retry(attempt, delay, exc)
+                self.sleep(delay)
+
+
+class StreamPipeline:
+    """N logical partitions of the stream core over one store (the embedded profile's engine)."""
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        partitions: int,
+        uow_factory: Callable[[], StreamUnitOfWork],
+        clock: Clock,
+        *,
+        stream: str = "main",
+        intervals: Mapping[str, int] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.config = config
+        self.partition_count = partitions
+        self.uow_factory = uow_factory
+        self.clock = clock
+        self.stream = stream
+        self.backoff = backoff or Backoff()
+        self.cores = [PartitionStream(config, p, intervals) for p in range(partitions)]
+        self.next_offsets = [0] * partitions
+
+    def load(self) -> None:
+        """Restore every partition from the store (a fresh store gives empty partitions)."""
+
+        def read() -> None:
+            with self.uow_factory() as uow:
+                saved = uow.state.partitions(self.stream)
+                if saved and max(saved) >= self.partition_count:
+                    raise PartitionCountMismatch(
+                        f"the database holds this stream cut into {max(saved) + 1} partitions, "
+                        f"not {self.partition_count}; use --partitions {max(saved) + 1} or a fresh database"
+                    )
+                for core in self.cores:
+                    state = uow.state.load(self.stream, core.partition)
+                    if state is not None:
+                        core.restore(state.max_event_time, state.meters)
+                        self.next_offsets[core.partition] = state.next_offset
+
+        self.backoff.run(read)
+
+    def split(self, rows: Sequence[RawReading]) -> list[list[RawReading]]:
+        """Route rows to partitions by meter id (murmur2, as Kafka) and give each its offset."""
+        count = self.partition_count
+        parts: list[list[RawReading]] = [[] for _ in range(count)]
+        offsets = self.next_offsets
+        for row in rows:
+            p = partition_for(normalise_meter_id(row.meter_id), count) if count > 1 else 0
+            parts[p].append(row._replace(position=offsets[p]))
+            offsets[p] += 1
+        return parts
+
+    def process(self, rows: Sequence[RawReading], progress: SourceProgress | None = None) -> list[Any]:
+        """Process one batch and commit its outcomes, state and progress in one transaction."""
+        now = self.clock.now_us()
+        events: list[Any] = []
+        touched: list[tuple[PartitionStream, list[str]]] = []
+        for core, part in zip(self.cores, self.split(rows), strict=True):
+            if part:
+                events.extend(core.process(part, now))
+                touched.append((core, core.take_dirty()))
+
+        def write() -> None:
+            with self.uow_factory() as uow:
+                uow.outcomes.add_events(events)
+                for core, dirty in touched:
+                    uow.state.save(
+                        self.stream,
+                        core.partition,
+                        core.max_event_time,
+                        self.next_offsets[core.partition],
+                        {meter_id: core.snapshot_meter(meter_id) for meter_id in dirty},
+                    )
+                if progress is not None:
+                    uow.progress.set(progress)
+                uow.commit()
+
+        self.backoff.run(write)
+        return events

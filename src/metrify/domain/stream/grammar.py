@@ -1,0 +1,115 @@
+"""The text grammars of the stream contract (DESIGN §3.1): timestamps and consumption.
+
+Both parsers return None for anything outside the grammar, so the caller can name the reason.
+Time comes out as integer microseconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import re
+
+_TIMESTAMP = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_EPOCH_MS_ABOVE = 10**11
+
+
+def days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm)."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def civil_from_days(days: int) -> tuple[int, int, int]:
+    """The (year, month, day) of a count of days since 1970-01-01."""
+    days += 719468
+    era = days // 146097
+    doe = days - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def parse_timestamp_text(text: str) -> int | None:
+    """`YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]`, surrounding whitespace ignored, UTC when
+    no zone; the fraction is kept to the microsecond. A date or time that does not exist is None."""
+    match = _TIMESTAMP.fullmatch(text.strip())
+    if match is None:
+        return None
+    ys, mos, ds, hs, mis, ss, frac, zone = match.groups()
+    year, month, day = int(ys), int(mos), int(ds)
+    hour, minute, second = int(hs), int(mis), int(ss)
+    if year == 0 or not 1 <= month <= 12 or day < 1 or hour > 23 or minute > 59 or second > 59:
+        return None
+    limit = _DAYS_IN_MONTH[month]
+    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        limit = 29
+    if day > limit:
+        return None
+    seconds = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    if zone is not None and zone != "Z":
+        zone_hours, zone_minutes = int(zone[1:3]), int(zone[4:6])
+        if zone_hours > 23 or zone_minutes > 59:
+            return None
+        offset = zone_hours * 3600 + zone_minutes * 60
+        seconds -= offset if zone[0] == "+" else -offset
+    micros = int(frac[:6].ljust(6, "0")) if frac else 0
+    return seconds * 1_000_000 + micros
+
+
+def parse_timestamp(value: object) -> int | None:
+    """A timestamp from text (the grammar above) or a JSON number: epoch seconds, or epoch
+    milliseconds when above 10^11. Anything else (booleans, null, objects) is None."""
+    if isinstance(value, str):
+        return parse_timestamp_text(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        return None
+    if isinstance(value, int):
+        return value * 1000 if value > _EPOCH_MS_ABOVE else value * 1_000_000
+    return round(value * 1000) if value > _EPOCH_MS_ABOVE else round(value * 1_000_000)
+
+
+def parse_consumption(value: object) -> float | None:
+    """kWh from text (optional sign, digits with an optional fraction, optional exponent;
+    surrounding whitespace ignored) or a JSON number. A number in the grammar is a number however
+    large (`1e400` is +inf, later out of range); `-0` is zero. Anything else is None."""
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.fullmatch(text) is None:
+            return None
+        return float(text) + 0.0
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return None if value != value else value + 0.0
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            return float("inf") if value > 0 else float("-inf")
+    return None
+
+
+def format_timestamp(micros: int) -> str:
+    """UTC `YYYY-MM-DDTHH:MM:SSZ`, with a non-zero fraction written without trailing zeros."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    days, rest = divmod(seconds, 86400)
+    year, month, day = civil_from_days(days)
+    hour, rest = divmod(rest, 3600)
+    minute, second = divmod(rest, 60)
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+    if fraction:
+        text += "." + f"{fraction:06d}".rstrip("0")
+    return text + "Z"

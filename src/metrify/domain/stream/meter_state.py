@@ -1,0 +1,87 @@
+"""One meter's stream state: the little that a LATE reading can still change (DESIGN §3.7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metrify.domain.stream.config import StreamConfig
+
+
+class MeterState:
+    """Filled slots as a bit mask counted back from the last filled slot (bit k = slot
+    `last - k*interval`), the closed gaps still in reach, the open gap's length, and the window
+    partials that are not final, keyed by `window_start << 3 | window index` as
+    `[count, sum, min, max]`. Slots and gaps at or before W - L - I are final and dropped."""
+
+    __slots__ = ("interval", "first", "last", "mask", "open_count", "gaps", "windows")
+
+    def __init__(self, interval: int) -> None:
+        self.interval = interval
+        self.first: int | None = None
+        self.last: int | None = None
+        self.mask = 0
+        self.open_count = 0  # slots in the open gap, which starts at last + interval
+        self.gaps: dict[int, int] | None = None  # closed gaps: missing_from -> missing_to
+        self.windows: dict[int, list[Any]] = {}
+
+    def shift_to(self, slot: int, reach: int) -> None:
+        """Make `slot` the last filled slot, keeping only the bits a valid reading can reach:
+        a LATE reading lies at most L + B + I before the last filled slot."""
+        steps = (slot - self.last) // self.interval  # type: ignore[operator]
+        keep = reach // self.interval + 3
+        self.mask = ((self.mask << steps) | 1) & ((1 << keep) - 1) if steps < keep else 1
+        self.last = slot
+
+    def set_gap(self, missing_from: int, missing_to: int) -> None:
+        if self.gaps is None:
+            self.gaps = {}
+        self.gaps[missing_from] = missing_to
+
+    def drop_gap(self, missing_from: int) -> None:
+        gaps = self.gaps
+        if gaps is not None:
+            del gaps[missing_from]
+            if not gaps:
+                self.gaps = None
+
+    def gap_containing(self, slot: int) -> tuple[int, int] | None:
+        if self.gaps:
+            for missing_from, missing_to in self.gaps.items():
+                if missing_from <= slot < missing_to:
+                    return missing_from, missing_to
+        return None
+
+    def prune(self, watermark: int, config: StreamConfig) -> None:
+        """Drop what has become final: gaps ending and windows ending at or before W - L - I.
+        A meter silent for longer than the TTL keeps only its last slot and its open gap."""
+        horizon = watermark - config.allowed_lateness - self.interval
+        if self.last is not None and watermark - self.last > config.state_ttl:
+            self.windows = {}
+            self.gaps = None
+            self.mask = 1
+            return
+        if self.gaps:
+            for missing_from in [f for f, to in self.gaps.items() if to <= horizon]:
+                self.drop_gap(missing_from)
+        sizes = config.windows
+        final = [key for key in self.windows if (key >> 3) + sizes[key & 7] <= horizon]
+        for key in final:
+            del self.windows[key]
+
+    def to_data(self) -> list[Any]:
+        gaps = [value for pair in self.gaps.items() for value in pair] if self.gaps else []
+        windows = [value for key, partial in self.windows.items() for value in (key, *partial)]
+        return [self.interval, self.first, self.last, self.mask, self.open_count, gaps, windows]
+
+    @classmethod
+    def from_data(cls, data: list[Any]) -> MeterState:
+        state = cls(data[0])
+        state.first, state.last, state.mask, state.open_count = data[1], data[2], data[3], data[4]
+        gaps, windows = data[5], data[6]
+        if gaps:
+            state.gaps = {gaps[i]: gaps[i + 1] for i in range(0, len(gaps), 2)}
+        state.windows = {
+            windows[i]: [windows[i + 1], windows[i + 2], windows[i + 3], windows[i + 4]]
+            for i in range(0, len(windows), 5)
+        }
+        return state

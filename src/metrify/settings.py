@@ -1,0 +1,152 @@
+"""Settings: one `Settings` object read from `METRIFY_*` environment variables.
+
+Every default works on the embedded profile (no server needed). Pointing
+`METRIFY_DATABASE_URL`, `METRIFY_KAFKA__BOOTSTRAP` and `METRIFY_REDIS_URL` at real services
+switches each port to its production adapter without code changes.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+from platformdirs import user_data_dir
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from metrify.domain.stream.config import StreamConfig
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(us|ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """A duration in seconds from `90`, `90s`, `15m`, `1h`, `1d`, `1w` (a bare number is seconds)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30m, 1h, 10s or a number of seconds")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError("expected a duration such as 30m, 1h, 10s or a number of seconds")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of a duration: 900 -> `15m`, 86400 -> `1d`."""
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _parse_windows(value: object) -> tuple[float, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    windows = tuple(parse_duration(item) for item in items if str(item).strip())
+    if not windows or any(w <= 0 for w in windows):
+        raise ValueError("expected a comma-separated list of positive durations such as 15m,1h,1d")
+    return windows
+
+
+class StreamSettings(BaseModel):
+    """The parameters of the stream contract (DESIGN §3)."""
+
+    interval: Duration = 1800.0
+    gap_grace: Duration = 900.0
+    out_of_orderness: Duration = 10.0
+    allowed_lateness: Duration = 3600.0
+    max_kwh: float = Field(1000.0, gt=0)
+    future_tolerance: Duration = 3600.0
+    state_ttl: Duration = 7 * 86400.0
+    windows: Annotated[tuple[float, ...], NoDecode, BeforeValidator(_parse_windows)] = (900.0, 3600.0, 86400.0)
+    partitions: int = Field(1, ge=1, le=10_000)
+    batch_size: int = Field(5000, ge=1, le=1_000_000)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("the interval must be longer than zero")
+        return value
+
+    def to_config(self) -> StreamConfig:
+        return StreamConfig.from_seconds(
+            interval=self.interval,
+            gap_grace=self.gap_grace,
+            out_of_orderness=self.out_of_orderness,
+            allowed_lateness=self.allowed_lateness,
+            max_kwh=self.max_kwh,
+            future_tolerance=self.future_tolerance,
+            state_ttl=self.state_ttl,
+            windows=self.windows,
+        )
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = ""
+    topic_prefix: str = "metrify."
+    group_id: str = "metrify-stream"
+    sink_group_id: str = "metrify-sink"
+    partitions: int = Field(4, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class Settings(BaseSettings):
+    """All of Metrify's settings. Environment variables: `METRIFY_<NAME>`, nested `METRIFY_<GROUP>__<NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="METRIFY_", env_nested_delimiter="__", extra="ignore", case_sensitive=False
+    )
+
+    data_dir: Path = Field(default_factory=lambda: Path(user_data_dir("metrify", appauthor=False)))
+    database_url: str = ""
+    redis_url: str = ""
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    log_format: Literal["console", "json", ""] = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'metrify.db'}"
+
+    @property
+    def resolved_log_format(self) -> str:
+        if self.log_format:
+            return self.log_format
+        return "console" if sys.stderr.isatty() else "json"
+
+    @property
+    def profile(self) -> str:
+        production = [self.kafka.bootstrap, self.redis_url, not self.resolved_database_url.startswith("sqlite")]
+        if all(production):
+            return "production"
+        return "embedded" if not any(production) else "mixed"
+
+
+class SettingsError(Exception):
+    """A setting from the environment has a value Metrify cannot use."""
+
+
+def _variable_name(location: tuple[int | str, ...]) -> str:
+    return "METRIFY_" + "__".join(str(part).upper() for part in location if not isinstance(part, int))
+
+
+def load_settings() -> Settings:
+    """Read the settings, turning pydantic's report into one line naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(
+            f"{_variable_name(first['loc'])}: {message} (got {first.get('input')!r})"
+        ) from None
