@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The project's one test command, for a developer and for CI alike:
+#
+#   bash scripts/test.sh [pytest args...]
+#
+# On a fresh clone with only python3 (>= 3.11) present it creates .venv, installs the package
+# with its dev extras, starts the real services (PostgreSQL, Redis, Kafka: scripts/services.sh,
+# left running for the next run; `bash scripts/services.sh down` stops them), then runs
+# ruff, import-linter and the whole pytest suite (unit and integration) against them.
+# Exits non-zero when any of the three fails, or when pytest collected no test at all.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+log() { printf '[test] %s\n' "$*" >&2; }
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+# --- the virtualenv: created once, (re)installed when pyproject.toml changes ---------------------
+if [ ! -x "$VENV/bin/python" ]; then
+	"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+		{ log "Python >= 3.11 is needed; $PYTHON is $("$PYTHON" --version 2>&1)"; exit 1; }
+	log "creating $VENV with $("$PYTHON" --version 2>&1)"
+	"$PYTHON" -m venv "$VENV"
+fi
+stamp=$VENV/.metrify-installed
+want=$(sha256sum pyproject.toml | cut -d" " -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import metrify' 2>/dev/null; then
+	log "installing metrify and its dev tools into $VENV"
+	rm -f "$stamp"
+	"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' </dev/null
+	echo "$want" >"$stamp"
+fi
+
+# --- the real services ----------------------------------------------------------------------------
+services_env=$(bash scripts/services.sh up </dev/null)
+eval "$services_env"
+log "services: $(printf '%s ' "$services_env" | sed 's/export //g')"
+
+# --- checks ---------------------------------------------------------------------------------------
+failed=()
+log "ruff check src tests"
+"$VENV/bin/ruff" check src tests || failed+=(ruff)
+
+log "lint-imports (layer contracts in pyproject.toml)"
+"$VENV/bin/lint-imports" || failed+=(import-linter)
+
+log "pytest $*"
+rc=0
+"$VENV/bin/python" -m pytest "$@" || rc=$?
+if [ $rc -eq 5 ]; then
+	log "pytest collected no tests: that is a failure here (a suite that runs nothing proves nothing)"
+	failed+=("pytest (no tests collected)")
+elif [ $rc -ne 0 ]; then
+	failed+=("pytest (exit $rc)")
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+	log "FAILED: ${failed[*]}"
+	exit 1
+fi
+log "all checks passed"
