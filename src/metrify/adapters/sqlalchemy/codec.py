@@ -1,0 +1,73 @@
+"""How values that have no column type of their own are stored as text, and read back exactly."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+from metrify.adapters.sqlalchemy.tables import ELECTRICAL
+
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
+def encode_raw(value: Any) -> str:
+    """A raw value as received (str, number, bool, None, or JSON structure) as JSON text that
+    gives back the same value and type. The standard library's encoder is used because it keeps
+    what orjson cannot: integers beyond 64 bits (`10**400`), NaN and infinities, lone surrogates;
+    and ASCII-only output keeps NUL and surrogates out of the database's text."""
+    if type(value) is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value, ensure_ascii=True, default=str)
+
+
+def decode_raw(text: str | None) -> Any:
+    if text is None:
+        return None
+    return json.loads(text)
+
+
+def encode_state(data: Any) -> str:
+    """A meter's state (plain lists of numbers) as JSON; stdlib JSON when an int exceeds 64 bits."""
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(data)
+
+
+def decode_state(text: str) -> Any:
+    # orjson reads an integer beyond 64 bits as a float: such text goes to the exact decoder.
+    if _LONG_DIGITS.search(text):
+        return json.loads(text)
+    return orjson.loads(text)
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float | int):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def extra_columns(extra: dict[str, Any] | None) -> tuple[Any, ...]:
+    """The electrical extras of a reading as column values: numbers (text that reads as one is
+    converted), and the region as text; anything else is not stored."""
+    if not extra:
+        return (None, None, None, None, None, None)
+    region = extra.get("region")
+    return (
+        *(_number(extra.get(name)) for name in ELECTRICAL),
+        None if region is None else str(region),
+    )
+
+
+def extra_from_columns(values: tuple[Any, ...]) -> dict[str, Any] | None:
+    """The inverse of `extra_columns`: a dict of the values present, or None when none is."""
+    extra = {name: value for name, value in zip((*ELECTRICAL, "region"), values, strict=True) if value is not None}
+    return extra or None

@@ -1,0 +1,262 @@
+"""Bulk, idempotent writes of a folded batch (OutcomeBatch) plus state and progress rows.
+
+Both writers send the same rows with the same conflict rules (DESIGN §4: the sink upserts by
+natural keys, so a batch written twice changes nothing):
+
+- readings: insert or ignore by (meter_id, ts); rejected and too-late: by (partition, position);
+- gaps: the identities healing retired are deleted, then the gap rows are upserted;
+- aggregates, partition headers, meter states, progress: upserted, the last value winning.
+
+SQLite takes them through the driver's executemany; PostgreSQL through binary COPY into a
+temporary staging table, then one INSERT ... SELECT ... ON CONFLICT per table (small sets go
+through executemany, which psycopg pipelines).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from metrify.adapters.sqlalchemy import tables as t
+from metrify.adapters.sqlalchemy.codec import encode_raw, encode_state, extra_columns
+from metrify.application.outcomes import OutcomeBatch
+from metrify.application.ports import SourceProgress
+
+_NO_EXTRA = (None, None, None, None, None, None)
+
+
+class Target:
+    """One kind of row: its table, columns, conflict key and the columns an upsert replaces
+    (none: insert or ignore), or a delete by key when `delete` is set."""
+
+    def __init__(
+        self,
+        name: str,
+        table: sa.Table,
+        columns: Sequence[str],
+        key: Sequence[str],
+        update: Sequence[str] = (),
+        delete: bool = False,
+    ) -> None:
+        self.name, self.table, self.columns, self.key = name, table, tuple(columns), tuple(key)
+        self.update, self.delete = tuple(update), delete
+
+    def sql(self, placeholder: str) -> str:
+        """The per-row statement, with `placeholder` as the driver spells a parameter."""
+        table = _q(self.table.name)
+        if self.delete:
+            where = " AND ".join(f"{_q(c)} = {placeholder}" for c in self.columns)
+            return f"DELETE FROM {table} WHERE {where}"
+        values = ", ".join([placeholder] * len(self.columns))
+        return f"INSERT INTO {table} ({_cols(self.columns)}) VALUES ({values}) {self.conflict()}"
+
+    def conflict(self) -> str:
+        if not self.update:
+            return f"ON CONFLICT ({_cols(self.key)}) DO NOTHING"
+        sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in self.update)
+        return f"ON CONFLICT ({_cols(self.key)}) DO UPDATE SET {sets}"
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _cols(names: Sequence[str]) -> str:
+    return ", ".join(_q(n) for n in names)
+
+
+READINGS = Target("readings", t.readings, [c.name for c in t.readings.columns], ["meter_id", "ts"])
+REJECTED = Target(
+    "rejected", t.rejected_readings, [c.name for c in t.rejected_readings.columns], ["partition", "position"]
+)
+TOO_LATE = Target(
+    "too_late", t.too_late_readings, [c.name for c in t.too_late_readings.columns], ["partition", "position"]
+)
+GAP_DELETES = Target("gap_deletes", t.gaps, ["meter_id", "missing_from"], ["meter_id", "missing_from"], delete=True)
+GAP_UPSERTS = Target(
+    "gap_upserts",
+    t.gaps,
+    ["meter_id", "missing_from", "missing_to", "missing_intervals"],
+    ["meter_id", "missing_from"],
+    ["missing_to", "missing_intervals"],
+)
+AGGREGATES = Target(
+    "aggregates",
+    t.aggregates,
+    [c.name for c in t.aggregates.columns],
+    ["meter_id", "window_us", "window_start"],
+    ["count", "sum_kwh", "min_kwh", "max_kwh"],
+)
+PARTITIONS = Target(
+    "partitions",
+    t.stream_partitions,
+    ["stream", "partition", "max_event_time", "next_offset"],
+    ["stream", "partition"],
+    ["max_event_time", "next_offset"],
+)
+METER_STATES = Target(
+    "meter_states",
+    t.meter_states,
+    ["stream", "partition", "meter_id", "data"],
+    ["stream", "partition", "meter_id"],
+    ["data"],
+)
+PROGRESS = Target(
+    "progress",
+    t.replay_progress,
+    ["source_key", "rows_done", "finished", "updated_at"],
+    ["source_key"],
+    ["rows_done", "finished", "updated_at"],
+)
+
+# Written in this order: gap deletes strictly before gap upserts.
+TARGETS = (READINGS, REJECTED, TOO_LATE, GAP_DELETES, GAP_UPSERTS, AGGREGATES, PARTITIONS, METER_STATES, PROGRESS)
+
+StateSave = tuple[str, int, int | None, int, dict[str, list[Any]]]
+
+
+def batch_rows(
+    batch: OutcomeBatch,
+    saves: Sequence[StateSave],
+    progress: Sequence[SourceProgress],
+    now_us: int | None = None,
+) -> dict[Target, list[tuple[Any, ...]]]:
+    """The rows each target receives, in column order; upserts deduplicated, the last one winning."""
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    rows: dict[Target, list[tuple[Any, ...]]] = {}
+    if batch.readings:
+        rows[READINGS] = [r[:6] + (_NO_EXTRA if r[6] is None else extra_columns(r[6])) for r in batch.readings]
+    if batch.rejected:
+        rows[REJECTED] = [
+            (
+                j.partition,
+                j.position,
+                j.meter_id,
+                encode_raw(j.timestamp),
+                encode_raw(j.consumption_kwh),
+                j.reason,
+                j.parsed_timestamp,
+                now,
+            )
+            for j in batch.rejected
+        ]
+    if batch.too_late:
+        rows[TOO_LATE] = [
+            (x.partition, x.position, x.meter_id, x.timestamp, x.consumption_kwh, x.delay) for x in batch.too_late
+        ]
+    if batch.gap_deletes:
+        rows[GAP_DELETES] = sorted(batch.gap_deletes)
+    if batch.gap_upserts:
+        rows[GAP_UPSERTS] = [
+            (g.meter_id, g.missing_from, g.missing_to, g.missing_intervals) for g in batch.gap_upserts.values()
+        ]
+    if batch.windows:
+        rows[AGGREGATES] = [tuple(w) for w in batch.windows.values()]
+    if saves:
+        headers: dict[tuple[str, int], tuple[Any, ...]] = {}
+        states: dict[tuple[str, int, str], tuple[Any, ...]] = {}
+        for stream, partition, max_event_time, next_offset, meters in saves:
+            headers[(stream, partition)] = (stream, partition, max_event_time, next_offset)
+            for meter_id, data in meters.items():
+                states[(stream, partition, meter_id)] = (stream, partition, meter_id, encode_state(data))
+        rows[PARTITIONS] = list(headers.values())
+        if states:
+            rows[METER_STATES] = list(states.values())
+    if progress:
+        latest = {p.source_key: (p.source_key, p.rows_done, p.finished, now) for p in progress}
+        rows[PROGRESS] = list(latest.values())
+    return rows
+
+
+def _driver(connection: sa.Connection) -> Any:
+    """The driver's own connection under a SQLAlchemy one (already in its transaction)."""
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the connection was closed")
+    return driver
+
+
+class SqliteWriter:
+    """executemany on the raw sqlite3 connection, inside the SQLAlchemy transaction."""
+
+    def write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> None:
+        if not rows:
+            return
+        cursor = _driver(connection).cursor()
+        try:
+            for target in TARGETS:
+                values = rows.get(target)
+                if values:
+                    cursor.executemany(target.sql("?"), values)
+        finally:
+            cursor.close()
+
+
+_PG_TYPES = {sa.Text: "text", sa.BigInteger: "int8", sa.Integer: "int4", sa.Double: "float8", sa.Boolean: "bool"}
+
+
+def _pg_type(column: sa.Column[Any]) -> str:
+    for kind, name in _PG_TYPES.items():
+        if isinstance(column.type, kind) or isinstance(getattr(column.type, "impl", None), kind):
+            return name
+    raise TypeError(f"no COPY type for {column.table.name}.{column.name}: {column.type!r}")
+
+
+class PostgresWriter:
+    """Binary COPY into per-session TEMP staging tables, then one set-based statement per table;
+    sets below `copy_threshold` rows go through executemany. A stage is used once per
+    transaction and emptied by the commit (ON COMMIT DELETE ROWS) or the rollback."""
+
+    def __init__(self, copy_threshold: int = 64) -> None:
+        self.copy_threshold = copy_threshold
+        self.types = {target: [_pg_type(target.table.c[c]) for c in target.columns] for target in TARGETS}
+
+    @staticmethod
+    def stage(target: Target) -> str:
+        return f"metrify_stage_{target.name}"
+
+    def write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> None:
+        if not rows:
+            return
+        with _driver(connection).cursor() as cursor:
+            large = [target for target in TARGETS if len(rows.get(target, ())) >= self.copy_threshold]
+            if large:
+                cursor.execute(
+                    "; ".join(
+                        f"CREATE TEMP TABLE IF NOT EXISTS {self.stage(x)} ON COMMIT DELETE ROWS AS "
+                        f"SELECT {_cols(x.columns)} FROM {_q(x.table.name)} WITH NO DATA"
+                        for x in large
+                    )
+                )
+            for target in TARGETS:
+                values = rows.get(target)
+                if not values:
+                    continue
+                if len(values) < self.copy_threshold:
+                    cursor.executemany(target.sql("%s"), values)
+                    continue
+                stage = self.stage(target)
+                with cursor.copy(f"COPY {stage} ({_cols(target.columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(self.types[target])
+                    for row in values:
+                        copy.write_row(row)
+                cursor.execute(self.set_sql(target))
+
+    def set_sql(self, target: Target) -> str:
+        stage, table = self.stage(target), _q(target.table.name)
+        if target.delete:
+            match = " AND ".join(f"t.{_q(c)} = s.{_q(c)}" for c in target.columns)
+            return f"DELETE FROM {table} AS t USING {stage} AS s WHERE {match}"
+        cols = _cols(target.columns)
+        return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {target.conflict()}"
+
+
+def writer_for(dialect_name: str) -> SqliteWriter | PostgresWriter:
+    if dialect_name == "sqlite":
+        return SqliteWriter()
+    if dialect_name == "postgresql":
+        return PostgresWriter()
+    raise ValueError(f"no stream sink for the {dialect_name!r} database")

@@ -1,0 +1,148 @@
+"""The relational schema, as SQLAlchemy Core tables: the domain stays free of any mapping.
+
+Times are integer microseconds since the Unix epoch (the stream core's unit), so that a value
+read back is exactly the value written. Meter ids compare byte-wise (COLLATE "C" on PostgreSQL,
+SQLite's default BINARY), which for UTF-8 is code-point order: exports sort exactly as Python does.
+The migrations in alembic/versions create these same tables; a test checks that they agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# Byte-order text on PostgreSQL whatever the database's locale; SQLite compares bytes already.
+MeterId = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+Micros = sa.BigInteger
+Kwh = sa.Double
+
+# Keys of ReadingAccepted.extra that have a column of their own (all numbers but `region`).
+ELECTRICAL = ("voltage", "current", "power_kw", "power_factor", "frequency")
+EXTRA_KEYS = (*ELECTRICAL, "region")
+
+meters = sa.Table(
+    "meters",
+    metadata,
+    sa.Column("meter_id", MeterId, primary_key=True),
+    sa.Column("region", sa.Text, nullable=True, index=True),
+    sa.Column("interval_seconds", sa.Integer, nullable=True),
+    sa.Column("created_at", Micros, nullable=False),
+)
+
+regions = sa.Table(
+    "regions",
+    metadata,
+    sa.Column("region_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("capacity_kw", sa.Double, nullable=False),
+)
+
+readings = sa.Table(
+    "readings",
+    metadata,
+    sa.Column("meter_id", MeterId, primary_key=True),
+    sa.Column("ts", Micros, primary_key=True),
+    sa.Column("slot", Micros, nullable=False),
+    sa.Column("consumption_kwh", Kwh, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    *(sa.Column(name, sa.Double, nullable=True) for name in ELECTRICAL),
+    sa.Column("region", sa.Text, nullable=True),
+)
+
+rejected_readings = sa.Table(
+    "rejected_readings",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("meter_id", MeterId, nullable=False),
+    # The raw values as JSON text, so that a string stays a string and a number a number.
+    sa.Column("raw_timestamp", sa.Text, nullable=False),
+    sa.Column("raw_consumption", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("parsed_ts", Micros, nullable=True),
+    sa.Column("received_at", Micros, nullable=False),
+    sa.Index("ix_rejected_readings_meter_id_parsed_ts", "meter_id", "parsed_ts"),
+)
+
+too_late_readings = sa.Table(
+    "too_late_readings",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("meter_id", MeterId, nullable=False),
+    sa.Column("ts", Micros, nullable=False),
+    sa.Column("consumption_kwh", Kwh, nullable=False),
+    sa.Column("delay_us", Micros, nullable=False),
+    sa.Index("ix_too_late_readings_meter_id_ts", "meter_id", "ts"),
+)
+
+gaps = sa.Table(
+    "gaps",
+    metadata,
+    sa.Column("meter_id", MeterId, primary_key=True),
+    sa.Column("missing_from", Micros, primary_key=True),
+    sa.Column("missing_to", Micros, nullable=True),
+    sa.Column("missing_intervals", sa.Integer, nullable=False),
+)
+
+aggregates = sa.Table(
+    "aggregates",
+    metadata,
+    sa.Column("meter_id", MeterId, primary_key=True),
+    sa.Column("window_us", Micros, primary_key=True),
+    sa.Column("window_start", Micros, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("sum_kwh", Kwh, nullable=False),
+    sa.Column("min_kwh", Kwh, nullable=False),
+    sa.Column("max_kwh", Kwh, nullable=False),
+    # Every meter's value of one window (regional load, tariffs).
+    sa.Index("ix_aggregates_window_us_window_start", "window_us", "window_start"),
+)
+
+stream_partitions = sa.Table(
+    "stream_partitions",
+    metadata,
+    sa.Column("stream", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("max_event_time", Micros, nullable=True),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+)
+
+meter_states = sa.Table(
+    "meter_states",
+    metadata,
+    sa.Column("stream", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("meter_id", MeterId, primary_key=True),
+    sa.Column("data", sa.Text, nullable=False),  # JSON (orjson) of MeterState.to_data()
+)
+
+replay_progress = sa.Table(
+    "replay_progress",
+    metadata,
+    sa.Column("source_key", sa.Text, primary_key=True),
+    sa.Column("rows_done", sa.BigInteger, nullable=False),
+    sa.Column("finished", sa.Boolean, nullable=False),
+    sa.Column("updated_at", Micros, nullable=False),
+)
+
+STREAM_TABLES = (
+    readings,
+    rejected_readings,
+    too_late_readings,
+    gaps,
+    aggregates,
+    stream_partitions,
+    meter_states,
+    replay_progress,
+)

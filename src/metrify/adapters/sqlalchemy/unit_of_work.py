@@ -1,0 +1,166 @@
+"""The stream's unit of work on a relational database (DESIGN §4): outcomes, state and input
+position staged in memory, then written and committed in ONE transaction by `commit`.
+
+It behaves as InMemoryStreamUnitOfWork does: reads see committed data only, leaving the `with`
+block without `commit` leaves nothing behind, and a lost connection surfaces as
+TransientStoreError so that the pipeline retries the same write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+
+from metrify.adapters.sqlalchemy import tables as t
+from metrify.adapters.sqlalchemy.codec import decode_state
+from metrify.adapters.sqlalchemy.errors import is_transient, transient_errors
+from metrify.adapters.sqlalchemy.sink import StateSave, batch_rows, writer_for
+from metrify.application.outcomes import fold_events
+from metrify.application.ports import PartitionState, SourceProgress, TransientStoreError
+
+
+class _StagedOutcomes:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def add_events(self, events: Sequence[Any]) -> None:
+        self.events.extend(events)
+
+
+class _SqlState:
+    def __init__(self, uow: SqlAlchemyStreamUnitOfWork) -> None:
+        self.uow = uow
+        self.saved: list[StateSave] = []
+
+    def load(self, stream: str, partition: int) -> PartitionState | None:
+        with transient_errors():
+            connection = self.uow.connection
+            header = connection.execute(
+                sa.select(t.stream_partitions.c.max_event_time, t.stream_partitions.c.next_offset).where(
+                    t.stream_partitions.c.stream == stream, t.stream_partitions.c.partition == partition
+                )
+            ).first()
+            if header is None:
+                return None
+            rows = connection.execute(
+                sa.select(t.meter_states.c.meter_id, t.meter_states.c.data).where(
+                    t.meter_states.c.stream == stream, t.meter_states.c.partition == partition
+                )
+            )
+            meters = {meter_id: decode_state(data) for meter_id, data in rows}
+        return PartitionState(partition, header[0], header[1], meters)
+
+    def save(
+        self,
+        stream: str,
+        partition: int,
+        max_event_time: int | None,
+        next_offset: int,
+        meters: Mapping[str, list[Any]],
+    ) -> None:
+        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters)))
+
+    def partitions(self, stream: str) -> list[int]:
+        with transient_errors():
+            result = self.uow.connection.execute(
+                sa.select(t.stream_partitions.c.partition)
+                .where(t.stream_partitions.c.stream == stream)
+                .order_by(t.stream_partitions.c.partition)
+            )
+            return [row[0] for row in result]
+
+
+class _SqlProgress:
+    def __init__(self, uow: SqlAlchemyStreamUnitOfWork) -> None:
+        self.uow = uow
+        self.staged: list[SourceProgress] = []
+
+    def get(self, source_key: str) -> SourceProgress | None:
+        p = t.replay_progress.c
+        with transient_errors():
+            row = self.uow.connection.execute(
+                sa.select(p.rows_done, p.finished).where(p.source_key == source_key)
+            ).first()
+        return None if row is None else SourceProgress(source_key, row[0], bool(row[1]))
+
+    def set(self, progress: SourceProgress) -> None:
+        self.staged.append(progress)
+
+
+class SqlAlchemyStreamUnitOfWork:
+    """One database transaction over outcomes, state and progress; `commit` writes and commits
+    them all, leaving without it rolls back. Reusable: each `with` opens a fresh connection."""
+
+    outcomes: _StagedOutcomes
+    state: _SqlState
+    progress: _SqlProgress
+
+    def __init__(self, engine: sa.Engine, now_us: Callable[[], int] | None = None) -> None:
+        self.engine = engine
+        self.now_us = now_us
+        self.writer = writer_for(engine.dialect.name)
+        self._connection: sa.Connection | None = None
+        self._reset()
+
+    @property
+    def connection(self) -> sa.Connection:
+        if self._connection is None:
+            raise RuntimeError("the unit of work is used outside its `with` block")
+        if not self._connection.in_transaction():
+            self._connection.begin()
+        return self._connection
+
+    def __enter__(self) -> SqlAlchemyStreamUnitOfWork:
+        with transient_errors():
+            self._connection = self.engine.connect()
+        self._reset()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        connection, self._connection = self._connection, None
+        self._reset()
+        if connection is None:
+            return
+        try:
+            with transient_errors():
+                try:
+                    connection.rollback()
+                finally:
+                    connection.close()
+        except TransientStoreError:
+            if exc is None:  # nothing was committed, and the connection is gone: say so
+                raise
+            # else the error already on its way out is the one that matters
+
+    def commit(self) -> None:
+        batch = fold_events(self.outcomes.events)
+        now = self.now_us() if self.now_us is not None else None
+        rows = batch_rows(batch, self.state.saved, self.progress.staged, now)
+        connection = self.connection
+        try:
+            with transient_errors():
+                self.writer.write(connection, rows)
+                connection.commit()
+        except Exception as error:
+            # A driver-level failure (COPY) bypasses SQLAlchemy's disconnect handling: make sure
+            # a broken connection never goes back to the pool.
+            if is_transient(error) and not connection.invalidated:
+                connection.invalidate()
+            raise
+        self._reset()
+
+    def rollback(self) -> None:
+        self._reset()
+        if self._connection is not None and self._connection.in_transaction():
+            with transient_errors():
+                self._connection.rollback()
+
+    def _reset(self) -> None:
+        self.outcomes = _StagedOutcomes()
+        self.state = _SqlState(self)
+        self.progress = _SqlProgress(self)

@@ -1,0 +1,71 @@
+"""The migrations, on SQLite and PostgreSQL: up to head, down one revision at a time to base
+and up again (the stairway), and at head the schema is exactly what the adapter's tables say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from metrify.adapters.sqlalchemy import migrations
+from metrify.adapters.sqlalchemy.engine import create_engine_for
+from metrify.adapters.sqlalchemy.tables import metadata
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_postgres_url")
+
+
+def table_names(url: str) -> set[str]:
+    engine = create_engine_for(url)
+    try:
+        return set(sa.inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_the_scripts_form_one_line_with_one_head() -> None:
+    revisions = migrations.revisions()
+    assert migrations.heads() == [revisions[-1]]
+    assert len(revisions) == len(set(revisions)) >= 1
+
+
+def test_stairway_up_then_down_one_revision_at_a_time_then_up_again(empty_url: str) -> None:
+    revisions = migrations.revisions()
+    assert migrations.current(empty_url) is None
+    migrations.upgrade(empty_url)
+    assert migrations.current(empty_url) == revisions[-1]
+    assert table_names(empty_url) == set(metadata.tables)
+    for index in range(len(revisions) - 1, -1, -1):
+        target = revisions[index - 1] if index > 0 else "base"
+        migrations.downgrade(empty_url, target)
+        assert migrations.current(empty_url) == (None if target == "base" else target)
+        migrations.upgrade(empty_url, revisions[index])  # each step is reversible on its own
+        migrations.downgrade(empty_url, target)
+    assert table_names(empty_url) == set()
+    migrations.upgrade(empty_url)
+    assert migrations.is_up_to_date(empty_url)
+
+
+def test_the_migrated_schema_matches_the_adapter_tables(empty_url: str) -> None:
+    migrations.upgrade(empty_url)
+    engine = create_engine_for(empty_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_creates_a_missing_sqlite_folder(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'not' / 'yet' / 'there.db'}"
+    migrations.upgrade(url)
+    assert (tmp_path / "not" / "yet" / "there.db").is_file()
+    assert migrations.current(url) == migrations.heads()[0]

@@ -1,0 +1,497 @@
+"""One contract for every stream store: the in-memory fake, SQLite and PostgreSQL are fed the
+same event batches and must answer every query identically (DESIGN §4: idempotent sink by
+natural keys; exports ordered by meter, then time)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from tests.integration.conftest import empty_stream_tables
+from tests.support.core_runner import FixedClock, run_core
+from tests.support.strategies import streams
+
+from metrify.adapters.memory.stream_store import InMemoryOutcomeQueries, InMemoryStreamStore, InMemoryStreamUnitOfWork
+from metrify.adapters.sqlalchemy import SqlAlchemyOutcomeQueries, SqlAlchemyStreamUnitOfWork, create_engine_for
+from metrify.application.exports import EXPORT_KINDS, export_rows
+from metrify.application.ports import ExportFilter, GapRow, SourceProgress, TransientStoreError
+from metrify.application.stream import StreamPipeline
+from metrify.domain.stream.config import US
+from metrify.domain.stream.events import (
+    GapChanged,
+    GapClosed,
+    GapHealed,
+    GapOpened,
+    ReadingAccepted,
+    ReadingRejected,
+    ReadingTooLate,
+    WindowUpdated,
+)
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_709_589_600 * US  # 2024-03-04T22:00:00Z
+HALF_HOUR = 1800 * US
+HOUR = 3600 * US
+
+
+@dataclass
+class Store:
+    """A stream store under test: a unit-of-work factory and the queries over the same data."""
+
+    kind: str
+    uow: Callable[[], Any]
+    queries: Any
+    reset: Callable[[], None]
+
+
+def memory_store() -> Store:
+    holder = {"store": InMemoryStreamStore()}
+
+    def reset() -> None:
+        holder["store"] = InMemoryStreamStore()
+
+    class Queries:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(InMemoryOutcomeQueries(holder["store"]), name)
+
+    return Store("memory", lambda: InMemoryStreamUnitOfWork(holder["store"]), Queries(), reset)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "memory":
+        yield memory_store()
+        return
+    url = request.getfixturevalue("migrated_sqlite_url" if request.param == "sqlite" else "migrated_postgres_url")
+    empty_stream_tables(url)
+    engine = create_engine_for(url)
+    yield Store(
+        request.param,
+        lambda: SqlAlchemyStreamUnitOfWork(engine),
+        SqlAlchemyOutcomeQueries(engine),
+        lambda: empty_stream_tables(url),
+    )
+    engine.dispose()
+
+
+def write(store: Store, events: list[Any]) -> None:
+    with store.uow() as uow:
+        uow.outcomes.add_events(events)
+        uow.commit()
+
+
+def everything(store: Store, where: ExportFilter = ExportFilter()) -> dict[str, list[Any]]:
+    q = store.queries
+    return {
+        "readings": list(q.readings(where)),
+        "rejected": list(q.rejected(where)),
+        "too_late": list(q.too_late(where)),
+        "gaps": list(q.gaps(where)),
+        "aggregates": list(q.aggregates(where)),
+    }
+
+
+def expected_after(*batches: list[Any], where: ExportFilter = ExportFilter()) -> dict[str, list[Any]]:
+    reference = memory_store()
+    for batch in batches:
+        write(reference, batch)
+    return everything(reference, where)
+
+
+def reading(
+    meter: str,
+    t: int,
+    kwh: float = 0.5,
+    status: str = "ON_TIME",
+    partition: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> ReadingAccepted:
+    slot = (2 * t + HALF_HOUR) // (2 * HALF_HOUR) * HALF_HOUR
+    return ReadingAccepted(meter, t, slot, kwh, status, partition, extra)
+
+
+# Meter ids whose byte order differs from a locale's order: case, digits, accents, symbols.
+METERS = ("M2", "M10", "m1", "MTR-1", "Z", "a", "\u00e9lan", "\u00c9", "_x", "M 1", "\u4e2d")
+
+MIXED_BATCH: list[Any] = [
+    *(reading(m, T0 + i * HALF_HOUR + 7 * US, 0.25 * i) for m in METERS for i in range(3)),
+    reading(
+        "E",
+        T0,
+        1.5,
+        "LATE",
+        2,
+        {"voltage": 230.5, "current": 4.0, "power_kw": 0.9, "power_factor": 0.95, "frequency": 50.0, "region": "north"},
+    ),
+    reading("E", T0 + HALF_HOUR, 1.0, extra={"voltage": 231.0}),
+    ReadingRejected("", " 2024-03-04T10:00:00Z", "0.5", "missing_meter_id", 0, T0 - HOUR, 1),
+    ReadingRejected("M2", "garbage", 1.25, "invalid_timestamp", 0, None, 2),
+    ReadingRejected("M2", None, None, "invalid_timestamp", 1, None, 3),
+    ReadingRejected("M2", 1709546400, "abc", "invalid_consumption", 0, T0, 4),
+    ReadingRejected("M2", 1709546400000, "-1e400", "negative_consumption", 0, T0, 5),
+    ReadingRejected("M2", 1709546400.5, 10**400, "out_of_range", 0, T0 + US // 2, 6),
+    ReadingRejected("M10", "2024-03-04T22:00:00Z", True, "invalid_consumption", 1, T0, 7),
+    ReadingRejected("M10", "2024-03-04T22:00:00Z", "0.5", "duplicate", 0, T0, 8),
+    ReadingTooLate("M2", T0 - 5 * HOUR, 0.75, 4 * HOUR, 0, 9),
+    ReadingTooLate("M2", T0 - 5 * HOUR, 0.5, 4 * HOUR, 1, 10),
+    ReadingTooLate("a", T0 - 9 * HOUR, 0.0, 8 * HOUR + 1, 0, 11),
+    GapOpened("M2", T0 + 4 * HALF_HOUR, None, 2),
+    GapClosed("M10", T0 - 4 * HALF_HOUR, T0, 4),
+    GapOpened("a", T0 - 10 * HALF_HOUR, T0 - 8 * HALF_HOUR, 2),
+    WindowUpdated("M2", 900 * US, T0, 1, 0.0, 0.0, 0.0),
+    WindowUpdated("M2", HOUR, T0, 2, 0.25, 0.0, 0.25),
+    WindowUpdated("M2", 86400 * US, T0 - 22 * HOUR, 3, 0.75, 0.0, 0.5),
+    WindowUpdated("a", HOUR, T0, 2, 0.1 + 0.2, 0.1, 0.2),
+]
+
+
+def test_a_batch_reads_back_exactly_as_the_in_memory_store_gives_it(store: Store) -> None:
+    write(store, MIXED_BATCH)
+    got = everything(store)
+    assert got == expected_after(MIXED_BATCH)
+    assert [r.meter_id for r in got["readings"]] == sorted(r.meter_id for r in got["readings"])
+    assert got["aggregates"][-1].sum_kwh == 0.1 + 0.2  # doubles come back bit for bit
+
+
+def test_rejected_raw_values_come_back_with_their_json_type(store: Store) -> None:
+    raws = [
+        "0.5",
+        " 7 ",
+        "",
+        0.5,
+        7,
+        -0.0,
+        True,
+        False,
+        None,
+        10**400,
+        -(10**400),
+        float("inf"),
+        float("nan"),
+        "\x00nul",
+        "\ud800",
+        "\u00e9",
+        '"quoted"',
+        "back\\slash",
+        [1, "a"],
+        {"k": None},
+    ]
+    events = [ReadingRejected("M1", raw, raw, "invalid_consumption", 0, None, i) for i, raw in enumerate(raws)]
+    write(store, events)
+    back = list(store.queries.rejected(ExportFilter()))
+    assert [r.position for r in back] == list(range(len(raws)))
+    for sent, got in zip(raws, back, strict=True):
+        for value in (got.timestamp, got.consumption_kwh):
+            assert type(value) is type(sent)
+            assert repr(value) == repr(sent) or (isinstance(sent, float) and math.isnan(sent) and math.isnan(value))
+
+
+def test_rejected_rows_without_a_parsed_time_come_first_then_by_partition_and_position(store: Store) -> None:
+    events = [
+        ReadingRejected("M1", "x", "1", "duplicate", 1, T0, 5),
+        ReadingRejected("M1", "x", "1", "duplicate", 0, T0, 9),
+        ReadingRejected("M1", "bad", "1", "invalid_timestamp", 1, None, 1),
+        ReadingRejected("M1", "bad", "1", "invalid_timestamp", 0, None, 7),
+        ReadingRejected("M1", "x", "1", "duplicate", 0, T0 - 1, 8),
+        ReadingRejected("M0", "x", "1", "duplicate", 3, T0 + 1, 2),
+    ]
+    write(store, events)
+    got = [(r.meter_id, r.parsed_timestamp, r.partition, r.position) for r in store.queries.rejected(ExportFilter())]
+    assert got == [
+        ("M0", T0 + 1, 3, 2),
+        ("M1", None, 0, 7),
+        ("M1", None, 1, 1),
+        ("M1", T0 - 1, 0, 8),
+        ("M1", T0, 0, 9),
+        ("M1", T0, 1, 5),
+    ]
+    # A time bound leaves out the rows that have no time.
+    bounded = list(store.queries.rejected(ExportFilter(start=0)))
+    assert all(r.parsed_timestamp is not None for r in bounded) and len(bounded) == 4
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ExportFilter(meter_id="M2"),
+        ExportFilter(meter_id="nobody"),
+        ExportFilter(start=T0),
+        ExportFilter(end=T0 + HALF_HOUR),
+        ExportFilter(start=T0 - 5 * HOUR, end=T0 + US // 2),
+        ExportFilter(meter_id="M2", start=T0, end=T0 + 2 * HOUR),
+        ExportFilter(window=HOUR),
+        ExportFilter(meter_id="M2", window=86400 * US, end=T0),
+    ],
+    ids=lambda w: repr(w),
+)
+def test_filters_keep_the_same_rows_as_the_in_memory_store(store: Store, where: ExportFilter) -> None:
+    write(store, MIXED_BATCH)
+    assert everything(store, where) == expected_after(MIXED_BATCH, where=where)
+
+
+def test_writing_the_same_batch_twice_changes_nothing(store: Store) -> None:
+    write(store, MIXED_BATCH)
+    once = everything(store)
+    write(store, MIXED_BATCH)
+    with store.uow() as uow:  # and twice within one unit of work
+        uow.outcomes.add_events(MIXED_BATCH)
+        uow.outcomes.add_events(MIXED_BATCH)
+        uow.commit()
+    assert everything(store) == once
+
+
+def test_first_reading_wins_and_last_window_value_wins(store: Store) -> None:
+    first = [reading("M1", T0, 1.0), WindowUpdated("M1", HOUR, T0, 1, 1.0, 1.0, 1.0)]
+    second = [reading("M1", T0, 9.0, "LATE"), WindowUpdated("M1", HOUR, T0, 2, 3.0, 1.0, 2.0)]
+    write(store, first)
+    write(store, second)
+    got = everything(store)
+    assert got == expected_after(first, second)
+    assert got["readings"] == [reading("M1", T0, 1.0)]
+    assert got["aggregates"] == [WindowUpdated("M1", HOUR, T0, 2, 3.0, 1.0, 2.0)]
+
+
+def test_a_gap_whose_first_slot_moved_replaces_its_old_row(store: Store) -> None:
+    s = [T0 + i * HALF_HOUR for i in range(10)]
+    batches = [
+        [GapOpened("M1", s[1], s[5], 4), GapOpened("M2", s[0], None, 3)],
+        [GapChanged("M1", s[2], s[5], 3, previous_from=s[1])],  # the first slot healed
+        [
+            GapChanged("M1", s[3], s[5], 2, previous_from=s[2]),
+            GapOpened("M1", s[2], s[3], 1),  # noqa: E501
+            GapChanged("M2", s[0], None, 5),
+        ],
+    ]
+    for batch in batches:
+        write(store, batch)
+    got = list(store.queries.gaps(ExportFilter()))
+    assert got == expected_after(*batches)["gaps"]
+    assert got == [GapRow("M1", s[2], s[3], 1), GapRow("M1", s[3], s[5], 2), GapRow("M2", s[0], None, 5)]
+
+
+def test_a_healed_gap_is_deleted_even_within_the_batch_that_opened_it(store: Store) -> None:
+    s = [T0 + i * HALF_HOUR for i in range(6)]
+    batches = [
+        [GapOpened("M1", s[1], s[3], 2), GapOpened("M3", s[0], s[2], 2)],
+        [
+            GapHealed("M1", s[1]),
+            GapOpened("M2", s[4], s[5], 1),
+            GapHealed("M2", s[4]),
+            GapClosed("M3", s[0], s[2], 2),
+            GapHealed("M3", s[0]),
+            GapOpened("M3", s[0], s[1], 1),
+        ],
+    ]
+    for batch in batches:
+        write(store, batch)
+    got = list(store.queries.gaps(ExportFilter()))
+    assert got == expected_after(*batches)["gaps"] == [GapRow("M3", s[0], s[1], 1)]
+
+
+def test_large_batches_take_the_bulk_path_with_the_same_result(store: Store) -> None:
+    meters = [f"M{i:03d}" for i in range(100)]
+    batch: list[Any] = []
+    for n, meter in enumerate(meters):
+        batch += [
+            reading(meter, T0 + i * HALF_HOUR, i / 4, extra={"voltage": 230 + i} if i % 2 else None) for i in range(3)
+        ]
+        batch.append(ReadingRejected(meter, f"bad{n}", n, "invalid_timestamp", n % 3, None, 1000 + n))
+        batch.append(ReadingTooLate(meter, T0 - 9 * HOUR, 0.5, 8 * HOUR, n % 3, 2000 + n))
+        batch.append(GapOpened(meter, T0 + 5 * HALF_HOUR, None, n))
+        batch.append(WindowUpdated(meter, HOUR, T0, 2, 0.25, 0.0, 0.25))
+    heal = [GapHealed(meter, T0 + 5 * HALF_HOUR) for meter in meters[::2]]
+    heal += [WindowUpdated(meter, HOUR, T0, 3, 0.75, 0.0, 0.5) for meter in meters[::3]]
+    write(store, batch)
+    write(store, batch)
+    write(store, heal)
+    got = everything(store)
+    assert got == expected_after(batch, heal)
+    assert len(got["readings"]) == 300 and len(got["gaps"]) == 50
+
+
+def test_leaving_without_commit_leaves_nothing(store: Store) -> None:
+    with store.uow() as uow:
+        uow.outcomes.add_events(MIXED_BATCH)
+        uow.state.save("main", 0, T0, 42, {"M1": [1, 2, 3]})
+        uow.progress.set(SourceProgress("file.csv", 10, False))
+    with store.uow() as uow:
+        uow.outcomes.add_events(MIXED_BATCH)
+        uow.rollback()
+        uow.commit()  # commits nothing: the rollback dropped it all
+    with store.uow() as uow:
+        assert uow.state.load("main", 0) is None
+        assert uow.state.partitions("main") == []
+        assert uow.progress.get("file.csv") is None
+    assert everything(store) == {kind: [] for kind in ("readings", "rejected", "too_late", "gaps", "aggregates")}
+
+
+def test_an_error_inside_the_block_rolls_back(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.uow() as uow:
+        uow.outcomes.add_events(MIXED_BATCH)
+        raise RuntimeError("boom")
+    assert list(store.queries.readings(ExportFilter())) == []
+
+
+def test_state_saves_and_loads_back_exactly(store: Store) -> None:
+    big = (1 << 70) + 1  # a slot bitmask can outgrow 64 bits
+    meters = {
+        "M1": [HALF_HOUR, T0, T0 + HOUR, big, 0, [T0 + HALF_HOUR, 1], [T0 << 3, 2, 0.1 + 0.2, 0.1, 0.2]],
+        " odd id\u00e9": [HALF_HOUR, None, None, 0, 0, [], []],
+    }
+    with store.uow() as uow:
+        uow.state.save("main", 1, T0 + HOUR, 17, meters)
+        uow.state.save("main", 0, None, 0, {})
+        uow.state.save("other", 4, T0, 3, {"M9": [1, 2]})
+        uow.commit()
+    with store.uow() as uow:
+        uow.state.save("main", 1, T0 + 2 * HOUR, 20, {"M2": [5]})  # a later save adds and moves on
+        uow.state.save("main", 1, T0 + 3 * HOUR, 21, {"M1": [6]})  # and the last one wins
+        uow.commit()
+    with store.uow() as uow:
+        assert uow.state.partitions("main") == [0, 1]
+        assert uow.state.partitions("other") == [4]
+        assert uow.state.partitions("nothing") == []
+        loaded = uow.state.load("main", 1)
+        assert loaded is not None
+        assert (loaded.partition, loaded.max_event_time, loaded.next_offset) == (1, T0 + 3 * HOUR, 21)
+        assert dict(loaded.meters) == {"M1": [6], " odd id\u00e9": meters[" odd id\u00e9"], "M2": [5]}
+        empty = uow.state.load("main", 0)
+        assert empty is not None and (empty.max_event_time, empty.next_offset, dict(empty.meters)) == (None, 0, {})
+        assert uow.state.load("main", 7) is None
+    with store.uow() as uow:
+        uow.state.save("x", 0, 1, 1, {"M1": meters["M1"]})
+        uow.commit()
+        reloaded = uow.state.load("x", 0)
+    assert reloaded is not None and reloaded.meters["M1"] == meters["M1"]
+    assert type(reloaded.meters["M1"][3]) is int and reloaded.meters["M1"][3] == big
+
+
+def test_progress_is_saved_and_the_last_value_wins(store: Store) -> None:
+    with store.uow() as uow:
+        uow.progress.set(SourceProgress("a.csv", 10, False))
+        uow.progress.set(SourceProgress("a.csv", 20, False))
+        uow.progress.set(SourceProgress("b.csv", 5, True))
+        uow.commit()
+    with store.uow() as uow:
+        assert uow.progress.get("a.csv") == SourceProgress("a.csv", 20, False)
+        assert uow.progress.get("b.csv") == SourceProgress("b.csv", 5, True)
+        assert uow.progress.get("c.csv") is None
+        uow.progress.set(SourceProgress("a.csv", 30, True))
+        uow.commit()
+    with store.uow() as uow:
+        assert uow.progress.get("a.csv") == SourceProgress("a.csv", 30, True)
+
+
+def replay(store: Store, rows: list[Any], config: Any, now_us: int, partitions: int, size: int) -> dict[str, Any]:
+    """The pipeline over `store`, restarted from the store after every other batch."""
+
+    def fresh() -> StreamPipeline:
+        pipeline = StreamPipeline(config, partitions, store.uow, FixedClock(now_us))
+        pipeline.load()
+        return pipeline
+
+    pipeline = fresh()
+    for index, start in enumerate(range(0, len(rows), size)):
+        pipeline.process(rows[start : start + size])
+        if index % 2:
+            pipeline = fresh()
+    return {kind: list(export_rows(store.queries, kind, ExportFilter())) for kind in EXPORT_KINDS}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(drawn=streams())
+def test_a_replay_through_the_pipeline_exports_the_same_on_every_store(store: Store, drawn: Any) -> None:
+    rows, config, now_us, partitions = drawn
+    store.reset()
+    expected = run_core(rows, config, now_us, partitions)
+    got = replay(store, rows, config, now_us, partitions, size=3)
+    # repr: the same values AND types (an int stays an int, -0.0 stays -0.0, NaN stays NaN)
+    assert repr(got) == repr(expected)
+
+
+# ------------------------------------------------------------------- SQL stores only
+
+
+@pytest.fixture
+def sql_url(store_url: str) -> str:
+    return store_url
+
+
+def test_readings_keep_their_electrical_extras(sql_url: str) -> None:
+    engine = create_engine_for(sql_url)
+    try:
+        uow = SqlAlchemyStreamUnitOfWork(engine)
+        with uow:
+            uow.outcomes.add_events(
+                [
+                    reading(
+                        "M1",
+                        T0,
+                        extra={"voltage": "230.5", "current": 3, "frequency": None, "region": "north", "unknown": 1},
+                    ),
+                    reading("M1", T0 + HALF_HOUR, extra={"voltage": "n/a"}),
+                ]
+            )
+            uow.commit()
+        got = list(SqlAlchemyOutcomeQueries(engine).readings(ExportFilter()))
+        assert [r.extra for r in got] == [{"voltage": 230.5, "current": 3.0, "region": "north"}, None]
+    finally:
+        engine.dispose()
+
+
+def test_stream_summary_counts_what_was_written(sql_url: str) -> None:
+    engine = create_engine_for(sql_url)
+    try:
+        with SqlAlchemyStreamUnitOfWork(engine) as uow:
+            uow.outcomes.add_events(MIXED_BATCH)
+            uow.state.save("main", 0, T0, 12, {"M2": [1]})
+            uow.commit()
+        summary = SqlAlchemyOutcomeQueries(engine).stream_summary()
+        assert summary["tables"]["readings"] == 3 * len(METERS) + 2
+        assert summary["readings_by_status"] == {"LATE": 1, "ON_TIME": 3 * len(METERS) + 1}
+        assert summary["rejected_by_reason"]["invalid_timestamp"] == 2
+        assert summary["open_gaps"] == 1
+        assert summary["partitions"] == [{"stream": "main", "partition": 0, "max_event_time": T0, "next_offset": 12}]
+    finally:
+        engine.dispose()
+
+
+def test_an_unreachable_server_is_a_transient_error() -> None:
+    engine = create_engine_for("postgresql+psycopg://nobody:secret@127.0.0.1:9/none?connect_timeout=2")
+    try:
+        with pytest.raises(TransientStoreError), SqlAlchemyStreamUnitOfWork(engine):
+            pass
+        with pytest.raises(TransientStoreError):
+            list(SqlAlchemyOutcomeQueries(engine).readings(ExportFilter()))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["small", "bulk"])
+def test_a_connection_killed_mid_transaction_is_transient_and_the_retry_succeeds(
+    migrated_postgres_url: str, bulk: bool
+) -> None:
+    empty_stream_tables(migrated_postgres_url)
+    engine = create_engine_for(migrated_postgres_url)
+    admin = create_engine_for(migrated_postgres_url)
+    events = [reading("M1", T0 + i * HALF_HOUR) for i in range(200 if bulk else 2)]
+    try:
+        with pytest.raises(TransientStoreError), SqlAlchemyStreamUnitOfWork(engine) as uow:
+            pid = uow.connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            with admin.begin() as connection:  # what a server restart does to every session
+                connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            uow.outcomes.add_events(events)
+            uow.commit()
+        with SqlAlchemyStreamUnitOfWork(engine) as uow:  # the pool hands out a live connection
+            uow.outcomes.add_events(events)
+            uow.commit()
+        assert len(list(SqlAlchemyOutcomeQueries(engine).readings(ExportFilter()))) == len(events)
+    finally:
+        engine.dispose()
+        admin.dispose()
