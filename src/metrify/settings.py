@@ -147,6 +147,4 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
-        raise SettingsError(
-            f"{_variable_name(first['loc'])}: {message} (got {first.get('input')!r})"
-        ) from None
+        raise SettingsError(f"{_variable_name(first['loc'])}: {message} (got {first.get('input')!r})") from None

@@ -48,7 +48,7 @@ def run_core(
     position, index = 0, 0
     while position < len(rows):
         size = max(1, next(sizes))
-        pipeline.process(rows[position:position + size])
+        pipeline.process(rows[position : position + size])
         position += size
         if restore_at and index in restore_at:
             pipeline = fresh()

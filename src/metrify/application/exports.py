@@ -18,7 +18,15 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "late": ("meter_id", "timestamp", "consumption_kwh", "delay_seconds", "partition"),
     "gaps": ("meter_id", "missing_from", "missing_to", "missing_intervals", "status"),
     "aggregates": (
-        "meter_id", "window", "window_start", "window_end", "count", "sum_kwh", "min_kwh", "max_kwh", "mean_kwh",
+        "meter_id",
+        "window",
+        "window_start",
+        "window_end",
+        "count",
+        "sum_kwh",
+        "min_kwh",
+        "max_kwh",
+        "mean_kwh",
     ),
 }
 

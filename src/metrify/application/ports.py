@@ -114,3 +114,27 @@ class OutcomeQueries(Protocol):
 
 class TransientStoreError(Exception):
     """The store is unreachable for now (connection refused, server restarting): retry later."""
+
+
+class EventBus(Protocol):
+    """Publishes keyed messages to named topics (in-process embedded, Kafka in production)."""
+
+    def publish(self, topic: str, key: str, value: bytes) -> None: ...
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for delivery; returns how many messages are still undelivered."""
+        ...
+
+
+class Cache(Protocol):
+    """A small key-value cache with expiry (in-process embedded, Redis in production)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None: ...
+
+    def incr(self, key: str, ttl_seconds: float) -> int:
+        """Add one to a counter that expires `ttl_seconds` after it was created; return the count."""
+        ...
+
+    def delete(self, key: str) -> None: ...

@@ -46,13 +46,9 @@ class InMemoryStreamStore:
 
     def rejected_of(self, where: ExportFilter) -> Iterator[ReadingRejected]:
         rows = (
-            r for r in self.rejected.values()
-            if _keep(r.meter_id, r.parsed_timestamp, where, allow_missing_time=True)
+            r for r in self.rejected.values() if _keep(r.meter_id, r.parsed_timestamp, where, allow_missing_time=True)
         )
-        order = (lambda r: (
-            r.meter_id, _NULLS_FIRST if r.parsed_timestamp is None else r.parsed_timestamp, r.partition, r.position
-        ))
-        return iter(sorted(rows, key=order))
+        return iter(sorted(rows, key=_rejected_order))
 
     def too_late_of(self, where: ExportFilter) -> Iterator[ReadingTooLate]:
         rows = (r for r in self.too_late.values() if _keep(r.meter_id, r.timestamp, where))
@@ -64,10 +60,16 @@ class InMemoryStreamStore:
 
     def aggregates_of(self, where: ExportFilter) -> Iterator[WindowUpdated]:
         rows = (
-            w for w in self.windows.values()
+            w
+            for w in self.windows.values()
             if _keep(w.meter_id, w.window_start, where) and (where.window is None or w.window == where.window)
         )
         return iter(sorted(rows, key=lambda w: (w.meter_id, w.window_start, w.window)))
+
+
+def _rejected_order(r: ReadingRejected) -> tuple[str, int, int, int]:
+    """Rejected rows: by meter, then time (unreadable times first), then arrival."""
+    return (r.meter_id, _NULLS_FIRST if r.parsed_timestamp is None else r.parsed_timestamp, r.partition, r.position)
 
 
 def _keep(meter_id: str, time: int | None, where: ExportFilter, allow_missing_time: bool = False) -> bool:
@@ -121,7 +123,11 @@ class _StagedState:
         return PartitionState(partition, header[0], header[1], meters)
 
     def save(
-        self, stream: str, partition: int, max_event_time: int | None, next_offset: int,
+        self,
+        stream: str,
+        partition: int,
+        max_event_time: int | None,
+        next_offset: int,
         meters: Mapping[str, list[Any]],
     ) -> None:
         self.saved.append((stream, partition, max_event_time, next_offset, dict(meters)))

@@ -54,9 +54,7 @@ class PartitionStream:
         "_dirty",
     )
 
-    def __init__(
-        self, config: StreamConfig, partition: int = 0, intervals: Mapping[str, int] | None = None
-    ) -> None:
+    def __init__(self, config: StreamConfig, partition: int = 0, intervals: Mapping[str, int] | None = None) -> None:
         self.config = config
         self.partition = partition
         self.max_event_time: int | None = None
@@ -98,7 +96,9 @@ class PartitionStream:
             meter_id = raw_id.strip() if type(raw_id) is str else ("" if raw_id is None else str(raw_id).strip())
             # Validation, in the contract's order: the first failure is the reason (§3.1).
             if not meter_id:
-                emit(ReadingRejected("", raw[1], raw[2], "missing_meter_id", partition, parse_timestamp(raw[1]), raw[4]))
+                emit(
+                    ReadingRejected("", raw[1], raw[2], "missing_meter_id", partition, parse_timestamp(raw[1]), raw[4])
+                )
                 continue
             t = parse_timestamp(raw[1])
             if t is None:

@@ -15,6 +15,7 @@ _TIMESTAMP = re.compile(
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _EPOCH_MS_ABOVE = 10**11
+_SMALLEST = 5e-324
 
 
 def days_from_civil(year: int, month: int, day: int) -> int:
@@ -89,7 +90,10 @@ def parse_consumption(value: object) -> float | None:
         text = value.strip()
         if _NUMBER.fullmatch(text) is None:
             return None
-        return float(text) + 0.0
+        value = float(text) + 0.0
+        if value == 0.0 and text[0] == "-" and any(c in "123456789" for c in text.split("e")[0].split("E")[0]):
+            return -_SMALLEST  # below a float's range but still negative: `-1e-400` is not zero
+        return value
     if isinstance(value, bool):
         return None
     if isinstance(value, float):

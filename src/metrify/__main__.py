@@ -1,0 +1,3 @@
+from metrify.entrypoints.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""File adapters: CSV and JSON-lines reading sources, and export writers."""

@@ -1,0 +1,1 @@
+"""Kafka adapters (confluent-kafka): producers keyed by meter id with Kafka's Java partitioner."""

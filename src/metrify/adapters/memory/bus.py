@@ -1,0 +1,67 @@
+"""The embedded profile's in-process event bus and cache."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+
+class InMemoryEventBus:
+    """Keeps every message per topic, in order, and calls subscribers synchronously."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        self._subscribers: dict[str, list[Callable[[str, bytes], None]]] = defaultdict(list)
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+        self._subscribers[topic].append(handler)
+
+    def publish(self, topic: str, key: str, value: bytes) -> None:
+        self.topics[topic].append((key, value))
+        for handler in self._subscribers[topic]:
+            handler(key, value)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        return 0
+
+
+class InMemoryCache:
+    """A thread-safe dict with expiry, measured on a monotonic clock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._items: dict[str, tuple[bytes, float | None]] = {}
+        self._lock = threading.Lock()
+
+    def _live(self, key: str) -> tuple[bytes, float | None] | None:
+        item = self._items.get(key)
+        if item is not None and item[1] is not None and item[1] <= self._clock():
+            del self._items[key]
+            return None
+        return item
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            item = self._live(key)
+            return None if item is None else item[0]
+
+    def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
+        with self._lock:
+            expires = None if ttl_seconds is None else self._clock() + ttl_seconds
+            self._items[key] = (value, expires)
+
+    def incr(self, key: str, ttl_seconds: float) -> int:
+        with self._lock:
+            item = self._live(key)
+            if item is None:
+                self._items[key] = (b"1", self._clock() + ttl_seconds)
+                return 1
+            count = int(item[0]) + 1
+            self._items[key] = (str(count).encode(), item[1])
+            return count
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)

@@ -1,0 +1,89 @@
+"""Reachability probes for `metrify info` and the readiness check: a reason, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+_TIMEOUT = 3.0
+
+
+def describe_database_error(exc: BaseException) -> str | None:
+    """One line for a database error a user can act on; None for anything else (a bug)."""
+    if isinstance(exc, DBAPIError):
+        message = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        return message or type(exc.orig).__name__
+    if isinstance(exc, ArgumentError | NoSuchModuleError):
+        return f"bad METRIFY_DATABASE_URL ({exc})"
+    if type(exc).__name__ == "CommandError":  # alembic: unknown revision and its kin
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return None
+
+
+def probe_database(url: str) -> str:
+    """'yes' when a connection answers `SELECT 1`, else 'unreachable: <reason>'."""
+    connect_args = {"connect_timeout": int(_TIMEOUT)} if url.startswith("postgresql") else {}
+    try:
+        engine = create_engine(url, connect_args=connect_args)
+    except Exception as exc:
+        return f"unreachable: {describe_database_error(exc) or exc}"
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return "yes"
+    except Exception as exc:
+        return f"unreachable: {describe_database_error(exc) or exc}"
+    finally:
+        engine.dispose()
+
+
+def storage_features(url: str) -> str:
+    """The storage features in use: SQLite file, or PostgreSQL with or without TimescaleDB."""
+    if url.startswith("sqlite"):
+        return "SQLite (WAL journal), single writer"
+    try:
+        engine = create_engine(url, connect_args={"connect_timeout": int(_TIMEOUT)})
+        with engine.connect() as connection:
+            version = connection.execute(text("SHOW server_version")).scalar()
+            timescale = connection.execute(
+                text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+            ).scalar()
+        engine.dispose()
+    except Exception as exc:
+        return f"unknown (unreachable: {describe_database_error(exc) or exc})"
+    if timescale:
+        return f"PostgreSQL {version} with TimescaleDB {timescale}"
+    return f"PostgreSQL {version}"
+
+
+def probe_kafka(bootstrap: str) -> str:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port or 9092)), timeout=_TIMEOUT).close()
+    except (OSError, ValueError) as exc:
+        return f"unreachable: {getattr(exc, 'strerror', None) or exc}"
+    try:
+        metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=_TIMEOUT)
+    except KafkaException as exc:
+        return f"unreachable: {exc.args[0].str() if exc.args else exc}"
+    return f"yes ({len(metadata.brokers)} broker(s), {len(metadata.topics)} topic(s))"
+
+
+def probe_redis(url: str) -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=_TIMEOUT, socket_timeout=_TIMEOUT)
+        client.ping()
+        version = client.info("server").get("redis_version", "?")
+        client.close()
+        return f"yes (Redis {version})"
+    except (redis.RedisError, ValueError, OSError) as exc:
+        return f"unreachable: {exc}"

@@ -1,0 +1,102 @@
+"""The composition root: the only place that knows which adapter serves which port.
+
+Each port gets its embedded adapter unless its setting points at a real service (DESIGN §1):
+storage is SQLite unless METRIFY_DATABASE_URL says otherwise, the event bus is in-process unless
+METRIFY_KAFKA__BOOTSTRAP is set, the cache is in-process unless METRIFY_REDIS_URL is set.
+"""
+
+from __future__ import annotations
+
+from dependency_injector import containers, providers
+
+from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
+from metrify.adapters.sqlalchemy.engine import create_engine_for
+from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
+from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
+from metrify.adapters.system import SystemClock
+from metrify.application.stream import Backoff, StreamPipeline
+from metrify.settings import Settings
+
+
+def _engine(url: str):  # noqa: ANN202 - a generator resource
+    engine = create_engine_for(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _redis_client(url: str):  # noqa: ANN202 - a generator resource
+    from metrify.adapters.redis import open_redis
+
+    yield from open_redis(url)
+
+
+def _kafka_producer(bootstrap: str):  # noqa: ANN202 - a generator resource
+    from metrify.adapters.kafka.bus import open_producer
+
+    yield from open_producer(bootstrap)
+
+
+def _redis_cache(client):  # noqa: ANN001, ANN202
+    from metrify.adapters.redis import RedisCache
+
+    return RedisCache(client)
+
+
+def _kafka_bus(producer, topic_prefix: str):  # noqa: ANN001, ANN202
+    from metrify.adapters.kafka.bus import KafkaEventBus
+
+    return KafkaEventBus(producer, topic_prefix)
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+
+    clock = providers.Singleton(SystemClock)
+
+    engine = providers.Resource(_engine, url=settings.provided.resolved_database_url)
+    stream_uow = providers.Factory(SqlAlchemyStreamUnitOfWork, engine=engine)
+    outcome_queries = providers.Factory(SqlAlchemyOutcomeQueries, engine=engine)
+    backoff = providers.Factory(Backoff)
+
+    stream_pipeline = providers.Factory(
+        StreamPipeline,
+        config=settings.provided.stream.to_config.call(),
+        partitions=settings.provided.stream.partitions,
+        uow_factory=stream_uow.provider,
+        clock=clock,
+        backoff=backoff,
+    )
+
+    redis_client = providers.Resource(_redis_client, url=settings.provided.redis_url)
+    kafka_producer = providers.Resource(_kafka_producer, bootstrap=settings.provided.kafka.bootstrap)
+
+    cache = providers.Selector(
+        providers.Callable(lambda s: "redis" if s.redis_url else "memory", settings),
+        memory=providers.Singleton(InMemoryCache),
+        redis=providers.Singleton(_redis_cache, client=redis_client),
+    )
+    event_bus = providers.Selector(
+        providers.Callable(lambda s: "kafka" if s.kafka.bootstrap else "memory", settings),
+        memory=providers.Singleton(InMemoryEventBus),
+        kafka=providers.Singleton(
+            _kafka_bus, producer=kafka_producer, topic_prefix=settings.provided.kafka.topic_prefix
+        ),
+    )
+
+
+def build_container(settings: Settings) -> Container:
+    container = Container(settings=settings)
+    return container
+
+
+def adapter_names(settings: Settings) -> dict[str, str]:
+    """Which adapter serves each port under these settings (for `metrify info`)."""
+    sqlite = settings.resolved_database_url.startswith("sqlite")
+    return {
+        "storage": "SqlAlchemy on SQLite" if sqlite else "SqlAlchemy on PostgreSQL",
+        "event bus": "KafkaEventBus" if settings.kafka.bootstrap else "InMemoryEventBus",
+        "cache / rate limits": "RedisCache" if settings.redis_url else "InMemoryCache",
+        "clock": "SystemClock",
+    }

@@ -1,0 +1,199 @@
+"""`metrify replay`, `export` and `demo`: the embedded stream pipeline from the command line."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from metrify.application.exports import EXPORT_KINDS
+from metrify.application.network import NetworkProfile
+from metrify.application.replay import ReplayOptions, SourceError, run_replay
+from metrify.application.stream import PartitionCountMismatch
+from metrify.entrypoints.cli.app import app, console, state
+from metrify.entrypoints.cli.errors import UserError
+from metrify.entrypoints.cli.render import ReplayProgress, print_summary
+
+
+class ExportKind(StrEnum):
+    readings = "readings"
+    rejected = "rejected"
+    late = "late"
+    gaps = "gaps"
+    aggregates = "aggregates"
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+def _probability(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter("must be between 0 and 1")
+    return value
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter("must be greater than 0")
+    return value
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="CSV (with a header) or JSON-lines file; rows in arrival order.")],
+    partitions: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Logical partitions (default METRIFY_STREAM__PARTITIONS).")
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option(callback=_positive, help="Pace by event time at X times real time (default: as fast as it can)."),
+    ] = None,
+    delay_prob: Annotated[float, typer.Option(callback=_probability, help="Share of rows the network delays.")] = 0.0,
+    max_delay: Annotated[float, typer.Option(min=0, help="Longest network delay, in seconds of event time.")] = 300.0,
+    drop_prob: Annotated[float, typer.Option(callback=_probability, help="Share of rows the network loses.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated network (same seed, same arrivals).")] = 0,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, max=1_000_000, help="Rows per transaction (default METRIFY_STREAM__BATCH_SIZE)."),
+    ] = None,
+) -> None:
+    """Run FILE through the stream core and store every outcome; a second run resumes or continues."""
+    settings = state.settings
+    assert settings is not None
+    options = ReplayOptions(
+        partitions=partitions or settings.stream.partitions,
+        speed=speed,
+        network=NetworkProfile(delay_prob=delay_prob, max_delay=max_delay, drop_prob=drop_prob, seed=seed),
+        batch_size=batch_size or settings.stream.batch_size,
+    )
+    _replay_file(file, options)
+
+
+def _replay_file(file: Path, options: ReplayOptions) -> None:
+    from metrify.adapters.files.readers import FileReadingSource
+
+    try:
+        source = FileReadingSource(file)
+    except SourceError as exc:
+        raise UserError(str(exc)) from None
+    _ensure_schema()
+    container = state.get_container()
+    pipeline = container.stream_pipeline(partitions=options.partitions)
+    progress = ReplayProgress(file.name)
+    try:
+        with progress:
+            report = run_replay(source, pipeline, options, on_batch=progress.update)
+    except PartitionCountMismatch as exc:
+        raise UserError(str(exc)) from None
+    if report.already_done:
+        console.print(f"{file} was already replayed into this database ({report.skipped_rows} rows); nothing to do.")
+        return
+    print_summary(console, file.name, report)
+
+
+@app.command()
+def export(
+    kind: Annotated[ExportKind, typer.Argument(help="readings, rejected, late, gaps or aggregates.")],
+    window: Annotated[str | None, typer.Option(help="Aggregates of one window size only: 15m, 1h, 1d.")] = None,
+    meter: Annotated[str | None, typer.Option(help="Only this meter.")] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="From this time (inclusive), e.g. 2024-03-04T00:00:00Z.")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Up to this time (exclusive).")] = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="jsonl or csv.")] = ExportFormat.jsonl,
+    output: Annotated[str, typer.Option(help="File to write, or - for standard output.")] = "-",
+) -> None:
+    """Write stored outcomes, ordered by meter then time, with UTC timestamps."""
+    from metrify.adapters.files.writers import write_export
+    from metrify.application.ports import ExportFilter
+    from metrify.domain.stream.grammar import parse_timestamp_text
+    from metrify.settings import format_duration, parse_duration
+
+    def when(value: str | None, name: str) -> int | None:
+        if value is None:
+            return None
+        parsed = parse_timestamp_text(value)
+        if parsed is None:
+            raise UserError(f"{name} {value!r} is not a timestamp like 2024-03-04T10:00:00Z")
+        return parsed
+
+    window_us = None
+    if window is not None:
+        if kind is not ExportKind.aggregates:
+            raise UserError("--window applies to the aggregates export only")
+        try:
+            window_us = round(parse_duration(window) * 1_000_000)
+        except ValueError:
+            raise UserError(f"--window {window!r} is not a window size like 15m, 1h or 1d") from None
+        assert state.settings is not None
+        configured = [round(w * 1_000_000) for w in state.settings.stream.windows]
+        if window_us not in configured:
+            names = ", ".join(format_duration(w) for w in state.settings.stream.windows)
+            raise UserError(f"--window {window} is not one of the configured windows ({names})")
+    where = ExportFilter(meter_id=meter, start=when(start, "--from"), end=when(end, "--to"), window=window_us)
+    _ensure_schema(create=False)
+    queries = state.get_container().outcome_queries()
+    assert kind.value in EXPORT_KINDS
+    if output == "-":
+        write_export(queries, kind.value, where, fmt.value, sys.stdout)
+        return
+    try:
+        with open(output, "w", encoding="utf-8", newline="") as handle:
+            count = write_export(queries, kind.value, where, fmt.value, handle)
+    except OSError as exc:
+        raise UserError(f"{output}: cannot be written ({exc.strerror or exc})") from None
+    print(f"wrote {count} {kind.value} rows to {output}", file=sys.stderr)
+
+
+@app.command()
+def demo(
+    meters: Annotated[int, typer.Option(min=1, max=100_000, help="Meters in the simulated fleet.")] = 300,
+    days: Annotated[int, typer.Option(min=1, max=366, help="Days of half-hourly readings.")] = 7,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated fleet.")] = 7,
+) -> None:
+    """Write a realistic seeded fleet into the data folder, replay it, and show what came out."""
+    from metrify.adapters.files.writers import write_fleet_csv
+    from metrify.application.simulator import FleetProfile
+
+    assert state.settings is not None
+    profile = FleetProfile(meters=meters, days=days, seed=seed)
+    path = state.settings.data_dir / "demo" / f"fleet-{meters}m-{days}d-seed{seed}.csv"
+    rows = write_fleet_csv(path, profile)
+    console.print(f"wrote {rows:,} readings from {meters} meters over {days} days to {path}")
+    _replay_file(path, ReplayOptions(partitions=state.settings.stream.partitions))
+    console.print(
+        "\nTry next:\n"
+        "  metrify export gaps | head            # missing intervals, open and closed\n"
+        "  metrify export aggregates --window 1h --meter MTR-00001 --format csv\n"
+        "  metrify export rejected | head        # every reject with its reason\n"
+        "  metrify info                          # profile, adapters and services"
+    )
+
+
+def _ensure_schema(create: bool = True) -> None:
+    """Replays bring the schema up to date themselves; exports need one that exists."""
+    from metrify.adapters.probes import describe_database_error
+    from metrify.adapters.sqlalchemy import migrations
+
+    assert state.settings is not None
+    url = state.settings.resolved_database_url
+    try:
+        current = migrations.current(url)
+        if current not in migrations.heads():
+            if not create:
+                if current is None:
+                    raise UserError("the database is empty: run `metrify replay FILE` or `metrify db upgrade` first")
+                raise UserError("the database schema is behind: run `metrify db upgrade`")
+            migrations.upgrade(url, "head")
+    except UserError:
+        raise
+    except Exception as exc:
+        reason = describe_database_error(exc)
+        if reason is None:
+            raise
+        raise UserError(f"database unreachable: {reason}", 1) from None

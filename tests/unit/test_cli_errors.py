@@ -1,0 +1,114 @@
+"""The CLI never shows a traceback: one readable line, exit 2 for the user's input, 1 otherwise."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from metrify.entrypoints.cli import main
+from metrify.entrypoints.cli.app import app
+
+
+@pytest.fixture(autouse=True)
+def embedded_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("METRIFY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("METRIFY_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("METRIFY_LOG_FORMAT", "json")
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def assert_one_line(err: str) -> None:
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0
+    assert out.startswith("metrify ")
+
+
+def test_an_unknown_command_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["frobnicate"], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "frobnicate" in err
+
+
+def test_a_bad_option_value_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["replay", "x.csv", "--partitions", "zero"], capsys)
+    assert code == 2
+    assert_one_line(err)
+
+
+def test_a_bad_setting_stops_any_command_naming_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRIFY_STREAM__INTERVAL", "abc")
+    code, _, err = run(["info"], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "METRIFY_STREAM__INTERVAL" in err
+
+
+def test_a_missing_file_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(["replay", str(tmp_path / "nope.csv")], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "no such file" in err
+
+
+def test_a_file_that_is_not_utf8_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("meter_id,timestamp,kwh\nM\xe9,2024-01-01T00:00:00Z,1\n".encode("latin-1"))
+    code, _, err = run(["replay", str(path)], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "not UTF-8" in err
+
+
+def test_a_file_without_recognisable_columns_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "odd.csv"
+    path.write_text("a,b,c\n1,2,3\n")
+    code, _, err = run(["replay", str(path)], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "no recognisable" in err
+
+
+def test_a_bad_export_time_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["export", "readings", "--from", "yesterday"], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "--from" in err
+
+
+def test_an_unexpected_error_is_one_line_naming_the_log_and_exit_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    @app.command("explode-for-test", hidden=True)
+    def explode() -> None:
+        raise RuntimeError("boom")
+
+    try:
+        code, _, err = run(["explode-for-test"], capsys)
+    finally:
+        app.registered_commands = [c for c in app.registered_commands if c.name != "explode-for-test"]
+    assert code == 1
+    assert_one_line(err)
+    log_file = tmp_path / "logs" / "metrify.log"
+    assert str(log_file) in err
+    assert "boom" in log_file.read_text()
