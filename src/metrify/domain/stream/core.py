@@ -236,8 +236,11 @@ class PartitionStream:
     ) -> None:
         windows = state.windows
         for index, size in enumerate(self.config.windows):
-            start = slot - slot % size
-            key = (start << 3) | index
+            # Keyed by the window's number, not its start: starts are multiples of large powers of
+            # two, and such keys collide in a dict's hash table.
+            number = slot // size
+            start = number * size
+            key = (number << 3) | index
             partial = windows.get(key)
             if partial is None:
                 partial = windows[key] = [1, kwh, kwh, kwh]
@@ -272,7 +275,7 @@ class PartitionStream:
                 closing = self._closing[index]
                 while ends and ends[0] <= watermark:
                     end = heapq.heappop(ends)
-                    key = ((end - size) << 3) | index
+                    key = ((end // size - 1) << 3) | index
                     for meter_id in closing.pop(end):
                         state = self.meters.get(meter_id)
                         partial = state.windows.get(key) if state is not None else None
@@ -333,7 +336,7 @@ class PartitionStream:
                 self._timers.append((due, meter_id))
             for key in state.windows:
                 index = key & 7
-                end = (key >> 3) + self.config.windows[index]
+                end = ((key >> 3) + 1) * self.config.windows[index]
                 if end > watermark:
                     bucket = self._closing[index].setdefault(end, [])
                     if not bucket:

@@ -10,7 +10,7 @@ from metrify.domain.stream.config import StreamConfig
 class MeterState:
     """Filled slots as a bit mask counted back from the last filled slot (bit k = slot
     `last - k*interval`), the closed gaps still in reach, the open gap's length, and the window
-    partials that are not final, keyed by `window_start << 3 | window index` as
+    partials that are not final, keyed by `window number << 3 | window index` (number = start // size) as
     `[count, sum, min, max]`. Slots and gaps at or before W - L - I are final and dropped."""
 
     __slots__ = ("interval", "first", "last", "mask", "open_count", "gaps", "windows")
@@ -64,7 +64,7 @@ class MeterState:
             for missing_from in [f for f, to in self.gaps.items() if to <= horizon]:
                 self.drop_gap(missing_from)
         sizes = config.windows
-        final = [key for key in self.windows if (key >> 3) + sizes[key & 7] <= horizon]
+        final = [key for key in self.windows if ((key >> 3) + 1) * sizes[key & 7] <= horizon]
         for key in final:
             del self.windows[key]
 
