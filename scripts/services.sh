@@ -6,7 +6,7 @@
 #   bash scripts/services.sh up       install what is missing, start what is not running, wait
 #                                     until each answers, print `export ...` lines for eval
 #   bash scripts/services.sh down     stop what `up` started (data is kept)
-#   bash scripts/services.sh status   what runs, where
+#   bash scripts/services.sh status   what runs, where (exit 0 when all three run, 3 otherwise)
 #   bash scripts/services.sh env      print the export lines only (starts nothing)
 #   bash scripts/services.sh clean    down, then delete the data (the download cache stays)
 #
@@ -54,7 +54,7 @@ KAFKA_DIR=$RUN_DIR/kafka
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------------------------------- utils
-log() { printf '[services] %s\n' "$*" >&2; }
+log() { printf '[services +%ss] %s\n' "$SECONDS" "$*" >&2; }
 die() {
 	printf '[services] ERROR: %s\n' "$*" >&2
 	exit 1
