@@ -49,6 +49,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA temp_store = MEMORY")
+        # 64 MiB of page cache (the default is 2 MiB): inserts land all over the readings index.
+        cursor.execute("PRAGMA cache_size = -65536")
     finally:
         cursor.close()
 

@@ -25,8 +25,6 @@ from metrify.adapters.sqlalchemy.codec import encode_raw, encode_state, extra_co
 from metrify.application.outcomes import OutcomeBatch
 from metrify.application.ports import SourceProgress
 
-_NO_EXTRA = (None, None, None, None, None, None)
-
 
 class Target:
     """One kind of row: its table, columns, conflict key and the columns an upsert replaces
@@ -44,14 +42,16 @@ class Target:
         self.name, self.table, self.columns, self.key = name, table, tuple(columns), tuple(key)
         self.update, self.delete = tuple(update), delete
 
-    def sql(self, placeholder: str) -> str:
-        """The per-row statement, with `placeholder` as the driver spells a parameter."""
+    def sql(self, placeholder: str, width: int | None = None) -> str:
+        """The per-row statement, with `placeholder` as the driver spells a parameter, for rows
+        of the first `width` columns (the others, nullable, are left NULL)."""
         table = _q(self.table.name)
         if self.delete:
             where = " AND ".join(f"{_q(c)} = {placeholder}" for c in self.columns)
             return f"DELETE FROM {table} WHERE {where}"
-        values = ", ".join([placeholder] * len(self.columns))
-        return f"INSERT INTO {table} ({_cols(self.columns)}) VALUES ({values}) {self.conflict()}"
+        columns = self.columns[:width]
+        values = ", ".join([placeholder] * len(columns))
+        return f"INSERT INTO {table} ({_cols(columns)}) VALUES ({values}) {self.conflict()}"
 
     def conflict(self) -> str:
         if not self.update:
@@ -66,6 +66,19 @@ def _q(name: str) -> str:
 
 def _cols(names: Sequence[str]) -> str:
     return ", ".join(_q(n) for n in names)
+
+
+def _runs(values: list[tuple[Any, ...]]) -> list[tuple[int, list[tuple[Any, ...]]]]:
+    """Consecutive rows of the same width, in order. Readings without extras are sent as their
+    six leading columns: binding six NULLs per row costs a third of SQLite's insert time."""
+    if len(set(map(len, values))) == 1:
+        return [(len(values[0]), values)]
+    runs: list[tuple[int, list[tuple[Any, ...]]]] = []
+    for row in values:
+        if not runs or runs[-1][0] != len(row):
+            runs.append((len(row), []))
+        runs[-1][1].append(row)
+    return runs
 
 
 READINGS = Target("readings", t.readings, [c.name for c in t.readings.columns], ["meter_id", "ts"])
@@ -124,11 +137,12 @@ def batch_rows(
     progress: Sequence[SourceProgress],
     now_us: int | None = None,
 ) -> dict[Target, list[tuple[Any, ...]]]:
-    """The rows each target receives, in column order; upserts deduplicated, the last one winning."""
+    """The rows each target receives, in column order; upserts deduplicated, the last one winning.
+    A row may hold only its leading columns (a reading without extras); the rest are NULL."""
     now = time.time_ns() // 1000 if now_us is None else now_us
     rows: dict[Target, list[tuple[Any, ...]]] = {}
     if batch.readings:
-        rows[READINGS] = [r[:6] + (_NO_EXTRA if r[6] is None else extra_columns(r[6])) for r in batch.readings]
+        rows[READINGS] = [r[:6] if r[6] is None else r[:6] + extra_columns(r[6]) for r in batch.readings]
     if batch.rejected:
         rows[REJECTED] = [
             (
@@ -190,7 +204,8 @@ class SqliteWriter:
             for target in TARGETS:
                 values = rows.get(target)
                 if values:
-                    cursor.executemany(target.sql("?"), values)
+                    for width, run in _runs(values):
+                        cursor.executemany(target.sql("?", width), run)
         finally:
             cursor.close()
 
@@ -235,22 +250,27 @@ class PostgresWriter:
                 values = rows.get(target)
                 if not values:
                     continue
+                runs = _runs(values)
                 if len(values) < self.copy_threshold:
-                    cursor.executemany(target.sql("%s"), values)
+                    for width, run in runs:
+                        cursor.executemany(target.sql("%s", width), run)
                     continue
-                stage = self.stage(target)
-                with cursor.copy(f"COPY {stage} ({_cols(target.columns)}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(self.types[target])
+                width = runs[0][0] if len(runs) == 1 else len(target.columns)
+                if len(runs) > 1:  # one COPY of full rows
+                    values = [row + (None,) * (width - len(row)) for row in values]
+                columns = _cols(target.columns[:width])
+                with cursor.copy(f"COPY {self.stage(target)} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(self.types[target][:width])
                     for row in values:
                         copy.write_row(row)
-                cursor.execute(self.set_sql(target))
+                cursor.execute(self.set_sql(target, width))
 
-    def set_sql(self, target: Target) -> str:
+    def set_sql(self, target: Target, width: int | None = None) -> str:
         stage, table = self.stage(target), _q(target.table.name)
         if target.delete:
             match = " AND ".join(f"t.{_q(c)} = s.{_q(c)}" for c in target.columns)
             return f"DELETE FROM {table} AS t USING {stage} AS s WHERE {match}"
-        cols = _cols(target.columns)
+        cols = _cols(target.columns[:width])
         return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {target.conflict()}"
 
 
