@@ -23,6 +23,7 @@
 #   METRIFY_SERVICES_KAFKA_PORT  59092     METRIFY_SERVICES_KAFKA_CONTROLLER_PORT  59093
 #   METRIFY_SERVICES_KAFKA_HEAP  "-Xms256m -Xmx512m"
 #   METRIFY_SERVICES_TIMEOUT     seconds to wait for each service to answer (default 120)
+#   METRIFY_SERVICES_MAVEN_REPO  a Maven local repository to use instead of ~/.m2/repository
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -21,7 +21,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 	"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
 		{ log "Python >= 3.11 is needed; $PYTHON is $("$PYTHON" --version 2>&1)"; exit 1; }
 	log "creating $VENV with $("$PYTHON" --version 2>&1)"
-	"$PYTHON" -m venv "$VENV"
+	"$PYTHON" -m venv "$VENV" || {
+		rm -rf "$VENV"
+		log "'$PYTHON -m venv' failed (on Debian's own python3: apt-get install python3-venv)"
+		exit 1
+	}
 fi
 stamp=$VENV/.metrify-installed
 want=$(sha256sum pyproject.toml | cut -d" " -f1)
