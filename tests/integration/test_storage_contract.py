@@ -495,3 +495,16 @@ def test_a_connection_killed_mid_transaction_is_transient_and_the_retry_succeeds
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def test_a_bulk_batch_that_partly_overlaps_what_is_stored_adds_only_the_new_rows(store: Store) -> None:
+    rows: list[Any] = [reading(f"M{i % 7}", T0 + i * US, i / 8) for i in range(300)]
+    rows += [ReadingRejected(f"M{i % 7}", f"t{i}", i, "invalid_timestamp", 0, None, i) for i in range(200)]
+    earlier = rows[100:150] + rows[400:420]
+    changed = [r._replace(consumption_kwh=99.0) if isinstance(r, ReadingAccepted) else r for r in earlier]
+    write(store, changed)
+    write(store, rows)
+    got = everything(store)
+    assert got == expected_after(changed, rows)
+    assert len(got["readings"]) == 300 and len(got["rejected"]) == 200
+    assert sum(r.consumption_kwh == 99.0 for r in got["readings"]) == 50  # the first write won
