@@ -1,0 +1,118 @@
+"""`metrify replay` and `export` end to end on real processes: round trip, continuation, SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from metrify.adapters.files.writers import write_fleet_csv
+from metrify.application.simulator import FleetProfile
+from tests.integration.cli import export_all, metrify, metrify_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fleet_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("fleet") / "fleet.csv"
+    write_fleet_csv(path, FleetProfile(meters=80, days=3, seed=11))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fleet_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    env = metrify_env(tmp_path_factory.mktemp("once"))
+    metrify(["replay", str(fleet_csv), "--batch-size", "700"], env)
+    return export_all(env)
+
+
+def test_replay_then_export_round_trips_every_kind(fleet_csv: Path, uninterrupted: dict) -> None:
+    with fleet_csv.open() as handle:
+        rows = sum(1 for _ in handle) - 1
+    kinds = uninterrupted
+    assert len(kinds["readings"]) + len(kinds["rejected"]) + len(kinds["late"]) == rows
+    assert {r["reason"] for r in kinds["rejected"]} >= {"duplicate", "missing_meter_id", "invalid_timestamp"}
+    assert any(g["status"] == "open" for g in kinds["gaps"])
+    assert any(g["status"] == "closed" for g in kinds["gaps"])
+    assert {a["window"] for a in kinds["aggregates"]} == {"15m", "1h", "1d"}
+    readings = kinds["readings"]
+    assert readings == sorted(readings, key=lambda r: (r["meter_id"], r["timestamp"]))
+    assert all(r["timestamp"].endswith("Z") for r in readings)
+
+
+def test_export_filters_and_csv_format(uninterrupted: dict, tmp_path: Path, fleet_csv: Path) -> None:
+    env = metrify_env(tmp_path)
+    metrify(["replay", str(fleet_csv), "--batch-size", "700"], env)
+    meter = uninterrupted["aggregates"][0]["meter_id"]
+    out = metrify(["export", "aggregates", "--window", "1h", "--meter", meter, "--format", "csv"], env).stdout
+    rows = list(csv.DictReader(out.splitlines()))
+    expected = [a for a in uninterrupted["aggregates"] if a["meter_id"] == meter and a["window"] == "1h"]
+    assert [r["window_start"] for r in rows] == [a["window_start"] for a in expected]
+    assert rows and all(r["window"] == "1h" for r in rows)
+    target = tmp_path / "gaps.jsonl"
+    metrify(["export", "gaps", "--from", "2024-03-05T00:00:00Z", "--to", "2024-03-06T00:00:00Z", "--output", str(target)], env)
+    assert all("2024-03-05" in line for line in target.read_text().splitlines())
+
+
+def test_replaying_two_files_continues_the_stream(fleet_csv: Path, uninterrupted: dict, tmp_path: Path) -> None:
+    lines = fleet_csv.read_text().splitlines()
+    header, body = lines[0], lines[1:]
+    cut = len(body) // 2
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("\n".join([header, *body[:cut]]) + "\n")
+    second.write_text("\n".join([header, *body[cut:]]) + "\n")
+    env = metrify_env(tmp_path / "data")
+    metrify(["replay", str(first), "--batch-size", "500"], env)
+    metrify(["replay", str(second), "--batch-size", "900"], env)
+    assert export_all(env) == uninterrupted
+
+
+def test_a_replay_killed_at_any_moment_resumes_to_the_same_outcome(
+    fleet_csv: Path, uninterrupted: dict, tmp_path: Path
+) -> None:
+    env = metrify_env(tmp_path)
+    chance = random.Random(3)
+    kills = 0
+    for _ in range(12):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "metrify", "replay", str(fleet_csv), "--batch-size", "300"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        time.sleep(chance.uniform(1.0, 3.0))
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+    assert kills >= 1, "the replay finished before it could be killed: make the fleet larger"
+    finished = metrify(["replay", str(fleet_csv), "--batch-size", "300"], env)
+    assert "Traceback" not in finished.stderr
+    assert export_all(env) == uninterrupted
+    again = metrify(["replay", str(fleet_csv)], env)
+    assert "already replayed" in again.stdout
+
+
+def test_replay_into_postgres_gives_the_same_exports_as_sqlite(
+    fleet_csv: Path, uninterrupted: dict, tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    env = metrify_env(tmp_path, database_url=fresh_postgres_url)
+    metrify(["replay", str(fleet_csv), "--batch-size", "700"], env)
+    assert export_all(env) == uninterrupted
+
+
+def test_replay_with_network_simulation_and_partitions_is_deterministic(fleet_csv: Path, tmp_path: Path) -> None:
+    options = ["--partitions", "3", "--delay-prob", "0.1", "--max-delay", "300", "--drop-prob", "0.05", "--seed", "4"]
+    results = []
+    for name in ("one", "two"):
+        env = metrify_env(tmp_path / name)
+        metrify(["replay", str(fleet_csv), *options], env)
+        results.append(export_all(env))
+    assert results[0] == results[1]
+    assert {r["partition"] for r in results[0]["readings"]} == {0, 1, 2}
