@@ -57,14 +57,50 @@ def make_events(rows: int, meters: int, extras: bool) -> list[ReadingAccepted]:
     return out
 
 
-def write_all(engine: sa.Engine, events: list[ReadingAccepted], batch: int) -> float:
-    started = time.perf_counter()
+class Stopwatch:
+    """Wall time, and CPU time of this process plus (PostgreSQL on this machine) of the server
+    backends serving the engine: rows per CPU-second is what the code costs, whatever else
+    competes for the CPUs; rows per wall-second is what this run got."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def server_cpu(self) -> float:
+        if self.engine.dialect.name != "postgresql":
+            return 0.0
+        with self.engine.connect() as connection:
+            pids = connection.execute(
+                sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            ).scalars()
+            total = 0
+            for pid in pids:
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:  # the server runs elsewhere, or the backend is gone
+                    continue
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def run(self, label: str, rows: int, action: Callable[[], None]) -> None:
+        server, client, wall = self.server_cpu(), time.process_time(), time.perf_counter()
+        action()
+        wall = time.perf_counter() - wall
+        client = time.process_time() - client
+        server = self.server_cpu() - server
+        cpu = client + server
+        print(
+            f"  {label:<50} {rows:>9,} rows {wall:6.2f} s {rows / wall:>9,.0f} rows/s | "
+            f"CPU {client:5.2f} + {server:5.2f} s {rows / cpu:>9,.0f} rows/CPU-s",
+            flush=True,
+        )
+
+
+def write_all(engine: sa.Engine, events: list[ReadingAccepted], batch: int) -> None:
     for offset in range(0, len(events), batch):
         with SqlAlchemyStreamUnitOfWork(engine) as uow:
             uow.outcomes.add_events(events[offset : offset + batch])
             uow.state.save("bench", 0, events[min(len(events), offset + batch) - 1].timestamp, offset + batch, {})
             uow.commit()
-    return time.perf_counter() - started
 
 
 def count(engine: sa.Engine) -> int:
@@ -81,49 +117,50 @@ def truncate(engine: sa.Engine) -> None:
             connection.execute(sa.text("DELETE FROM stream_partitions"))
 
 
-def report(label: str, rows: int, seconds: float) -> None:
-    print(f"  {label:<48} {rows:>9,} rows  {seconds:7.2f} s  {rows / seconds:>10,.0f} rows/s", flush=True)
-
-
-def bench_store(url: str, events: list[ReadingAccepted], batch: int, yardstick: Callable[..., None] | None) -> None:
+def bench_store(url: str, events: list[ReadingAccepted], batch: int, yardstick: bool) -> None:
     migrations.upgrade(url)
     engine = create_engine_for(url)
+    watch = Stopwatch(engine)
     try:
-        seconds = write_all(engine, events, batch)
+        watch.run(f"unit of work, batches of {batch:,}", len(events), lambda: write_all(engine, events, batch))
         assert count(engine) == len(events)
-        report(f"unit of work, batches of {batch:,}", len(events), seconds)
-        seconds = write_all(engine, events, batch)
+        watch.run(
+            "the same again (all conflicts, nothing changes)", len(events), lambda: write_all(engine, events, batch)
+        )
         assert count(engine) == len(events)
-        report("the same again (all conflicts, nothing changes)", len(events), seconds)
-        if yardstick is not None:
-            yardstick(engine, events, batch)
+        if yardstick:
+            postgres_yardstick(engine, watch, events, batch)
     finally:
         engine.dispose()
 
 
-def postgres_yardstick(engine: sa.Engine, events: list[ReadingAccepted], batch: int) -> None:
+def postgres_yardstick(engine: sa.Engine, watch: Stopwatch, events: list[ReadingAccepted], batch: int) -> None:
     """The same rows through psycopg's executemany (pipelined INSERT ... ON CONFLICT), and through
     SQLAlchemy Core's executemany (insertmanyvalues), each batch one transaction."""
     rows = [r[:6] + (None,) * 6 for r in events]
-    truncate(engine)
     sql = READINGS.sql("%s")
-    started = time.perf_counter()
-    for offset in range(0, len(rows), batch):
-        with engine.begin() as connection:
-            driver = connection.connection.driver_connection
-            assert driver is not None
-            with driver.cursor() as cursor:
-                cursor.executemany(sql, rows[offset : offset + batch])
-    report("yardstick: psycopg executemany INSERT..ON CONFLICT", len(rows), time.perf_counter() - started)
-    assert count(engine) == len(rows)
-    truncate(engine)
+
+    def psycopg_executemany() -> None:
+        for offset in range(0, len(rows), batch):
+            with engine.begin() as connection:
+                driver = connection.connection.driver_connection
+                assert driver is not None
+                with driver.cursor() as cursor:
+                    cursor.executemany(sql, rows[offset : offset + batch])
+
     names = [c.name for c in readings_table.columns]
     dicts = [dict(zip(names, row, strict=True)) for row in rows]
-    started = time.perf_counter()
-    for offset in range(0, len(dicts), batch):
-        with engine.begin() as connection:
-            connection.execute(readings_table.insert(), dicts[offset : offset + batch])
-    report("yardstick: SQLAlchemy Core insert(), list of dicts", len(rows), time.perf_counter() - started)
+
+    def core_insert() -> None:
+        for offset in range(0, len(dicts), batch):
+            with engine.begin() as connection:
+                connection.execute(readings_table.insert(), dicts[offset : offset + batch])
+
+    truncate(engine)
+    watch.run("yardstick: psycopg executemany INSERT..ON CONFLICT", len(rows), psycopg_executemany)
+    assert count(engine) == len(rows)
+    truncate(engine)
+    watch.run("yardstick: SQLAlchemy Core insert(), list of dicts", len(rows), core_insert)
     assert count(engine) == len(rows)
 
 
@@ -151,7 +188,7 @@ def main() -> None:
         import sqlite3
 
         print(f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL), file in {folder}")
-        bench_store(f"sqlite:///{folder}/bench.db", events, args.batch, None)
+        bench_store(f"sqlite:///{folder}/bench.db", events, args.batch, False)
 
     server = os.environ.get("METRIFY_DATABASE_URL", "")
     if not server.startswith("postgres"):
@@ -165,7 +202,7 @@ def main() -> None:
     try:
         url = normalise_url(server).set(database=name).render_as_string(hide_password=False)
         print(f"PostgreSQL {version} at {mask_url(url)}")
-        bench_store(url, events, args.batch, postgres_yardstick)
+        bench_store(url, events, args.batch, True)
     finally:
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

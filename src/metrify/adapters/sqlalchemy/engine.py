@@ -51,6 +51,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA temp_store = MEMORY")
         # 64 MiB of page cache (the default is 2 MiB): inserts land all over the readings index.
         cursor.execute("PRAGMA cache_size = -65536")
+        # Checkpoint every ~40 MiB of WAL rather than 4 MiB: a hot page is copied back less often.
+        cursor.execute("PRAGMA wal_autocheckpoint = 10000")
     finally:
         cursor.close()
 
