@@ -24,7 +24,9 @@ def metrify_env(data_dir: Path, database_url: str | None = None, **extra: str) -
     return env
 
 
-def metrify(args: list[str], env: dict[str, str], check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def metrify(
+    args: list[str], env: dict[str, str], check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", "metrify", *args], env=env, capture_output=True, text=True, timeout=timeout
     )

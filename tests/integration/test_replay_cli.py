@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.integration.cli import export_all, metrify, metrify_env
 
 from metrify.adapters.files.writers import write_fleet_csv
 from metrify.application.simulator import FleetProfile
-from tests.integration.cli import export_all, metrify, metrify_env
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,10 @@ def test_export_filters_and_csv_format(uninterrupted: dict, tmp_path: Path, flee
     assert [r["window_start"] for r in rows] == [a["window_start"] for a in expected]
     assert rows and all(r["window"] == "1h" for r in rows)
     target = tmp_path / "gaps.jsonl"
-    metrify(["export", "gaps", "--from", "2024-03-05T00:00:00Z", "--to", "2024-03-06T00:00:00Z", "--output", str(target)], env)
+    metrify(
+        ["export", "gaps", "--from", "2024-03-05T00:00:00Z", "--to", "2024-03-06T00:00:00Z", "--output", str(target)],
+        env,
+    )
     assert all("2024-03-05" in line for line in target.read_text().splitlines())
 
 
@@ -83,7 +86,9 @@ def test_a_replay_killed_at_any_moment_resumes_to_the_same_outcome(
     for _ in range(12):
         process = subprocess.Popen(
             [sys.executable, "-m", "metrify", "replay", str(fleet_csv), "--batch-size", "300"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         time.sleep(chance.uniform(1.0, 3.0))
         if process.poll() is not None:
