@@ -55,15 +55,25 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def extra_columns(extra: dict[str, Any] | None) -> tuple[Any, ...]:
+def extra_columns(extra: dict[str, Any]) -> tuple[Any, ...]:
     """The electrical extras of a reading as column values: numbers (text that reads as one is
-    converted), and the region as text; anything else is not stored."""
-    if not extra:
-        return (None, None, None, None, None, None)
-    region = extra.get("region")
+    converted), and the region as text; anything else is not stored. Unrolled: a hot path."""
+    get = extra.get
+    v, c, p, pf, f, r = (
+        get("voltage"),
+        get("current"),
+        get("power_kw"),
+        get("power_factor"),
+        get("frequency"),
+        get("region"),
+    )
     return (
-        *(_number(extra.get(name)) for name in ELECTRICAL),
-        None if region is None else str(region),
+        v if v is None or type(v) is float else _number(v),
+        c if c is None or type(c) is float else _number(c),
+        p if p is None or type(p) is float else _number(p),
+        pf if pf is None or type(pf) is float else _number(pf),
+        f if f is None or type(f) is float else _number(f),
+        r if r is None or type(r) is str else str(r),
     )
 
 
