@@ -232,6 +232,8 @@ def streams(draw, partitions: int | None = None, max_rows: int = 40):
                     "invalid",
                     "invalid",
                     "future",
+                    "leap",
+                    "ancient",
                 )
             )
         )
@@ -278,6 +280,17 @@ def streams(draw, partitions: int | None = None, max_rows: int = 40):
             rows.append(row)
             sim.observe(row)
             continue
+        elif kind == "leap":
+            # W jumps about a state TTL past some meter's last reading: pruning of silent
+            # meters (§3.7) must not change the outcome.
+            other = draw(st.sampled_from(meters))
+            t = cursor[other] + config.state_ttl + bound + draw(st.sampled_from((0, -1, 1, interval, 3 * interval)))
+            if t > now_us + config.future_tolerance:
+                t = now_us + config.future_tolerance
+            cursor[meter] = max(cursor[meter], slot_of(t, interval))
+        elif kind == "ancient":
+            # 1970: the first reading of a partition (ON_TIME, however old), else too late.
+            t = draw(st.sampled_from((0, 86400 * US, 1_000_000_000 * US)))
         elif kind == "same_slot":
             t = cursor[meter] + draw(st.integers(-half, half - 1))
         elif kind == "future":

@@ -196,9 +196,7 @@ def test_consumption_outside_the_grammar_is_invalid(text):
     assert parse_consumption(text) is None
 
 
-@pytest.mark.parametrize(
-    "value, expected", [(0.25, 0.25), (1, 1.0), (-2, -2.0), (1e9, 1e9), (float("inf"), math.inf)]
-)
+@pytest.mark.parametrize("value, expected", [(0.25, 0.25), (1, 1.0), (-2, -2.0), (1e9, 1e9), (float("inf"), math.inf)])
 def test_json_numbers_are_consumption(value, expected):
     assert parse_consumption(value) == expected
 

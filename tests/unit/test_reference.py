@@ -49,8 +49,7 @@ def statuses(out) -> list[tuple[str, str, str]]:
 
 def gaps(out) -> list[tuple[str, str, str | None, int, str]]:
     return [
-        (g["meter_id"], g["missing_from"], g["missing_to"], g["missing_intervals"], g["status"])
-        for g in out["gaps"]
+        (g["meter_id"], g["missing_from"], g["missing_to"], g["missing_intervals"], g["status"]) for g in out["gaps"]
     ]
 
 
@@ -234,9 +233,7 @@ def test_rejected_rows_keep_raw_values_and_sort_by_meter_then_time():
 def test_whitespace_ids_are_one_meter():
     out = run(row(" MTR-1 ", ts(0)), row("MTR-1\t", ts(0, 10)), row("MTR-1", ts(1)), partitions=3)
     assert [r["meter_id"] for r in out["readings"]] == ["MTR-1", "MTR-1"]
-    assert [(r["meter_id"], r["reason"], r["partition"]) for r in out["rejected"]] == [
-        ("MTR-1", "duplicate", 2)
-    ]
+    assert [(r["meter_id"], r["reason"], r["partition"]) for r in out["rejected"]] == [("MTR-1", "duplicate", 2)]
     assert {r["partition"] for r in out["readings"]} == {2}  # murmur2("MTR-1") % 3
 
 
@@ -411,9 +408,7 @@ def test_one_day_windows_are_utc_days():
         ("M1", "2024-03-05T00:00:00Z", "2024-03-06T00:00:00Z", 1),
     ]
     # 15m windows hold a reading only every other window with a 30 min interval: no gap.
-    assert [
-        (a["window_start"]) for a in out["aggregates"] if a["window"] == "15m" and a["meter_id"] == "M1"
-    ] == [
+    assert [(a["window_start"]) for a in out["aggregates"] if a["window"] == "15m" and a["meter_id"] == "M1"] == [
         "2024-03-04T23:00:00Z",
         "2024-03-05T00:00:00Z",
     ]

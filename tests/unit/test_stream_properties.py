@@ -31,9 +31,7 @@ batch_sizes = st.lists(st.integers(1, 12), min_size=1, max_size=5)
 
 def _same_value(key: str, field: str, a: object, b: object) -> bool:
     if key == "aggregates" and field in AGGREGATE_FLOATS:
-        return (
-            isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-        )
+        return isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True  # a raw NaN kept as received
     return type(a) is type(b) and a == b
@@ -122,9 +120,7 @@ def test_saving_and_restoring_state_between_batches_changes_nothing(stream, size
     restore_at = data.draw(st.sets(st.integers(0, max(batches - 1, 0))), label="restore_at")
     straight = run_core(rows, config, now_us, partitions, batch_sizes=sizes)
     restored = run_core(rows, config, now_us, partitions, batch_sizes=sizes, restore_at=restore_at)
-    assert_same_outcome(
-        restored, straight, f"core restored after batches {sorted(restore_at)} vs not restored"
-    )
+    assert_same_outcome(restored, straight, f"core restored after batches {sorted(restore_at)} vs not restored")
     expected = reference_exports(rows, config, now_us, partitions)
     assert_same_outcome(restored, expected, "restored core vs reference")
 
@@ -141,6 +137,4 @@ def test_three_partitions_give_the_reference_outcome_whatever_the_batching_and_r
     batches = batch_count(rows, sizes)
     restore_at = data.draw(st.sets(st.integers(0, max(batches - 1, 0))), label="restore_at")
     actual = run_core(rows, config, now_us, partitions, batch_sizes=sizes, restore_at=restore_at)
-    assert_same_outcome(
-        actual, expected, f"core, 3 partitions, batches {sizes}, restored after {sorted(restore_at)}"
-    )
+    assert_same_outcome(actual, expected, f"core, 3 partitions, batches {sizes}, restored after {sorted(restore_at)}")
