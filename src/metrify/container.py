@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from dependency_injector import containers, providers
 
+from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec, load_or_create_secret
 from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
+from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
 from metrify.adapters.sqlalchemy.engine import create_engine_for
+from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
 from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
+from metrify.adapters.sqlalchemy.users import SqlAlchemyIngestKeyRepository, SqlAlchemyUserRepository
 from metrify.adapters.system import SystemClock
 from metrify.application.stream import Backoff, StreamPipeline
-from metrify.settings import Settings
+from metrify.settings import Settings, SettingsError
 
 
 def _engine(url: str):  # noqa: ANN202 - a generator resource
@@ -48,6 +52,18 @@ def _kafka_bus(producer, topic_prefix: str):  # noqa: ANN001, ANN202
     from metrify.adapters.kafka.bus import KafkaEventBus
 
     return KafkaEventBus(producer, topic_prefix)
+
+
+def _jwt_secret(settings: Settings) -> str:
+    """METRIFY_AUTH__SECRET; on the embedded profile an empty one means DATA_DIR/jwt-secret (0600)."""
+    if settings.auth.secret:
+        return settings.auth.secret
+    if settings.profile != "embedded":
+        raise SettingsError(
+            f"METRIFY_AUTH__SECRET: must be set on the {settings.profile} profile "
+            "(32 characters or more, the same for every API process; e.g. `openssl rand -hex 32`)"
+        )
+    return load_or_create_secret(settings.data_dir / "jwt-secret")
 
 
 class Container(containers.DeclarativeContainer):
@@ -85,6 +101,14 @@ class Container(containers.DeclarativeContainer):
         ),
     )
 
+
+    # -- the REST API (issue 7): users, ingest keys, the meter registry, the read side ------------
+    password_hasher = providers.Singleton(Argon2PasswordHasher)
+    token_codec = providers.Singleton(JwtTokenCodec, secret=providers.Callable(_jwt_secret, settings))
+    user_repository = providers.Singleton(SqlAlchemyUserRepository, engine=engine)
+    ingest_key_repository = providers.Singleton(SqlAlchemyIngestKeyRepository, engine=engine)
+    meter_registry = providers.Singleton(SqlAlchemyMeterRegistry, engine=engine)
+    fleet_queries = providers.Singleton(SqlAlchemyFleetQueries, engine=engine)
 
 def build_container(settings: Settings) -> Container:
     container = Container(settings=settings)

@@ -99,6 +99,48 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(1, ge=1)
 
 
+class AuthSettings(BaseModel):
+    """Tokens and rate limits of the REST API (issue 7).
+
+    An empty `secret` on the embedded profile means: generate one and keep it in DATA_DIR/jwt-secret
+    (mode 0600); any other profile must set METRIFY_AUTH__SECRET (32 characters or more).
+    Rate limits count requests per fixed window of `rate_window`; 0 turns a limit off.
+    """
+
+    secret: str = ""
+    access_ttl: Duration = 900.0
+    refresh_ttl: Duration = 7 * 86400.0
+    rate_window: Duration = 60.0
+    user_rate_limit: int = Field(600, ge=0)
+    ingest_rate_limit: int = Field(6000, ge=0)
+    login_rate_limit: int = Field(10, ge=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_long_enough(cls, value: str) -> str:
+        if value and len(value) < 32:
+            raise ValueError("the secret must be at least 32 characters long (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("access_ttl", "refresh_ttl", "rate_window")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be longer than zero")
+        return value
+
+
+class ApiSettings(BaseModel):
+    """The HTTP server and the limits of its requests."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_batch_readings: int = Field(10_000, ge=1)
+    page_size: int = Field(100, ge=1)
+    max_page_size: int = Field(1000, ge=1)
+
+
 class Settings(BaseSettings):
     """All of Metrify's settings. Environment variables: `METRIFY_<NAME>`, nested `METRIFY_<GROUP>__<NAME>`."""
 
@@ -111,6 +153,8 @@ class Settings(BaseSettings):
     redis_url: str = ""
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     log_format: Literal["console", "json", ""] = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
 

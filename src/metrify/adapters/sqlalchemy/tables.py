@@ -158,3 +158,53 @@ sink_offsets = sa.Table(
     sa.Column("next_offset", sa.BigInteger, nullable=False),
     sa.Column("updated_at", Micros, nullable=False),
 )
+
+# -- API: users, their assignments, and ingest keys (issue 7) ------------------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("email", sa.Text, nullable=False, unique=True),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("created_at", Micros, nullable=False),
+    sa.Column("updated_at", Micros, nullable=False),
+)
+
+user_meters = sa.Table(
+    "user_meters",
+    metadata,
+    sa.Column("user_id", sa.Text, sa.ForeignKey("users.user_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("meter_id", MeterId, primary_key=True),
+)
+
+user_regions = sa.Table(
+    "user_regions",
+    metadata,
+    sa.Column("user_id", sa.Text, sa.ForeignKey("users.user_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("region", sa.Text, primary_key=True),
+)
+
+ingest_keys = sa.Table(
+    "ingest_keys",
+    metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("key_hash", sa.Text, nullable=False, unique=True),  # SHA-256 of the token, hex
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("all_regions", sa.Boolean, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("created_at", Micros, nullable=False),
+    sa.Column("revoked_at", Micros, nullable=True),
+)
+
+ingest_key_regions = sa.Table(
+    "ingest_key_regions",
+    metadata,
+    sa.Column("key_id", sa.Text, sa.ForeignKey("ingest_keys.key_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("region", sa.Text, primary_key=True),
+)
+
+API_TABLES = (user_meters, user_regions, ingest_key_regions, users, ingest_keys)

@@ -148,4 +148,5 @@ def _run_migration(action):  # noqa: ANN001, ANN202
         raise UserError(f"database unreachable: {reason}", 1) from None
 
 
+from metrify.entrypoints.cli import api as _api  # noqa: E402,F401  (registers `api` and `users`)
 from metrify.entrypoints.cli import stream as _stream  # noqa: E402,F401  (registers the stream commands)

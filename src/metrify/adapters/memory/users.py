@@ -1,0 +1,103 @@
+"""Dict-backed users, ingest keys and meter registry: the fakes the API's unit tests run on, kept
+true to the SQLAlchemy adapters by the same contract tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Mapping
+
+from metrify.application.errors import AlreadyExists
+from metrify.domain.ingest_keys import IngestKey
+from metrify.domain.readings import Meter
+from metrify.domain.users import Role, Scope, User
+
+
+class InMemoryUserRepository:
+    def __init__(self) -> None:
+        self.users: dict[str, User] = {}
+        self._lock = threading.Lock()
+
+    def get(self, user_id: str) -> User | None:
+        return self.users.get(user_id)
+
+    def by_email(self, email: str) -> User | None:
+        return next((u for u in self.users.values() if u.email == email), None)
+
+    def add(self, user: User) -> None:
+        with self._lock:
+            if self.by_email(user.email) is not None or user.user_id in self.users:
+                raise AlreadyExists(f"a user with the email {user.email} exists already")
+            self.users[user.user_id] = user
+
+    def save(self, user: User) -> None:
+        with self._lock:
+            if user.user_id in self.users:
+                self.users[user.user_id] = user
+
+    def list(self, after_email: str | None, limit: int) -> list[User]:
+        ordered = sorted(self.users.values(), key=lambda u: u.email)
+        return [u for u in ordered if after_email is None or u.email > after_email][:limit]
+
+    def count_active_admins(self) -> int:
+        return sum(1 for u in self.users.values() if u.role is Role.ADMIN and u.active)
+
+
+class InMemoryIngestKeyRepository:
+    def __init__(self) -> None:
+        self.keys: dict[str, IngestKey] = {}
+
+    def add(self, key: IngestKey) -> None:
+        if key.key_id in self.keys or self.by_hash(key.key_hash) is not None:
+            raise AlreadyExists(f"ingest key {key.key_id!r} exists already")
+        self.keys[key.key_id] = key
+
+    def get(self, key_id: str) -> IngestKey | None:
+        return self.keys.get(key_id)
+
+    def by_hash(self, key_hash: str) -> IngestKey | None:
+        return next((k for k in self.keys.values() if k.key_hash == key_hash), None)
+
+    def save(self, key: IngestKey) -> None:
+        if key.key_id in self.keys:
+            self.keys[key.key_id] = key
+
+    def list(self) -> list[IngestKey]:
+        return sorted(self.keys.values(), key=lambda k: (k.created_at, k.key_id))
+
+
+class InMemoryMeterRegistry:
+    def __init__(self) -> None:
+        self.meters: dict[str, Meter] = {}
+        self._lock = threading.Lock()
+
+    def get(self, meter_id: str) -> Meter | None:
+        return self.meters.get(meter_id)
+
+    def add(self, meter: Meter, created_at: int) -> None:
+        with self._lock:
+            if meter.meter_id in self.meters:
+                raise AlreadyExists(f"meter {meter.meter_id!r} is registered already")
+            self.meters[meter.meter_id] = meter
+
+    def save(self, meter: Meter) -> None:
+        with self._lock:
+            if meter.meter_id in self.meters:
+                self.meters[meter.meter_id] = meter
+
+    def list(self, scope: Scope, region: str | None, after: str | None, limit: int) -> list[Meter]:
+        chosen = (
+            m
+            for m in sorted(self.meters.values(), key=lambda m: m.meter_id)
+            if scope.allows_meter(m.meter_id, m.region)
+            and (region is None or m.region == region)
+            and (after is None or m.meter_id > after)
+        )
+        return list(chosen)[:limit]
+
+    def regions_of(self, meter_ids: Collection[str]) -> dict[str, str | None]:
+        return {m: self.meters[m].region for m in meter_ids if m in self.meters}
+
+    def register_missing(self, meters: Mapping[str, str | None], created_at: int) -> None:
+        with self._lock:
+            for meter_id, region in meters.items():
+                self.meters.setdefault(meter_id, Meter(meter_id, region))

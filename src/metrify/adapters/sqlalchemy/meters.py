@@ -1,0 +1,107 @@
+"""The meter registry in the database, and the SQL form of a user's scope (domain.users.Scope)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from metrify.adapters.sqlalchemy import tables as t
+from metrify.adapters.sqlalchemy.errors import transient_errors
+from metrify.application.errors import AlreadyExists
+from metrify.domain.readings import Meter
+from metrify.domain.users import Scope
+
+_IN_CHUNK = 900  # bound parameters per IN list: SQLite's limit is far above, but plans stay small
+
+
+def meters_of_regions(regions: Collection[str]) -> sa.Select[Any]:
+    return sa.select(t.meters.c.meter_id).where(t.meters.c.region.in_(sorted(regions)))
+
+
+def scope_filter(meter: sa.ColumnElement[Any], scope: Scope) -> sa.ColumnElement[bool] | None:
+    """The condition on a meter id column that keeps what the scope allows (None: everything)."""
+    if scope.everything:
+        return None
+    conditions: list[sa.ColumnElement[bool]] = []
+    if scope.meters:
+        conditions.append(meter.in_(sorted(scope.meters)))
+    if scope.regions:
+        conditions.append(meter.in_(meters_of_regions(scope.regions)))
+    if not conditions:
+        return sa.false()
+    return sa.or_(*conditions)
+
+
+def _meter(row: Any) -> Meter:
+    return Meter(row.meter_id, row.region, row.interval_seconds)
+
+
+class SqlAlchemyMeterRegistry:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def get(self, meter_id: str) -> Meter | None:
+        with transient_errors(), self.engine.connect() as connection:
+            row = connection.execute(sa.select(t.meters).where(t.meters.c.meter_id == meter_id)).first()
+        return None if row is None else _meter(row)
+
+    def add(self, meter: Meter, created_at: int) -> None:
+        try:
+            with transient_errors(), self.engine.begin() as connection:
+                connection.execute(
+                    t.meters.insert().values(
+                        meter_id=meter.meter_id,
+                        region=meter.region,
+                        interval_seconds=meter.interval_seconds,
+                        created_at=created_at,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            raise AlreadyExists(f"meter {meter.meter_id!r} is registered already") from None
+
+    def save(self, meter: Meter) -> None:
+        with transient_errors(), self.engine.begin() as connection:
+            connection.execute(
+                t.meters.update()
+                .where(t.meters.c.meter_id == meter.meter_id)
+                .values(region=meter.region, interval_seconds=meter.interval_seconds)
+            )
+
+    def list(self, scope: Scope, region: str | None, after: str | None, limit: int) -> list[Meter]:
+        c = t.meters.c
+        stmt = sa.select(t.meters).order_by(c.meter_id).limit(limit)
+        allowed = scope_filter(c.meter_id, scope)
+        if allowed is not None:
+            stmt = stmt.where(allowed)
+        if region is not None:
+            stmt = stmt.where(c.region == region)
+        if after is not None:
+            stmt = stmt.where(c.meter_id > after)
+        with transient_errors(), self.engine.connect() as connection:
+            return [_meter(row) for row in connection.execute(stmt)]
+
+    def regions_of(self, meter_ids: Collection[str]) -> dict[str, str | None]:
+        ids = sorted(meter_ids)
+        found: dict[str, str | None] = {}
+        c = t.meters.c
+        with transient_errors(), self.engine.connect() as connection:
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                found.update(connection.execute(sa.select(c.meter_id, c.region).where(c.meter_id.in_(chunk))).all())
+        return found
+
+    def register_missing(self, meters: Mapping[str, str | None], created_at: int) -> None:
+        if not meters:
+            return
+        rows = [
+            {"meter_id": m, "region": region, "interval_seconds": None, "created_at": created_at}
+            for m, region in sorted(meters.items())
+        ]
+        with transient_errors(), self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            connection.execute(insert(t.meters).on_conflict_do_nothing(index_elements=["meter_id"]), rows)

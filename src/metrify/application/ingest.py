@@ -1,0 +1,185 @@
+"""Readings posted over HTTP with an ingest key (issue 7; DESIGN §4 "one path for a batch").
+
+Embedded profile: the batch goes through ONE process-wide StreamPipeline, the same path as
+`metrify replay`, so a malformed reading is rejected by the stream core with its reason and never
+fails the batch. Production profile (Kafka configured): the batch is only produced to the raw
+topic; the stream workers own the state.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from metrify.application.errors import AuthenticationFailed, NotFound
+from metrify.application.meters import MeterRegistry
+from metrify.application.ports import Clock
+from metrify.application.serial import SerialPipeline
+from metrify.domain.ingest_keys import TOKEN_PREFIX, IngestKey, hash_token, reading_region
+from metrify.domain.readings import RawReading, normalise_meter_id
+from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate
+from metrify.domain.users import Role, User
+
+
+class IngestKeyRepository(Protocol):
+    def add(self, key: IngestKey) -> None: ...
+
+    def get(self, key_id: str) -> IngestKey | None: ...
+
+    def by_hash(self, key_hash: str) -> IngestKey | None: ...
+
+    def save(self, key: IngestKey) -> None: ...
+
+    def list(self) -> list[IngestKey]:
+        """Every key, revoked ones too, oldest first."""
+        ...
+
+
+class RawReadingProducer(Protocol):
+    """Hands raw readings to the stream workers (Kafka's raw topic, keyed by meter id)."""
+
+    def produce(self, readings: Sequence[RawReading]) -> None:
+        """Deliver every reading, or raise."""
+        ...
+
+
+class KeyAdmin:
+    """ADMINs create, list and revoke ingest keys; the token is shown once, at creation."""
+
+    def __init__(self, keys: IngestKeyRepository, clock: Clock) -> None:
+        self.keys = keys
+        self.clock = clock
+
+    def create(self, actor: User, name: str, regions: Sequence[str], all_regions: bool) -> tuple[IngestKey, str]:
+        actor.require(Role.ADMIN)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        key = IngestKey(
+            key_id=uuid.uuid4().hex,
+            name=name.strip(),
+            key_hash=hash_token(token),
+            prefix=token[: len(TOKEN_PREFIX) + 6],
+            regions=frozenset(r.strip() for r in regions if r.strip()),
+            all_regions=all_regions,
+            created_by=actor.user_id,
+            created_at=self.clock.now_us(),
+        )
+        self.keys.add(key)
+        return key, token
+
+    def list(self, actor: User) -> list[IngestKey]:
+        actor.require(Role.ADMIN)
+        return self.keys.list()
+
+    def revoke(self, actor: User, key_id: str) -> IngestKey:
+        actor.require(Role.ADMIN)
+        key = self.keys.get(key_id)
+        if key is None:
+            raise NotFound(f"no ingest key {key_id!r}")
+        revoked = key.revoked(self.clock.now_us())
+        self.keys.save(revoked)
+        return revoked
+
+    def authenticate(self, token: str) -> IngestKey:
+        key = self.keys.by_hash(hash_token(token.strip())) if token else None
+        if key is None or not key.active:
+            raise AuthenticationFailed("unknown or revoked ingest key")
+        return key
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """What became of a batch. `processed` is False when it was only queued (Kafka): then the
+    stream workers decide, and only `queued` and `refused` are known."""
+
+    received: int
+    processed: bool
+    queued: int = 0
+    accepted: int = 0
+    late: int = 0
+    too_late: int = 0
+    rejected: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    rejected_readings: list[tuple[int, str]] = field(default_factory=list)  # (index in the batch, reason)
+    refused: list[tuple[int, str]] = field(default_factory=list)  # outside the key's regions: not ingested
+
+
+REFUSED_REGION = "region_not_allowed"
+REFUSED_UNKNOWN_REGION = "region_unknown"
+
+
+class Ingest:
+    def __init__(
+        self,
+        meters: MeterRegistry,
+        clock: Clock,
+        *,
+        pipeline: SerialPipeline | None = None,
+        producer: RawReadingProducer | None = None,
+    ) -> None:
+        if (pipeline is None) == (producer is None):
+            raise ValueError("ingest runs either the embedded pipeline or a producer")
+        self.meters = meters
+        self.clock = clock
+        self.pipeline = pipeline
+        self.producer = producer
+        self._registered: set[str] = set()
+
+    def ingest(self, key: IngestKey, rows: Sequence[RawReading]) -> IngestReport:
+        report = IngestReport(received=len(rows), processed=self.producer is None)
+        indices, admitted = self._admit(key, rows, report)
+        if not admitted:
+            return report
+        if self.producer is not None:
+            self.producer.produce(admitted)
+            report.queued = len(admitted)
+            return report
+        assert self.pipeline is not None
+        outcomes = self.pipeline.submit(admitted)
+        seen: dict[str, str | None] = {}
+        for index, event in zip(indices, outcomes, strict=True):
+            kind = type(event)
+            if kind is ReadingAccepted:
+                report.accepted += 1
+                if event.status == "LATE":
+                    report.late += 1
+                if event.meter_id not in self._registered:
+                    seen.setdefault(event.meter_id, _text_region(event.extra))
+            elif kind is ReadingRejected:
+                report.rejected += 1
+                report.rejected_by_reason[event.reason] += 1
+                report.rejected_readings.append((index, event.reason))
+            elif kind is ReadingTooLate:
+                report.too_late += 1
+        if seen:
+            self.meters.register_missing(seen, self.clock.now_us())
+            self._registered.update(seen)
+        return report
+
+    def _admit(
+        self, key: IngestKey, rows: Sequence[RawReading], report: IngestReport
+    ) -> tuple[list[int], list[RawReading]]:
+        """The readings inside the key's regions, with their indices in the batch; the rest refused."""
+        if key.all_regions:
+            return list(range(len(rows))), list(rows)
+        ids = {normalise_meter_id(row.meter_id) for row in rows}
+        registered = self.meters.regions_of(ids)
+        indices: list[int] = []
+        admitted: list[RawReading] = []
+        for index, row in enumerate(rows):
+            meter_id = normalise_meter_id(row.meter_id)
+            region = reading_region(registered.get(meter_id), (row.extra or {}).get("region"))
+            if key.allows_region(region):
+                indices.append(index)
+                admitted.append(row)
+            else:
+                report.refused.append((index, REFUSED_UNKNOWN_REGION if region is None else REFUSED_REGION))
+        return indices, admitted
+
+
+def _text_region(extra: dict | None) -> str | None:
+    region = (extra or {}).get("region")
+    return region.strip() or None if isinstance(region, str) else None

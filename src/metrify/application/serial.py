@@ -1,0 +1,139 @@
+"""One writer for the embedded stream state, shared by every request of a process (DESIGN §4).
+
+Requests that arrive while a batch is being written wait, and the next writer processes all of
+them together, in arrival order, in one unit of work (group commit). That changes nothing in the
+outcome, which depends only on the arrival order within each partition, never on batch sizes
+(DESIGN §3), and it spares a transaction and a state snapshot per request under load. Each
+request gets back the one outcome event (accepted, rejected or too late) of each of its readings:
+the core emits exactly one per reading, in order, per partition.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from metrify.application.errors import Unavailable
+from metrify.application.ports import TransientStoreError
+from metrify.application.stream import StreamPipeline
+from metrify.domain.readings import RawReading, normalise_meter_id
+from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate
+from metrify.domain.stream.partitioner import partition_for
+
+_OUTCOMES = (ReadingAccepted, ReadingRejected, ReadingTooLate)
+
+
+class BoundedBackoff:
+    """Retries an unreachable store for at most `budget` seconds, then gives up with Unavailable:
+    an HTTP client is better served by a 503 than by a request that hangs."""
+
+    def __init__(
+        self, budget: float = 5.0, first: float = 0.1, cap: float = 1.0, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.budget = budget
+        self.first = first
+        self.cap = cap
+        self.sleep = sleep
+
+    def run(self, action: Callable[[], Any]) -> Any:
+        waited, attempt = 0.0, 0
+        while True:
+            try:
+                return action()
+            except TransientStoreError as exc:
+                if waited >= self.budget:
+                    raise Unavailable(f"the database does not answer: {exc}") from exc
+                delay = min(self.cap, self.first * (2**attempt), self.budget - waited)
+                attempt += 1
+                waited += delay
+                self.sleep(delay)
+
+
+class _Job:
+    __slots__ = ("rows", "outcomes", "error", "done")
+
+    def __init__(self, rows: Sequence[RawReading]) -> None:
+        self.rows = rows
+        self.outcomes: list[Any] = []
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class SerialPipeline:
+    """The process-wide pipeline behind a lock, loaded on first use and reloaded from the store
+    after a failed write (its in-memory state may then be ahead of what was committed)."""
+
+    def __init__(self, factory: Callable[[], StreamPipeline], max_rows: int = 50_000) -> None:
+        self.factory = factory
+        self.max_rows = max_rows
+        self._pipeline: StreamPipeline | None = None
+        self._writer = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: deque[_Job] = deque()
+
+    def load(self) -> None:
+        with self._writer:
+            self._loaded()
+
+    def submit(self, rows: Sequence[RawReading]) -> list[Any]:
+        """Process the rows (with whatever else is waiting) and return each row's outcome event."""
+        job = _Job(rows)
+        with self._queue_lock:
+            self._queue.append(job)
+        with self._writer:
+            while not job.done:  # the writer before may have left it for a later round
+                self._run_waiting()
+        if job.error is not None:
+            raise job.error
+        return job.outcomes
+
+    def _loaded(self) -> StreamPipeline:
+        if self._pipeline is None:
+            pipeline = self.factory()
+            pipeline.load()
+            self._pipeline = pipeline
+        return self._pipeline
+
+    def _run_waiting(self) -> None:
+        jobs: list[_Job] = []
+        total = 0
+        with self._queue_lock:
+            while self._queue and (not jobs or total + len(self._queue[0].rows) <= self.max_rows):
+                job = self._queue.popleft()
+                jobs.append(job)
+                total += len(job.rows)
+        try:
+            pipeline = self._loaded()
+            rows = [row for job in jobs for row in job.rows]
+            outcomes = _attribute(rows, pipeline.process(rows), pipeline.partition_count)
+            start = 0
+            for job in jobs:
+                job.outcomes = outcomes[start : start + len(job.rows)]
+                start += len(job.rows)
+        except BaseException as exc:
+            self._pipeline = None  # reload from the store before the next write
+            for job in jobs:
+                job.error = exc
+        finally:
+            for job in jobs:
+                job.done = True
+
+
+def _attribute(rows: Sequence[RawReading], events: Sequence[Any], partitions: int) -> list[Any]:
+    """Each row's outcome event: per partition, the outcome events come in the order of its rows."""
+    waiting: list[deque[int]] = [deque() for _ in range(partitions)]
+    if partitions == 1:
+        waiting[0].extend(range(len(rows)))
+    else:
+        for index, row in enumerate(rows):
+            waiting[partition_for(normalise_meter_id(row.meter_id), partitions)].append(index)
+    outcomes: list[Any] = [None] * len(rows)
+    for event in events:
+        if type(event) in _OUTCOMES:
+            outcomes[waiting[event.partition].popleft()] = event
+    if any(queue for queue in waiting):
+        raise RuntimeError("the stream core returned fewer outcomes than readings")
+    return outcomes

@@ -1,0 +1,140 @@
+"""Ingest bodies: a JSON object `{"readings": [...]}`, JSON lines, or CSV with a header.
+
+Fields are recognised by name, case-insensitively, as in files (`metrify replay`). A reading that
+is not an object, or a line that is not JSON, is still a reading: the stream core rejects it with
+its reason. Only a body that cannot be read at all is refused as a whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import orjson
+from fastapi import Request
+
+from metrify.adapters.files.readers import (
+    CONSUMPTION_COLUMNS,
+    EXTRA_COLUMNS,
+    METER_COLUMNS,
+    TIME_COLUMNS,
+    reading_from_mapping,
+)
+from metrify.domain.readings import RawReading
+from metrify.entrypoints.api.problems import ApiProblem
+
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
+_NDJSON_ALIASES = {NDJSON, "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+_UNREADABLE = RawReading(None, None, None)
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it (or its announced length) passes `limit` bytes."""
+    announced = request.headers.get("content-length")
+    if announced is not None and announced.isdigit() and int(announced) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiProblem:
+    return ApiProblem(413, "payload-too-large", f"the body is larger than {limit} bytes")
+
+
+def parse_readings(content_type: str | None, body: bytes, max_readings: int) -> list[RawReading]:
+    kind = media_type(content_type)
+    if kind == JSON or kind.endswith("+json"):
+        rows = _json(body)
+    elif kind in _NDJSON_ALIASES:
+        rows = _ndjson(body)
+    elif kind == CSV:
+        rows = _csv(body)
+    else:
+        raise ApiProblem(
+            415,
+            "unsupported-media-type",
+            f'send {JSON} ({{"readings": [...]}}), {NDJSON} or {CSV}, not {kind or "a body without a type"}',
+        )
+    if len(rows) > max_readings:
+        raise ApiProblem(413, "too-many-readings", f"{len(rows)} readings: at most {max_readings} in one batch")
+    return rows
+
+
+def _json(body: bytes) -> list[RawReading]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiProblem(400, "malformed-body", f"the body is not JSON ({exc})") from None
+    items = document.get("readings") if isinstance(document, dict) else None
+    if not isinstance(items, list):
+        raise ApiProblem(422, "validation-error", 'the body must be a JSON object with a "readings" array')
+    return [reading_from_mapping(item) if isinstance(item, dict) else _UNREADABLE for item in items]
+
+
+def _ndjson(body: bytes) -> list[RawReading]:
+    rows: list[RawReading] = []
+    parsed = 0
+    for line in body.splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            rows.append(_UNREADABLE)
+            continue
+        parsed += 1
+        rows.append(reading_from_mapping(item) if isinstance(item, dict) else _UNREADABLE)
+    if rows and not parsed:
+        raise ApiProblem(400, "malformed-body", "no line of the body is JSON")
+    return rows
+
+
+def _pick(header: list[str], candidates: tuple[str, ...]) -> int | None:
+    lowered = [name.strip().lower() for name in header]
+    for candidate in candidates:
+        if candidate in lowered:
+            return lowered.index(candidate)
+    return None
+
+
+def _csv(body: bytes) -> list[RawReading]:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiProblem(400, "malformed-body", f"the body is not UTF-8 text (bad byte at {exc.start})") from None
+    try:
+        table = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise ApiProblem(400, "malformed-body", f"the body is not CSV ({exc})") from None
+    if not table:
+        return []
+    header, rows = table[0], table[1:]
+    meter, time, kwh = (_pick(header, c) for c in (METER_COLUMNS, TIME_COLUMNS, CONSUMPTION_COLUMNS))
+    if meter is None or time is None or kwh is None:
+        raise ApiProblem(
+            422, "validation-error", "the CSV header needs meter_id, timestamp and consumption_kwh columns (or aliases)"
+        )
+    extras = [(name, index) for name in EXTRA_COLUMNS if (index := _pick(header, (name,))) is not None]
+    readings: list[RawReading] = []
+    for row in rows:
+        if not row:
+            continue
+
+        def cell(index: int, row: list[str] = row) -> str | None:
+            return row[index] if index < len(row) else None
+
+        extra = {name: value for name, index in extras if (value := cell(index)) not in (None, "")} or None
+        readings.append(RawReading(cell(meter), cell(time), cell(kwh), extra))
+    return readings

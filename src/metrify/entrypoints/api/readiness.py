@@ -1,0 +1,29 @@
+"""Readiness: does each service the API needs answer now? One line per service, `ok` or why not."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from metrify.adapters.probes import describe_database_error, probe_kafka
+from metrify.entrypoints.api.services import ApiServices
+
+
+def check_services(svc: ApiServices) -> dict[str, str]:
+    checks: dict[str, str] = {}
+    try:
+        with svc.container.engine().connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is shown
+        checks["database"] = f"unreachable: {describe_database_error(exc) or type(exc).__name__}"
+    settings = svc.settings
+    if settings.kafka.bootstrap:
+        answer = probe_kafka(settings.kafka.bootstrap)
+        checks["kafka"] = "ok" if answer.startswith("yes") else answer
+    if settings.redis_url:
+        try:
+            svc.cache.get("readiness-probe")
+            checks["redis"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["redis"] = f"unreachable: {exc}"
+    return checks

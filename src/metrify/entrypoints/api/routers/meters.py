@@ -1,0 +1,105 @@
+"""Meters: list (by region), read, register and update; a meter's readings and aggregates."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from metrify.entrypoints.api import schemas as s
+from metrify.entrypoints.api.pagination import (
+    CursorParam,
+    FromParam,
+    LimitParam,
+    ToParam,
+    decode_cursor,
+    int_key,
+    page,
+    page_size,
+    str_key,
+    time_range,
+)
+from metrify.entrypoints.api.problems import PROBLEM_RESPONSES
+from metrify.entrypoints.api.render import aggregate_out, meter_out, reading_out
+from metrify.entrypoints.api.security import CurrentUser, Services
+
+router = APIRouter(prefix="/api/v1/meters", tags=["meters"], responses=PROBLEM_RESPONSES)
+
+WindowParam = Annotated[str, Query(min_length=1, max_length=20, description="A configured window: 15m, 1h, 1d.")]
+
+
+@router.get("", response_model=s.MeterPage, summary="List the meters you may see")
+def list_meters(
+    request: Request,
+    svc: Services,
+    user: CurrentUser,
+    region: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    cursor: CursorParam = None,
+    limit: LimitParam = None,
+) -> s.MeterPage:
+    """USERs see their meters, OPERATORs their regions' meters, ADMINs all; ordered by meter id."""
+    size = page_size(request, limit)
+    found = svc.meters.list(user, region, decode_cursor(cursor, str_key), size + 1)
+    items, next_cursor = page(found, size, lambda m: m.meter_id)
+    return s.MeterPage(items=[meter_out(m) for m in items], next_cursor=next_cursor)
+
+
+@router.post("", response_model=s.MeterOut, status_code=201, summary="Register a meter")
+def register_meter(svc: Services, user: CurrentUser, body: s.MeterCreate) -> s.MeterOut:
+    """ADMINs register any meter; OPERATORs only into their own regions."""
+    return meter_out(svc.meters.register(user, body.meter_id, body.region, body.expected_interval_seconds))
+
+
+@router.get("/{meter_id}", response_model=s.MeterOut, summary="Read a meter")
+def get_meter(svc: Services, user: CurrentUser, meter_id: str) -> s.MeterOut:
+    return meter_out(svc.meters.visible(user, meter_id))
+
+
+@router.patch("/{meter_id}", response_model=s.MeterOut, summary="Change a meter's region or expected interval")
+def update_meter(svc: Services, user: CurrentUser, meter_id: str, body: s.MeterUpdate) -> s.MeterOut:
+    given = body.model_fields_set
+    changes = {}
+    if "region" in given:
+        changes["region"] = body.region
+    if "expected_interval_seconds" in given:
+        changes["interval_seconds"] = body.expected_interval_seconds
+    return meter_out(svc.meters.update(user, meter_id, **changes))
+
+
+@router.get("/{meter_id}/readings", response_model=s.ReadingPage, summary="A meter's accepted readings")
+def meter_readings(
+    request: Request,
+    svc: Services,
+    user: CurrentUser,
+    meter_id: str,
+    start: FromParam = None,
+    end: ToParam = None,
+    cursor: CursorParam = None,
+    limit: LimitParam = None,
+) -> s.ReadingPage:
+    """ON_TIME and LATE readings, by time."""
+    size = page_size(request, limit)
+    when = time_range(start, end)
+    found = svc.outcomes.readings(user, meter_id, when, decode_cursor(cursor, int_key), size + 1)
+    items, next_cursor = page(found, size, lambda r: r.timestamp)
+    return s.ReadingPage(items=[reading_out(r) for r in items], next_cursor=next_cursor)
+
+
+@router.get("/{meter_id}/aggregates", response_model=s.AggregatePage, summary="A meter's window aggregates")
+def meter_aggregates(
+    request: Request,
+    svc: Services,
+    user: CurrentUser,
+    meter_id: str,
+    window: WindowParam = "1h",
+    start: FromParam = None,
+    end: ToParam = None,
+    cursor: CursorParam = None,
+    limit: LimitParam = None,
+) -> s.AggregatePage:
+    """Closed tumbling windows of one size, by window start (`from`/`to` bound the start)."""
+    size = page_size(request, limit)
+    when = time_range(start, end)
+    found = svc.outcomes.aggregates(user, meter_id, window, when, decode_cursor(cursor, int_key), size + 1)
+    items, next_cursor = page(found, size, lambda w: w.window_start)
+    return s.AggregatePage(items=[aggregate_out(w) for w in items], next_cursor=next_cursor)

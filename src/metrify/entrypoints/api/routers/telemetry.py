@@ -1,0 +1,56 @@
+"""`POST /api/v1/telemetry/batch`: readings from gateways and head-end systems, with an ingest key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from metrify.entrypoints.api import schemas as s
+from metrify.entrypoints.api.bodies import CSV, JSON, NDJSON, parse_readings, read_body
+from metrify.entrypoints.api.problems import PROBLEM_RESPONSES
+from metrify.entrypoints.api.render import ingest_out
+from metrify.entrypoints.api.security import api_key_header, ingest_key, services
+
+router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"], responses=PROBLEM_RESPONSES)
+
+_TEXT = {"type": "string", "maxLength": 1_000_000}
+BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": {"$ref": "#/components/schemas/BatchIn"}},
+            NDJSON: {"schema": {**_TEXT, "description": "One JSON object per line."}},
+            CSV: {"schema": {**_TEXT, "description": "A header row (meter_id,timestamp,consumption_kwh,...)."}},
+        },
+    }
+}
+
+
+@router.post(
+    "/batch",
+    status_code=202,
+    response_model=s.IngestOut,
+    summary="Send a batch of readings",
+    openapi_extra=BODY,
+)
+async def ingest_batch(request: Request, key: Annotated[str | None, Depends(api_key_header)]) -> JSONResponse:
+    """Up to 10,000 readings as JSON, JSON lines or CSV. Each reading is checked by the stream core;
+    one it cannot accept is rejected with its reason and the rest go on. Readings of meters outside
+    the key's regions are refused (listed, not ingested). On the embedded profile the batch is
+    processed before the answer; with Kafka configured it is queued for the stream workers."""
+    svc = services(request)
+    api = svc.settings.api
+    body = await read_body(request, api.max_body_bytes)
+
+    def run() -> s.IngestOut:
+        ingest_key_ = ingest_key(svc, key)
+        rows = parse_readings(request.headers.get("content-type"), body, api.max_batch_readings)
+        report = svc.ingest.ingest(ingest_key_, rows)
+        request.app.state.metrics.ingested(report)
+        return ingest_out(report)
+
+    out = await run_in_threadpool(run)
+    return JSONResponse(out.model_dump(), status_code=202)
