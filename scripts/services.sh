@@ -9,6 +9,7 @@
 #   bash scripts/services.sh status   what runs, where (exit 0 when all three run, 3 otherwise)
 #   bash scripts/services.sh env      print the export lines only (starts nothing)
 #   bash scripts/services.sh clean    down, then delete the data (the download cache stays)
+#   bash scripts/services.sh stop|start postgres|redis|kafka   one service (for failure tests)
 #
 #   eval "$(bash scripts/services.sh up)"
 #
@@ -539,14 +540,31 @@ cmd_clean() {
 	rm -rf "$RUN_DIR"
 }
 
+# One service at a time, for failure tests: `stop postgres` ... `start postgres`.
+cmd_one() { # up|down service
+	local action=$1 service=${2:-}
+	case "$service" in
+	postgres | redis | kafka) ;;
+	*) die "name a service: postgres, redis or kafka (got '${service}')" ;;
+	esac
+	lock
+	[ "$action" = down ] || ensure_installed
+	case "$service" in
+	postgres) [ -n "${PG_BIN:-}" ] || PG_BIN=$(pg_bin_dir) ;;
+	esac
+	"${service/postgres/pg}_$action"
+}
+
 case "${1:-}" in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 env) print_env ;;
 clean) cmd_clean ;;
+start) cmd_one up "${2:-}" ;;
+stop) cmd_one down "${2:-}" ;;
 *)
-	echo "usage: $0 up|down|status|env|clean" >&2
+	echo "usage: $0 up|down|status|env|clean|start SERVICE|stop SERVICE" >&2
 	exit 2
 	;;
 esac

@@ -7,6 +7,8 @@ METRIFY_KAFKA__BOOTSTRAP is set, the cache is in-process unless METRIFY_REDIS_UR
 
 from __future__ import annotations
 
+import logging
+
 from dependency_injector import containers, providers
 
 from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec, load_or_create_secret
@@ -28,6 +30,12 @@ def _engine(url: str):  # noqa: ANN202 - a generator resource
         yield engine
     finally:
         engine.dispose()
+
+
+def _log_store_retry(attempt: int, delay: float, error: Exception) -> None:
+    logging.getLogger("metrify.store").warning(
+        "database unreachable, retrying: attempt=%s retry_in=%.1fs reason=%s", attempt, delay, error
+    )
 
 
 def _redis_client(url: str):  # noqa: ANN202 - a generator resource
@@ -54,6 +62,36 @@ def _kafka_bus(producer, topic_prefix: str):  # noqa: ANN001, ANN202
     return KafkaEventBus(producer, topic_prefix)
 
 
+def _kafka_topics(prefix: str):  # noqa: ANN202
+    from metrify.adapters.kafka.clients import TopicNames
+
+    return TopicNames(prefix)
+
+
+def _kafka_stream_log(**kwargs):  # noqa: ANN003, ANN202
+    from metrify.adapters.kafka.stream_log import KafkaStreamLog
+
+    return KafkaStreamLog(**kwargs)
+
+
+def _kafka_outcome_feed(**kwargs):  # noqa: ANN003, ANN202
+    from metrify.adapters.kafka.feed import KafkaOutcomeFeed
+
+    return KafkaOutcomeFeed(**kwargs)
+
+
+def _kafka_reading_publisher(**kwargs):  # noqa: ANN003, ANN202
+    from metrify.adapters.kafka.publisher import KafkaReadingPublisher
+
+    return KafkaReadingPublisher(**kwargs)
+
+
+def _sink_uow(engine):  # noqa: ANN001, ANN202
+    from metrify.adapters.sqlalchemy.sink_offsets import SqlAlchemySinkUnitOfWork
+
+    return SqlAlchemySinkUnitOfWork(engine)
+
+
 def _jwt_secret(settings: Settings) -> str:
     """METRIFY_AUTH__SECRET; on the embedded profile an empty one means DATA_DIR/jwt-secret (0600)."""
     if settings.auth.secret:
@@ -74,7 +112,7 @@ class Container(containers.DeclarativeContainer):
     engine = providers.Resource(_engine, url=settings.provided.resolved_database_url)
     stream_uow = providers.Factory(SqlAlchemyStreamUnitOfWork, engine=engine)
     outcome_queries = providers.Factory(SqlAlchemyOutcomeQueries, engine=engine)
-    backoff = providers.Factory(Backoff)
+    backoff = providers.Factory(Backoff, on_retry=_log_store_retry)
 
     stream_pipeline = providers.Factory(
         StreamPipeline,
@@ -100,6 +138,26 @@ class Container(containers.DeclarativeContainer):
             _kafka_bus, producer=kafka_producer, topic_prefix=settings.provided.kafka.topic_prefix
         ),
     )
+
+    # Kafka mode (issue 6): topics, the worker's log, the sink's feed and unit of work, the producer
+    # of raw readings. Instance-specific arguments (transactional id, health) come at call time.
+    kafka_topics = providers.Singleton(_kafka_topics, prefix=settings.provided.kafka.topic_prefix)
+    kafka_stream_log = providers.Factory(
+        _kafka_stream_log,
+        bootstrap=settings.provided.kafka.bootstrap,
+        names=kafka_topics,
+        group_id=settings.provided.kafka.group_id,
+    )
+    kafka_outcome_feed = providers.Factory(
+        _kafka_outcome_feed,
+        bootstrap=settings.provided.kafka.bootstrap,
+        names=kafka_topics,
+        group_id=settings.provided.kafka.sink_group_id,
+    )
+    kafka_reading_publisher = providers.Factory(
+        _kafka_reading_publisher, bootstrap=settings.provided.kafka.bootstrap
+    )
+    sink_uow = providers.Factory(_sink_uow, engine=engine)
 
 
     # -- the REST API (issue 7): users, ingest keys, the meter registry, the read side ------------

@@ -103,8 +103,8 @@ class EventTimePacer:
     def delay_for(self, row: RawReading) -> float:
         """Seconds to wait before this row is due (the first timed row sets the origin)."""
         t = parse_timestamp(row.timestamp)
-        if t is None:
-            return 0.0
+        if t is None or t > time.time_ns() // 1000:
+            return 0.0  # unreadable or in the future (to be rejected): nothing to pace by
         now = time.monotonic()
         if self.origin is None:
             self.origin = (t, now)
