@@ -1,4 +1,5 @@
-"""Hand-worked examples that pin the reference implementation to the contract text (DESIGN §3).
+"""Hand-worked examples of the contract text (DESIGN §3), each run against the plain reference
+implementation and against the real stream core (through the pipeline and the in-memory store).
 
 Config throughout unless a test says otherwise: I = 60 s, G = 30 s, B = 5 s, L = 120 s,
 max 5 kWh, future tolerance 60 s, windows 1m/2m/10m. Times are on 2024-03-04, 10:MM:SS UTC.
@@ -6,8 +7,10 @@ max 5 kWh, future tolerance 60 s, windows 1m/2m/10m. Times are on 2024-03-04, 10
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.core_runner import run_core
 from tests.support.reference import gaps_by_definition, reference_exports, slot_of
 
 from metrify.domain.readings import RawReading
@@ -39,8 +42,20 @@ def row(meter, stamp, kwh="1.0") -> RawReading:
     return RawReading(meter, stamp, kwh)
 
 
+IMPLEMENTATIONS = {"reference": reference_exports, "core": run_core}
+_implementation = [reference_exports]
+
+
+@pytest.fixture(autouse=True, scope="module", params=sorted(IMPLEMENTATIONS))
+def implementation(request: pytest.FixtureRequest):
+    """Every example below runs once per implementation: the reference and the real core."""
+    _implementation[0] = IMPLEMENTATIONS[request.param]
+    yield request.param
+    _implementation[0] = reference_exports
+
+
 def run(*rows: RawReading, partitions: int = 1, config: StreamConfig = CONFIG, now: int = NOW):
-    return reference_exports(list(rows), config, now, partitions)
+    return _implementation[0](list(rows), config, now, partitions)
 
 
 def statuses(out) -> list[tuple[str, str, str]]:

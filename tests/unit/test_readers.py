@@ -1,0 +1,77 @@
+"""File sources: columns recognised by name, bad files refused in one line, rows kept raw."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metrify.adapters.files.readers import FileReadingSource
+from metrify.application.replay import SourceError
+from metrify.domain.readings import RawReading
+
+
+def test_london_smart_meter_columns_are_recognised(tmp_path: Path) -> None:
+    path = tmp_path / "lcl.csv"
+    path.write_text(
+        "LCLid,stdorToU,DateTime,KWH/hh (per half hour) \n"
+        "MAC000002,Std,2012-10-12 00:30:00.0000000, 0 \n"
+        "MAC000002,Std,2012-10-12 01:00:00.0000000,Null\n"
+    )
+    rows = list(FileReadingSource(path))
+    assert rows == [
+        RawReading("MAC000002", "2012-10-12 00:30:00.0000000", " 0 "),
+        RawReading("MAC000002", "2012-10-12 01:00:00.0000000", "Null"),
+    ]
+
+
+def test_columns_match_case_insensitively_and_extras_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("\ufeffMeterId,TIME,Energy_kWh,voltage,ignored\nM1,2024-01-01T00:00:00Z,1.5,230.1,x\nM2\n")
+    rows = list(FileReadingSource(path))
+    assert rows[0] == RawReading("M1", "2024-01-01T00:00:00Z", "1.5", {"voltage": "230.1"})
+    assert rows[1] == RawReading("M2", None, None, None)
+
+
+def test_json_lines_keep_numbers_and_strings_as_received(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"meter_id": "M1", "tstp": 1709510400, "kwh": 0.5}\n\nnot json\n[1]\n{"id": 7, "time": "x"}\n')
+    rows = list(FileReadingSource(path))
+    assert rows == [
+        RawReading("M1", 1709510400, 0.5),
+        RawReading(None, None, None),
+        RawReading(None, None, None),
+        RawReading(7, "x", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"a,b\n1,2\n", "no recognisable meter id, timestamp, consumption column"),
+        (b"meter_id,kwh\nM,1\n", "no recognisable timestamp column"),
+        (b"", "is empty"),
+        (b"meter_id,timestamp,kwh\nM\xff,x,1\n", "is not UTF-8"),
+    ],
+)
+def test_a_file_that_cannot_be_replayed_is_refused_with_the_reason(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(SourceError, match=message):
+        FileReadingSource(path)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no such file"):
+        FileReadingSource(tmp_path / "nope.csv")
+
+
+def test_the_fingerprint_follows_the_content(tmp_path: Path) -> None:
+    one, two = tmp_path / "a.csv", tmp_path / "b.csv"
+    one.write_text("meter_id,timestamp,kwh\nM,2024-01-01T00:00:00Z,1\n")
+    two.write_text("meter_id,timestamp,kwh\nM,2024-01-01T00:00:00Z,2\n")
+    assert FileReadingSource(one).fingerprint != FileReadingSource(two).fingerprint
+    two.write_text(one.read_text())
+    assert FileReadingSource(one).fingerprint == FileReadingSource(two).fingerprint
