@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from metrify import __version__
-from metrify.container import Container, adapter_names, build_container
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.logs import configure_logging
 from metrify.settings import Settings
+
+if TYPE_CHECKING:
+    from metrify.container import Container
 
 console = Console()
 
@@ -27,6 +29,8 @@ class AppState:
 
     def get_container(self) -> Container:
         if self.container is None:
+            from metrify.container import build_container  # heavy: only for commands that use it
+
             assert self.settings is not None
             self.container = build_container(self.settings)
         return self.container
@@ -75,6 +79,7 @@ def info() -> None:
     """Show the profile, the adapter behind each port, and whether each service answers."""
     from metrify.adapters.probes import probe_database, probe_kafka, probe_redis, storage_features
     from metrify.adapters.sqlalchemy.engine import mask_url
+    from metrify.container import adapter_names
 
     settings = state.settings
     assert settings is not None
