@@ -1,0 +1,68 @@
+"""The composition root picks each port's adapter from the settings, and tests can override it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dependency_injector import providers
+
+from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
+from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
+from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
+from metrify.container import adapter_names, build_container
+from metrify.domain.readings import RawReading
+from metrify.settings import Settings
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path)
+
+
+def test_the_embedded_profile_wires_in_process_adapters_and_sqlite(embedded: Settings) -> None:
+    container = build_container(embedded)
+    try:
+        assert isinstance(container.cache(), InMemoryCache)
+        assert isinstance(container.event_bus(), InMemoryEventBus)
+        assert isinstance(container.stream_uow(), SqlAlchemyStreamUnitOfWork)
+        assert container.engine().url.get_backend_name() == "sqlite"
+        assert adapter_names(embedded)["event bus"] == "InMemoryEventBus"
+    finally:
+        container.shutdown_resources()
+
+
+def test_service_urls_switch_ports_to_production_adapters(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        redis_url="redis://127.0.0.1:1/0",
+        kafka={"bootstrap": "127.0.0.1:1"},
+        database_url="postgresql+psycopg://u:p@127.0.0.1:1/db",
+    )
+    names = adapter_names(settings)
+    assert names == {
+        "storage": "SqlAlchemy on PostgreSQL",
+        "event bus": "KafkaEventBus",
+        "cache / rate limits": "RedisCache",
+        "clock": "SystemClock",
+    }
+    container = build_container(settings)
+    try:
+        from metrify.adapters.redis import RedisCache
+
+        assert isinstance(container.cache(), RedisCache)  # built without connecting
+        assert container.engine().url.get_backend_name() == "postgresql"
+    finally:
+        container.shutdown_resources()
+
+
+def test_a_test_can_override_storage_with_the_in_memory_fake(embedded: Settings) -> None:
+    container = build_container(embedded)
+    store = InMemoryStreamStore()
+    container.stream_uow.override(providers.Factory(InMemoryStreamUnitOfWork, store))
+    pipeline = container.stream_pipeline()
+    pipeline.load()
+    pipeline.process([RawReading("M1", "2024-03-04T10:00:00Z", "0.5")])
+    assert [r.meter_id for r in store.readings.values()] == ["M1"]
+    assert not (embedded.data_dir / "metrify.db").exists(), "the override must keep SQLite out of it"
+    container.shutdown_resources()
