@@ -1,0 +1,156 @@
+"""Signing in, refreshing, logging out, and every way a token is refused (API on in-memory fakes)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from tests.support.api import PASSWORD, SECRET, Api, Fakes, api_settings, memory_container, running_api
+
+from metrify.domain.users import Role
+from metrify.settings import AuthSettings
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    settings = api_settings(tmp_path, auth=AuthSettings(secret=SECRET, login_rate_limit=3, user_rate_limit=50))
+    with running_api(memory_container(settings, Fakes()), settings) as api:
+        yield api
+
+
+def me(api: Api, token: str) -> int:
+    return api.client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def test_the_password_form_gives_an_access_and_a_refresh_token(api: Api) -> None:
+    tokens = api.sign_in("admin@example.com")
+    assert tokens["token_type"] == "bearer"
+    assert tokens["expires_in"] == 900
+    claims = jwt.decode(tokens["access_token"], SECRET, algorithms=["HS256"])
+    assert claims["sub"] == api.users[Role.ADMIN].user_id and claims["role"] == "ADMIN" and claims["typ"] == "access"
+    assert me(api, tokens["access_token"]) == 200
+
+
+@pytest.mark.parametrize(
+    ("email", "password"), [("admin@example.com", "wrong password!"), ("nobody@example.com", PASSWORD), ("", "")]
+)
+def test_a_wrong_password_or_an_unknown_email_is_one_401_problem(api: Api, email: str, password: str) -> None:
+    response = api.client.post("/api/v1/auth/token", data={"username": email, "password": password})
+    assert response.status_code in (401, 422)
+    assert response.headers["content-type"] == "application/problem+json"
+    if response.status_code == 401:
+        assert response.json()["detail"] == "wrong email or password"
+
+
+def test_sign_in_attempts_are_rate_limited_per_email_with_retry_after(api: Api) -> None:
+    statuses = [
+        api.client.post(
+            "/api/v1/auth/token", data={"username": "user@example.com", "password": "nope-nope"}
+        ).status_code
+        for _ in range(5)
+    ]
+    assert statuses[-1] == 429 and 401 in statuses
+    limited = api.client.post("/api/v1/auth/token", data={"username": "user@example.com", "password": PASSWORD})
+    assert limited.status_code == 429
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert limited.json()["type"] == "urn:metrify:problem:rate-limited"
+
+
+def test_a_refresh_token_works_once_and_buys_a_new_pair(api: Api) -> None:
+    tokens = api.sign_in("operator@example.com")
+    first = api.client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert first.status_code == 200
+    assert me(api, first.json()["access_token"]) == 200
+    again = api.client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert again.status_code == 401 and "revoked" in again.json()["detail"]
+
+
+def test_logout_revokes_the_access_token_and_the_refresh_token(api: Api) -> None:
+    tokens = api.sign_in("user@example.com")
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    response = api.client.post("/api/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]}, headers=headers)
+    assert response.status_code == 204
+    assert me(api, tokens["access_token"]) == 401
+    refreshed = api.client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refreshed.status_code == 401
+
+
+def forge(claims_changes: dict, secret: str = SECRET, **base: object) -> str:
+    now = int(time.time())
+    claims = {"iss": "metrify", "sub": "x", "role": "ADMIN", "typ": "access", "jti": "j1", "iat": now, "exp": now + 60}
+    claims.update(base)
+    claims.update(claims_changes)
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def test_expired_tampered_foreign_and_refresh_tokens_are_refused_as_access_tokens(api: Api) -> None:
+    admin_id = api.users[Role.ADMIN].user_id
+    good = api.tokens[Role.ADMIN]
+    head, body, signature = good.split(".")
+    tampered_body = jwt.utils.base64url_encode(
+        jwt.utils.base64url_decode(body).replace(b'"ADMIN"', b'"ADMIM"')
+    ).decode()
+    refresh = api.sign_in("admin@example.com")["refresh_token"]
+    refused = {
+        "expired": forge({"exp": int(time.time()) - 5}, sub=admin_id),
+        "tampered signature": f"{head}.{body}.{signature[:-4]}AAAA",
+        "tampered claims": f"{head}.{tampered_body}.{signature}",
+        "other secret": forge({}, secret="another-secret-of-32-characters-or-more", sub=admin_id),
+        "other issuer": forge({"iss": "someone"}, sub=admin_id),
+        "no jti": jwt.encode({"sub": admin_id, "typ": "access", "iss": "metrify", "exp": time.time() + 60}, SECRET),
+        "unknown user": forge({}, sub="nobody"),
+        "refresh token": refresh,
+        "not a token": "hello",
+        "alg none": jwt.encode({"sub": admin_id, "typ": "access"}, None, algorithm="none"),
+    }
+    for name, token in refused.items():
+        response = api.client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401, name
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert response.headers["content-type"] == "application/problem+json"
+    assert me(api, forge({}, sub=admin_id)) == 200  # the forger's recipe is right: only the flaws count
+
+
+def test_no_token_is_401_and_a_wrong_role_is_403(api: Api) -> None:
+    assert api.client.get("/api/v1/users").status_code == 401
+    for role in (Role.USER, Role.OPERATOR):
+        response = api.client.get("/api/v1/users", headers=api.headers(role))
+        assert response.status_code == 403
+        assert response.json()["type"] == "urn:metrify:problem:forbidden"
+    assert api.client.get("/api/v1/users", headers=api.headers(Role.ADMIN)).status_code == 200
+
+
+def test_a_deactivated_user_is_refused_at_once_whatever_tokens_they_hold(api: Api) -> None:
+    user = api.users[Role.USER]
+    token = api.tokens[Role.USER]
+    assert me(api, token) == 200
+    response = api.client.post(f"/api/v1/users/{user.user_id}/deactivate", headers=api.headers(Role.ADMIN))
+    assert response.status_code == 200 and response.json()["active"] is False
+    assert me(api, token) == 401
+    signed_in = api.client.post("/api/v1/auth/token", data={"username": user.email, "password": PASSWORD})
+    assert signed_in.status_code == 401
+
+
+def test_a_role_change_applies_to_tokens_already_out(api: Api) -> None:
+    user = api.users[Role.USER]
+    token = api.tokens[Role.USER]
+    assert api.client.get("/api/v1/stream/summary", headers={"Authorization": f"Bearer {token}"}).status_code == 403
+    changed = api.client.patch(
+        f"/api/v1/users/{user.user_id}",
+        json={"role": "OPERATOR", "regions": ["north"]},
+        headers=api.headers(Role.ADMIN),
+    )
+    assert changed.status_code == 200 and changed.json()["meters"] == []
+    assert api.client.get("/api/v1/stream/summary", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_each_user_is_rate_limited_with_429_and_retry_after(api: Api) -> None:
+    headers = api.headers(Role.USER)
+    statuses = [api.client.get("/api/v1/auth/me", headers=headers).status_code for _ in range(55)]
+    assert statuses[0] == 200 and statuses[-1] == 429
+    limited = api.client.get("/api/v1/auth/me", headers=headers)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert api.client.get("/api/v1/auth/me", headers=api.headers(Role.ADMIN)).status_code == 200  # per user

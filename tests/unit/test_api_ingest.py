@@ -1,0 +1,255 @@
+"""`POST /api/v1/telemetry/batch` on in-memory fakes: bodies, keys, region scopes, and the same outcome
+as the replay path (one process-wide pipeline, group commit included)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from tests.support.api import Api, Fakes, api_settings, memory_container, running_api
+
+from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
+from metrify.adapters.system import SystemClock
+from metrify.application.serial import SerialPipeline
+from metrify.application.stream import StreamPipeline
+from metrify.domain.readings import Meter, RawReading, normalise_meter_id
+from metrify.domain.stream.config import StreamConfig
+from metrify.domain.users import Role
+from metrify.settings import ApiSettings
+
+URL = "/api/v1/telemetry/batch"
+T0 = "2024-03-04T10:00:00Z"
+
+
+@pytest.fixture
+def fakes() -> Fakes:
+    return Fakes()
+
+
+@pytest.fixture
+def api(tmp_path: Path, fakes: Fakes) -> Iterator[Api]:
+    settings = api_settings(tmp_path, api=ApiSettings(max_body_bytes=64 * 1024, max_batch_readings=100))
+    with running_api(memory_container(settings, fakes), settings) as api:
+        yield api
+
+
+def reading(meter: str, ts: str = T0, kwh: object = 0.5, **extra: object) -> dict:
+    return {"meter_id": meter, "timestamp": ts, "consumption_kwh": kwh, **extra}
+
+
+def post(api: Api, key: str, body: object, content_type: str = "application/json") -> dict:
+    content = body if isinstance(body, bytes | str) else orjson.dumps(body)
+    response = api.client.post(URL, content=content, headers={"X-API-Key": key, "Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_a_json_batch_is_processed_and_each_malformed_reading_rejected_with_its_reason(api: Api, fakes: Fakes) -> None:
+    key = api.ingest_key()
+    body = {
+        "readings": [
+            reading("M1", region="north", voltage=230.1),
+            {"METER_ID": " M2 ", "Timestamp": T0, "Energy_kWh": "0.75"},
+            reading("M3", ts="2024-02-30T10:00:00Z"),
+            reading("M4", kwh="abc"),
+            reading("M5", kwh=-1),
+            reading("", kwh=1),
+            reading("M1", ts="2024-03-04T10:05:00Z"),
+            42,
+        ]
+    }
+    out = post(api, key, body)
+    assert out["received"] == 8 and out["processed"] is True
+    assert (out["accepted"], out["rejected"], out["too_late"]) == (2, 6, 0)
+    assert out["rejected_by_reason"] == {
+        "duplicate": 1,
+        "invalid_consumption": 1,
+        "invalid_timestamp": 1,
+        "missing_meter_id": 2,
+        "negative_consumption": 1,
+    }
+    assert [(r["index"], r["reason"]) for r in out["rejected_readings"]] == [
+        (2, "invalid_timestamp"),
+        (3, "invalid_consumption"),
+        (4, "negative_consumption"),
+        (5, "missing_meter_id"),
+        (6, "duplicate"),
+        (7, "missing_meter_id"),
+    ]
+    stored = {r.meter_id: r for r in fakes.store.readings.values()}
+    assert set(stored) == {"M1", "M2"}
+    assert stored["M1"].extra == {"region": "north", "voltage": 230.1}
+    assert fakes.meters.get("M1") == Meter("M1", "north") and fakes.meters.get("M2") == Meter("M2", None)
+
+
+def test_json_lines_and_csv_bodies_are_read_like_files(api: Api, fakes: Fakes) -> None:
+    key = api.ingest_key()
+    lines = b"\n".join([orjson.dumps(reading("A")), b"not json", b"", orjson.dumps(reading("B", power_kw=1.5))])
+    out = post(api, key, lines, "application/x-ndjson")
+    assert (out["received"], out["accepted"], out["rejected_readings"]) == (
+        3,
+        2,
+        [{"index": 1, "reason": "missing_meter_id"}],
+    )
+    csv_body = (
+        "\ufeffLCLid,DateTime,KWH/hh (per half hour),Region\n"
+        "C,2024-03-04 10:00:00,0.25,south\n"
+        "D,2024-03-04T10:00:00Z,,\n"
+    )
+    out = post(api, key, csv_body.encode(), "text/csv; charset=utf-8")
+    assert (out["accepted"], out["rejected_by_reason"]) == (1, {"invalid_consumption": 1})
+    assert {r.meter_id: r.extra for r in fakes.store.readings.values()}["C"] == {"region": "south"}
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "slug"),
+    [
+        (b"{not json", "application/json", 400, "malformed-body"),
+        (b'{"readings": 5}', "application/json", 422, "validation-error"),
+        (b"[1, 2]", "application/json", 422, "validation-error"),
+        (b"\xff\xfe\x00", "text/csv", 400, "malformed-body"),
+        (b"a,b,c\n1,2,3\n", "text/csv", 422, "validation-error"),
+        (b"garbage\nmore garbage", "application/x-ndjson", 400, "malformed-body"),
+        (b"meter_id=1", "application/x-www-form-urlencoded", 415, "unsupported-media-type"),
+        (b"{}", "", 415, "unsupported-media-type"),
+        (orjson.dumps({"readings": [reading("M")] * 101}), "application/json", 413, "too-many-readings"),
+        (b" " * (64 * 1024 + 1), "application/json", 413, "payload-too-large"),
+    ],
+)
+def test_a_body_that_cannot_be_read_is_one_4xx_problem(
+    api: Api, fakes: Fakes, content: bytes, content_type: str, status: int, slug: str
+) -> None:
+    key = api.ingest_key()
+    headers = {"X-API-Key": key, "Content-Type": content_type}
+    response = api.client.post(URL, content=content, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"] == f"urn:metrify:problem:{slug}" and problem["status"] == status
+    assert problem["instance"] == URL and problem["detail"]
+    assert not fakes.store.readings and not fakes.store.rejected
+
+
+def test_keys_missing_unknown_or_revoked_are_401_and_users_tokens_do_not_ingest(api: Api) -> None:
+    body = {"readings": [reading("M1")]}
+    assert api.client.post(URL, json=body).status_code == 401
+    assert api.client.post(URL, json=body, headers={"X-API-Key": "mtk_nope"}).status_code == 401
+    assert api.client.post(URL, json=body, headers=api.headers(Role.ADMIN)).status_code == 401
+    key = api.ingest_key()
+    listed = api.client.get("/api/v1/ingest-keys", headers=api.headers(Role.ADMIN)).json()
+    assert "token" not in listed[0] and key.startswith(listed[0]["prefix"])
+    revoked = api.client.delete(f"/api/v1/ingest-keys/{listed[0]['key_id']}", headers=api.headers(Role.ADMIN))
+    assert revoked.status_code == 200 and revoked.json()["active"] is False
+    assert api.client.post(URL, json=body, headers={"X-API-Key": key}).status_code == 401
+
+
+def test_a_key_scoped_to_regions_refuses_readings_of_other_or_unknown_regions(api: Api, fakes: Fakes) -> None:
+    fakes.meters.add(Meter("REG-S", "south"), 0)
+    fakes.meters.add(Meter("REG-N", "north"), 0)
+    key = api.ingest_key(regions=["north"])
+    body = {
+        "readings": [
+            reading("REG-N"),
+            reading("REG-S", region="north"),  # the registry's region wins
+            reading("NEW-N", region="north"),
+            reading("NEW-S", region="south"),
+            reading("NOWHERE"),
+        ]
+    }
+    out = post(api, key, body)
+    assert out["accepted"] == 2
+    assert out["refused"] == [
+        {"index": 1, "reason": "region_not_allowed"},
+        {"index": 3, "reason": "region_not_allowed"},
+        {"index": 4, "reason": "region_unknown"},
+    ]
+    assert {r.meter_id for r in fakes.store.readings.values()} == {"REG-N", "NEW-N"}
+
+
+def test_ingest_keys_are_made_by_admins_only(api: Api) -> None:
+    for role in (Role.USER, Role.OPERATOR):
+        response = api.client.post(
+            "/api/v1/ingest-keys", json={"name": "x", "all_regions": True}, headers=api.headers(role)
+        )
+        assert response.status_code == 403
+    bad = api.client.post("/api/v1/ingest-keys", json={"name": "x"}, headers=api.headers(Role.ADMIN))
+    assert bad.status_code == 422 and "region" in bad.json()["detail"]
+
+
+def fleet(meters: int, slots: int) -> list[RawReading]:
+    base = 1_709_546_400
+    rows = []
+    for slot in range(slots):
+        for m in range(meters):
+            if m == 7 and slot in (5, 6):
+                continue  # a gap
+            jitter = (m * 7 + slot * 13) % 11
+            rows.append(RawReading(f"M{m:03d}", base + slot * 1800 + jitter, f"{0.1 + (m % 5) / 10:.2f}"))
+    rows[5] = RawReading("M005", "2024-13-01T00:00:00Z", "1")
+    rows.insert(40, rows[2])  # a duplicate
+    rows.insert(90, RawReading("M001", base - 10 * 3600, "0.3"))  # too late
+    return rows
+
+
+def outcome(store: InMemoryStreamStore) -> tuple:
+    return (
+        sorted(store.readings.values()),
+        sorted(store.rejected.values()),
+        sorted(store.too_late.values()),
+        sorted(store.gaps.values()),
+        sorted(store.windows.values()),
+    )
+
+
+class RecordingPipeline(StreamPipeline):
+    """Records each batch the writer processes, slowly, so that requests pile up behind it."""
+
+    calls: list[list[RawReading]]
+
+    def process(self, rows, progress=None):  # noqa: ANN001, ANN201
+        self.calls.append(list(rows))
+        time.sleep(0.003)
+        return super().process(rows, progress)
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_requests_grouped_into_one_transaction_give_the_outcome_of_one_transaction_each(partitions: int) -> None:
+    rows = fleet(meters=12, slots=20)
+    batches = [rows[i : i + 17] for i in range(0, len(rows), 17)]
+    grouped_store = InMemoryStreamStore()
+    recording = RecordingPipeline(
+        StreamConfig(), partitions, lambda: InMemoryStreamUnitOfWork(grouped_store), SystemClock()
+    )
+    recording.calls = []
+    serial = SerialPipeline(lambda: recording)
+    results: dict[int, list] = {}
+
+    def send(index: int) -> None:
+        results[index] = serial.submit(batches[index])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert any(len(call) > 17 for call in recording.calls), "no two requests were ever written together"
+    for index, batch in enumerate(batches):  # each request gets its own readings' outcomes, in order
+        assert [event.meter_id for event in results[index]] == [normalise_meter_id(r.meter_id) for r in batch]
+    by_first_row = {id(batch[0]): batch for batch in batches}
+    arrived = [row for call in recording.calls for row in call]
+    order, position = [], 0
+    while position < len(arrived):
+        batch = by_first_row[id(arrived[position])]
+        order.append(batch)
+        position += len(batch)
+    one_by_one = InMemoryStreamStore()
+    pipeline = StreamPipeline(StreamConfig(), partitions, lambda: InMemoryStreamUnitOfWork(one_by_one), SystemClock())
+    pipeline.load()
+    for batch in order:
+        pipeline.process(batch)
+    assert outcome(grouped_store) == outcome(one_by_one)
+    assert grouped_store.rejected and grouped_store.windows and grouped_store.gaps
