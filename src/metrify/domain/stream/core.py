@@ -2,14 +2,14 @@
 
 `PartitionStream.process(batch, now)` takes raw readings of one partition and returns events.
 Everything is decided by event time: the wall clock `now` is read only for `future_timestamp`.
-The state is plain data (`snapshot_meters`, `restore`) so that it can be saved with each commit
+The state is plain data (`snapshot_meter`, `restore`) so that it can be saved with each commit
 and restored exactly after a crash or a rebalance.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Mapping
+from heapq import heappop, heappush
 from typing import Any
 
 from metrify.domain.readings import RawReading
@@ -24,7 +24,13 @@ from metrify.domain.stream.events import (
     ReadingTooLate,
     WindowUpdated,
 )
-from metrify.domain.stream.grammar import parse_consumption, parse_timestamp
+from metrify.domain.stream.grammar import (
+    CONSUMPTIONS,
+    TIMESTAMPS,
+    parse_consumption,
+    parse_timestamp,
+    parse_timestamp_text,
+)
 from metrify.domain.stream.meter_state import MeterState
 
 _NO_WATERMARK = -(1 << 62)  # W before any valid reading: below every real event time
@@ -39,7 +45,12 @@ class PartitionStream:
 
     The watermark W is the largest valid event time seen minus the out-of-orderness bound B; it
     only grows. Per meter it keeps the slots and gaps a LATE reading can still touch and the
-    window partials that are not final; everything older is final and is dropped (§3.7).
+    window partials that can still change; everything older is final and is dropped (§3.7).
+
+    Written for the hot path (STYLE "Hot paths"): `process` inlines the common case (a valid
+    reading for the slot right after the meter's last one), events are built with
+    `tuple.__new__`, and timers are kept in buckets by due time, because due times are aligned
+    to slots and most meters share them.
     """
 
     __slots__ = (
@@ -48,9 +59,12 @@ class PartitionStream:
         "max_event_time",
         "meters",
         "intervals",
-        "_timers",
+        "_timer_at",
+        "_timer_dues",
         "_closing",
         "_closing_ends",
+        "_windows",
+        "_keep_masks",
         "_dirty",
     )
 
@@ -60,12 +74,22 @@ class PartitionStream:
         self.max_event_time: int | None = None
         self.meters: dict[str, MeterState] = {}
         self.intervals: Mapping[str, int] = intervals or {}
-        # One gap timer per meter: (fire_at, meter_id), never later than the meter's real due time.
-        self._timers: list[tuple[int, str]] = []
-        # Per window size: window end -> meters with an open partial ending there, and a heap of ends.
-        self._closing: list[dict[int, list[str]]] = [{} for _ in config.windows]
-        self._closing_ends: list[list[int]] = [[] for _ in config.windows]
         self._dirty: set[str] = set()
+        self._keep_masks: dict[int, int] = {}
+        self._reset_timers()
+
+    def _reset_timers(self) -> None:
+        # Gap timers: fire time -> meters, and a heap of the distinct fire times. One timer per
+        # meter, never later than the meter's real due time.
+        self._timer_at: dict[int, list[str]] = {}
+        self._timer_dues: list[int] = []
+        # Per window size: window end -> meters with an open partial ending there, and a heap of ends.
+        self._closing: list[dict[int, list[str]]] = [{} for _ in self.config.windows]
+        self._closing_ends: list[list[int]] = [[] for _ in self.config.windows]
+        self._windows = tuple(
+            (index, size, self._closing[index], self._closing_ends[index])
+            for index, size in enumerate(self.config.windows)
+        )
 
     # -- the watermark --------------------------------------------------------------------
 
@@ -82,15 +106,22 @@ class PartitionStream:
         """Run a batch through validate, watermark, lateness, slot, gaps and windows, in order."""
         events: list[Any] = []
         emit = events.append
+        make = tuple.__new__
         config = self.config
         partition = self.partition
         future_limit = now + config.future_tolerance
         max_kwh = config.max_kwh
         lateness = config.allowed_lateness
         bound = config.out_of_orderness
-        meters = self.meters
-        dirty = self._dirty
+        meters_get = self.meters.get
+        dirty_add = self._dirty.add
+        keep_masks = self._keep_masks
+        windows_spec = self._windows
+        timestamps_get = TIMESTAMPS.get
+        consumptions_get = CONSUMPTIONS.get
+        max_event_time = self.max_event_time
         watermark = self.watermark
+        late_from = watermark - lateness
         for raw in batch:
             raw_id = raw[0]
             meter_id = raw_id.strip() if type(raw_id) is str else ("" if raw_id is None else str(raw_id).strip())
@@ -100,45 +131,95 @@ class PartitionStream:
                     ReadingRejected("", raw[1], raw[2], "missing_meter_id", partition, parse_timestamp(raw[1]), raw[4])
                 )
                 continue
-            t = parse_timestamp(raw[1])
+            text = raw[1]
+            if type(text) is str:
+                t = timestamps_get(text)
+                if t is None:
+                    t = parse_timestamp_text(text)
+            else:
+                t = parse_timestamp(text)
             if t is None:
                 emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_timestamp", partition, None, raw[4]))
                 continue
             if t > future_limit:
                 emit(ReadingRejected(meter_id, raw[1], raw[2], "future_timestamp", partition, t, raw[4]))
                 continue
-            kwh = parse_consumption(raw[2])
+            text = raw[2]
+            kwh = consumptions_get(text) if type(text) is str else None
             if kwh is None:
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_consumption", partition, t, raw[4]))
-                continue
-            if kwh < 0:
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "negative_consumption", partition, t, raw[4]))
-                continue
-            if kwh > max_kwh:
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "out_of_range", partition, t, raw[4]))
+                kwh = parse_consumption(text)
+                if kwh is None:
+                    emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_consumption", partition, t, raw[4]))
+                    continue
+            if not 0.0 <= kwh <= max_kwh:
+                reason = "negative_consumption" if kwh < 0 else "out_of_range"
+                emit(ReadingRejected(meter_id, raw[1], raw[2], reason, partition, t, raw[4]))
                 continue
             # Lateness against W as it was before this reading (§3.2-3.3).
             if t >= watermark:
                 status = "ON_TIME"
-            elif t >= watermark - lateness:
+            elif t >= late_from:
                 status = "LATE"
             else:
-                emit(ReadingTooLate(meter_id, t, kwh, watermark - t, partition, raw[4]))
+                emit(make(ReadingTooLate, (meter_id, t, kwh, watermark - t, partition, raw[4])))
                 continue
-            state = meters.get(meter_id)
+            state = meters_get(meter_id)
             if state is None:
                 state = self._new_meter(meter_id)
             interval = state.interval
             slot = (2 * t + interval) // (2 * interval) * interval
-            if not self._fill(state, meter_id, slot, watermark, emit):
+            last = state.last
+            if last is not None and slot - last == interval and not state.open_count:
+                # The common case: the slot right after the last filled one, no open gap.
+                keep = keep_masks.get(interval)
+                if keep is None:
+                    keep = self._keep_mask(interval)
+                state.mask = ((state.mask << 1) | 1) & keep
+                state.last = slot
+            elif not self._fill(state, meter_id, slot, watermark, emit):
                 emit(ReadingRejected(meter_id, raw[1], raw[2], "duplicate", partition, t, raw[4]))
-            else:
-                emit(ReadingAccepted(meter_id, t, slot, kwh, status, partition, raw[3]))
-                self._add_to_windows(state, meter_id, slot, kwh, watermark, emit)
-                dirty.add(meter_id)
-            if self.max_event_time is None or t > self.max_event_time:
-                self.max_event_time = t
+                if max_event_time is None or t > max_event_time:
+                    self.max_event_time = max_event_time = t
+                    watermark = t - bound
+                    late_from = watermark - lateness
+                    self._advance(watermark, emit)
+                continue
+            emit(make(ReadingAccepted, (meter_id, t, slot, kwh, status, partition, raw[3])))
+            # Tumbling windows by slot (§3.6), inline: three dict look-ups per reading.
+            windows = state.windows
+            for index, size, closing, ends in windows_spec:
+                number = slot // size
+                key = (number << 3) | index
+                partial = windows.get(key)
+                if partial is None:
+                    windows[key] = partial = [1, kwh, kwh, kwh]
+                    end = number * size + size
+                    if end > watermark:
+                        bucket = closing.get(end)
+                        if bucket is None:
+                            closing[end] = [meter_id]
+                            heappush(ends, end)
+                        else:
+                            bucket.append(meter_id)
+                        continue
+                else:
+                    partial[0] += 1
+                    partial[1] += kwh
+                    if kwh < partial[2]:
+                        partial[2] = kwh
+                    if kwh > partial[3]:
+                        partial[3] = kwh
+                    if number * size + size > watermark:
+                        continue
+                # The window is already closed: emit it now (first reading after close, or a change).
+                emit(
+                    make(WindowUpdated, (meter_id, size, number * size, partial[0], partial[1], partial[2], partial[3]))
+                )
+            dirty_add(meter_id)
+            if max_event_time is None or t > max_event_time:
+                self.max_event_time = max_event_time = t
                 watermark = t - bound
+                late_from = watermark - lateness
                 self._advance(watermark, emit)
         return events
 
@@ -146,6 +227,20 @@ class PartitionStream:
         state = MeterState(self.intervals.get(meter_id, self.config.interval))
         self.meters[meter_id] = state
         return state
+
+    def _keep_mask(self, interval: int) -> int:
+        """The bits of the filled-slot mask a valid reading can reach (see MeterState.shift_to)."""
+        keep = (self.config.allowed_lateness + self.config.out_of_orderness) // interval + 3
+        mask = self._keep_masks[interval] = (1 << keep) - 1
+        return mask
+
+    def _set_timer(self, due: int, meter_id: str) -> None:
+        bucket = self._timer_at.get(due)
+        if bucket is None:
+            self._timer_at[due] = [meter_id]
+            heappush(self._timer_dues, due)
+        else:
+            bucket.append(meter_id)
 
     # -- slots and gaps (§3.4-3.5) ---------------------------------------------------------------
 
@@ -160,7 +255,7 @@ class PartitionStream:
                 # A meter first heard through a LATE reading may already be silent after it.
                 state.open_count = (watermark - grace - slot) // interval
                 emit(GapOpened(meter_id, slot + interval, None, state.open_count))
-            heapq.heappush(self._timers, (slot + (state.open_count + 1) * interval + grace, meter_id))
+            self._set_timer(slot + (state.open_count + 1) * interval + grace, meter_id)
             return True
         last = state.last
         if slot > last:
@@ -229,92 +324,72 @@ class PartitionStream:
         elif not left:
             emit(GapHealed(meter_id, gap_from))
 
-    # -- windows (§3.6) ----------------------------------------------------------------------
-
-    def _add_to_windows(
-        self, state: MeterState, meter_id: str, slot: int, kwh: float, watermark: int, emit: Any
-    ) -> None:
-        windows = state.windows
-        for index, size in enumerate(self.config.windows):
-            # Keyed by the window's number, not its start: starts are multiples of large powers of
-            # two, and such keys collide in a dict's hash table.
-            number = slot // size
-            start = number * size
-            key = (number << 3) | index
-            partial = windows.get(key)
-            if partial is None:
-                partial = windows[key] = [1, kwh, kwh, kwh]
-                end = start + size
-                if end > watermark:
-                    bucket = self._closing[index].get(end)
-                    if bucket is None:
-                        self._closing[index][end] = [meter_id]
-                        heapq.heappush(self._closing_ends[index], end)
-                    else:
-                        bucket.append(meter_id)
-                    continue
-            else:
-                partial[0] += 1
-                partial[1] += kwh
-                if kwh < partial[2]:
-                    partial[2] = kwh
-                if kwh > partial[3]:
-                    partial[3] = kwh
-                if start + size > watermark:
-                    continue
-            # The window is already closed: emit it now (first reading after close, or a change).
-            emit(WindowUpdated(meter_id, size, start, partial[0], partial[1], partial[2], partial[3]))
-
     # -- event-time timers ---------------------------------------------------------------------
 
     def _advance(self, watermark: int, emit: Any) -> None:
         """W moved: close the windows that end at or before it and open or grow silent meters' gaps."""
-        for index, ends in enumerate(self._closing_ends):
+        make = tuple.__new__
+        for index, size, closing, ends in self._windows:
             if ends and ends[0] <= watermark:
-                size = self.config.windows[index]
-                closing = self._closing[index]
+                meters_get = self.meters.get
                 while ends and ends[0] <= watermark:
-                    end = heapq.heappop(ends)
+                    end = heappop(ends)
+                    start = end - size
                     key = ((end // size - 1) << 3) | index
                     for meter_id in closing.pop(end):
-                        state = self.meters.get(meter_id)
+                        state = meters_get(meter_id)
                         partial = state.windows.get(key) if state is not None else None
                         if partial is not None:
-                            emit(WindowUpdated(meter_id, size, end - size, *partial))
-        timers = self._timers
-        if not timers or timers[0][0] > watermark:
+                            emit(
+                                make(
+                                    WindowUpdated,
+                                    (meter_id, size, start, partial[0], partial[1], partial[2], partial[3]),
+                                )
+                            )
+        dues = self._timer_dues
+        if not dues or dues[0] > watermark:
             return
         grace = self.config.gap_grace
         meters = self.meters
-        while timers and timers[0][0] <= watermark:
-            _, meter_id = heapq.heappop(timers)
+        timer_at = self._timer_at
+        fired: list[tuple[int, str]] = []
+        while dues and dues[0] <= watermark:
+            due = heappop(dues)
+            for meter_id in timer_at.pop(due):
+                state = meters[meter_id]
+                real_due = state.last + (state.open_count + 1) * state.interval + grace  # type: ignore[operator]
+                if real_due <= watermark:
+                    fired.append((due, meter_id))
+                else:
+                    self._set_timer(real_due, meter_id)
+        # Fire in (due, meter) order, as one heap of (due, meter) timers would.
+        fired.sort()
+        for _, meter_id in fired:
+            # Silence: slot s after the last filled slot is missing once s + G <= W (§3.5).
             state = meters[meter_id]
             interval = state.interval
             last: int = state.last  # type: ignore[assignment]
-            due = last + (state.open_count + 1) * interval + grace
-            if due <= watermark:
-                # Silence: slot s after the last filled slot is missing once s + G <= W (§3.5).
-                count = (watermark - grace - last) // interval
-                previous = state.open_count
-                state.open_count = count
-                self._dirty.add(meter_id)
-                if previous == 0:
-                    emit(GapOpened(meter_id, last + interval, None, count))
-                else:
-                    emit(GapChanged(meter_id, last + interval, None, count, None))
-                due = last + (count + 1) * interval + grace
-            heapq.heappush(timers, (due, meter_id))
+            count = (watermark - grace - last) // interval
+            previous = state.open_count
+            state.open_count = count
+            self._dirty.add(meter_id)
+            if previous == 0:
+                emit(GapOpened(meter_id, last + interval, None, count))
+            else:
+                emit(GapChanged(meter_id, last + interval, None, count, None))
+            self._set_timer(last + (count + 1) * interval + grace, meter_id)
 
     # -- bounded state (§3.7) --------------------------------------------------------------------
 
     def take_dirty(self) -> list[str]:
-        """Meters changed since the last call, pruned of what has become final: save these."""
+        """Meters changed since the last call, pruned of what can no longer change: save these."""
         watermark = self.watermark
         config = self.config
+        meters = self.meters
         dirty = sorted(self._dirty)
         self._dirty = set()
         for meter_id in dirty:
-            self.meters[meter_id].prune(watermark, config)
+            meters[meter_id].prune(watermark, config)
         return dirty
 
     def snapshot_meter(self, meter_id: str) -> list[Any]:
@@ -327,21 +402,18 @@ class PartitionStream:
         self._dirty = set()
         watermark = self.watermark
         grace = self.config.gap_grace
-        self._timers = []
-        self._closing = [{} for _ in self.config.windows]
-        self._closing_ends = [[] for _ in self.config.windows]
+        sizes = self.config.windows
+        self._reset_timers()
         for meter_id, state in self.meters.items():
             if state.last is not None:
-                due = state.last + (state.open_count + 1) * state.interval + grace
-                self._timers.append((due, meter_id))
+                self._set_timer(state.last + (state.open_count + 1) * state.interval + grace, meter_id)
             for key in state.windows:
                 index = key & 7
-                end = ((key >> 3) + 1) * self.config.windows[index]
+                end = ((key >> 3) + 1) * sizes[index]
                 if end > watermark:
-                    bucket = self._closing[index].setdefault(end, [])
-                    if not bucket:
-                        self._closing_ends[index].append(end)
-                    bucket.append(meter_id)
-        heapq.heapify(self._timers)
-        for ends in self._closing_ends:
-            heapq.heapify(ends)
+                    bucket = self._closing[index].get(end)
+                    if bucket is None:
+                        self._closing[index][end] = [meter_id]
+                        heappush(self._closing_ends[index], end)
+                    else:
+                        bucket.append(meter_id)

@@ -12,10 +12,18 @@ _TIMESTAMP = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})?"
 )
+_MINUTE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2})")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _EPOCH_MS_ABOVE = 10**11
 _SMALLEST = 5e-324
+_SECOND_OF = {f"{second:02d}": second for second in range(60)}
+_CACHE_LIMIT = 1 << 16
+# Bounded memories of valid texts (cleared when full), shared by every caller in the process:
+# whole timestamp texts -> microseconds, `YYYY-MM-DD?HH:MM` heads -> seconds, consumption -> kWh.
+TIMESTAMPS: dict[str, int] = {}
+_MINUTES: dict[str, int] = {}
+CONSUMPTIONS: dict[str, float] = {}
 
 
 def days_from_civil(year: int, month: int, day: int) -> int:
@@ -41,23 +49,59 @@ def civil_from_days(days: int) -> tuple[int, int, int]:
     return yoe + era * 400 + (month <= 2), month, day
 
 
-def parse_timestamp_text(text: str) -> int | None:
-    """`YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]`, surrounding whitespace ignored, UTC when
-    no zone; the fraction is kept to the microsecond. A date or time that does not exist is None."""
-    match = _TIMESTAMP.fullmatch(text.strip())
-    if match is None:
-        return None
-    ys, mos, ds, hs, mis, ss, frac, zone = match.groups()
-    year, month, day = int(ys), int(mos), int(ds)
-    hour, minute, second = int(hs), int(mis), int(ss)
-    if year == 0 or not 1 <= month <= 12 or day < 1 or hour > 23 or minute > 59 or second > 59:
+def _day_seconds(year: int, month: int, day: int, hour: int, minute: int) -> int | None:
+    """Seconds since the epoch of a date and an hour:minute, or None when they do not exist."""
+    if year == 0 or not 1 <= month <= 12 or day < 1 or hour > 23 or minute > 59:
         return None
     limit = _DAYS_IN_MONTH[month]
     if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
         limit = 29
     if day > limit:
         return None
-    seconds = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    return days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60
+
+
+def _minute_seconds(head: str) -> int | None:
+    """`YYYY-MM-DD[T ]HH:MM` (16 characters) as seconds since the epoch, remembered when valid."""
+    match = _MINUTE.fullmatch(head)
+    if match is None:
+        return None
+    ys, mos, ds, hs, mis = match.groups()
+    seconds = _day_seconds(int(ys), int(mos), int(ds), int(hs), int(mis))
+    if seconds is not None:
+        if len(_MINUTES) >= _CACHE_LIMIT:
+            _MINUTES.clear()
+        _MINUTES[head] = seconds
+    return seconds
+
+
+def _parse_timestamp_text(text: str) -> int | None:
+    s = text.strip()
+    # The canonical shapes (`...SS`, `...SSZ`, `...SS.fff`, `...SS.fffZ`) by slicing, with the
+    # minute's seconds remembered; every other shape, and anything invalid, takes the full grammar.
+    if len(s) >= 19 and s[16] == ":" and s.isascii():
+        base = _MINUTES.get(s[:16])
+        if base is None:
+            base = _minute_seconds(s[:16])
+        second = _SECOND_OF.get(s[17:19])
+        if base is not None and second is not None:
+            tail = s[19:]
+            if not tail or tail == "Z":
+                return (base + second) * 1_000_000
+            if tail[0] == ".":
+                frac = tail[1:-1] if tail[-1] == "Z" else tail[1:]
+                if frac.isdigit():  # ASCII (checked above): [0-9]+
+                    micros = int(frac) if len(frac) == 6 else int(frac[:6].ljust(6, "0"))
+                    return (base + second) * 1_000_000 + micros
+    match = _TIMESTAMP.fullmatch(s)
+    if match is None:
+        return None
+    ys, mos, ds, hs, mis, ss, frac, zone = match.groups()
+    seconds = _day_seconds(int(ys), int(mos), int(ds), int(hs), int(mis))
+    second = int(ss)
+    if seconds is None or second > 59:
+        return None
+    seconds += second
     if zone is not None and zone != "Z":
         zone_hours, zone_minutes = int(zone[1:3]), int(zone[4:6])
         if zone_hours > 23 or zone_minutes > 59:
@@ -66,6 +110,20 @@ def parse_timestamp_text(text: str) -> int | None:
         seconds -= offset if zone[0] == "+" else -offset
     micros = int(frac[:6].ljust(6, "0")) if frac else 0
     return seconds * 1_000_000 + micros
+
+
+def parse_timestamp_text(text: str) -> int | None:
+    """`YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]`, surrounding whitespace ignored, UTC when
+    no zone; the fraction is kept to the microsecond. A date or time that does not exist is None.
+    Valid texts are remembered in TIMESTAMPS (bounded): fleets send the same instants again and again."""
+    value = TIMESTAMPS.get(text)
+    if value is None:
+        value = _parse_timestamp_text(text)
+        if value is not None:
+            if len(TIMESTAMPS) >= _CACHE_LIMIT:
+                TIMESTAMPS.clear()
+            TIMESTAMPS[text] = value
+    return value
 
 
 def parse_timestamp(value: object) -> int | None:
@@ -87,13 +145,14 @@ def parse_consumption(value: object) -> float | None:
     surrounding whitespace ignored) or a JSON number. A number in the grammar is a number however
     large (`1e400` is +inf, later out of range); `-0` is zero. Anything else is None."""
     if isinstance(value, str):
-        text = value.strip()
-        if _NUMBER.fullmatch(text) is None:
-            return None
-        value = float(text) + 0.0
-        if value == 0.0 and text[0] == "-" and any(c in "123456789" for c in text.split("e")[0].split("E")[0]):
-            return -_SMALLEST  # below a float's range but still negative: `-1e-400` is not zero
-        return value
+        number = CONSUMPTIONS.get(value)
+        if number is None:
+            number = _parse_consumption_text(value)
+            if number is not None:
+                if len(CONSUMPTIONS) >= _CACHE_LIMIT:
+                    CONSUMPTIONS.clear()
+                CONSUMPTIONS[value] = number
+        return number
     if isinstance(value, bool):
         return None
     if isinstance(value, float):
@@ -104,6 +163,18 @@ def parse_consumption(value: object) -> float | None:
         except OverflowError:
             return float("inf") if value > 0 else float("-inf")
     return None
+
+
+def _parse_consumption_text(value: str) -> float | None:
+    text = value.strip()
+    if text.isascii() and text.replace(".", "", 1).isdigit():
+        return float(text)  # the common shape: unsigned digits with at most one dot, no exponent
+    if _NUMBER.fullmatch(text) is None:
+        return None
+    number = float(text) + 0.0
+    if number == 0.0 and text[0] == "-" and any(c in "123456789" for c in text.split("e")[0].split("E")[0]):
+        return -_SMALLEST  # below a float's range but still negative: `-1e-400` is not zero
+    return number
 
 
 def format_timestamp(micros: int) -> str:
