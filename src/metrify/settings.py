@@ -141,6 +141,22 @@ class ApiSettings(BaseModel):
     max_page_size: int = Field(1000, ge=1)
 
 
+class StorageSettings(BaseModel):
+    """Time partitioning and retention of the stream's time-series tables (issue 5).
+
+    PostgreSQL drops whole monthly partitions (TimescaleDB: chunks) whose upper bound is older than
+    now minus the retention; SQLite, which has no partitions, deletes the rows older than that.
+    A retention of 0 keeps a table's rows forever. `partition_months_ahead` months after the
+    current one get their partitions in advance (`metrify db partitions --create-ahead`).
+    """
+
+    retention_readings: Duration = 90 * 86400.0
+    retention_rejected: Duration = 30 * 86400.0
+    retention_too_late: Duration = 30 * 86400.0
+    retention_aggregates: Duration = 730 * 86400.0
+    partition_months_ahead: int = Field(3, ge=0, le=120)
+
+
 class Settings(BaseSettings):
     """All of Metrify's settings. Environment variables: `METRIFY_<NAME>`, nested `METRIFY_<GROUP>__<NAME>`."""
 
@@ -155,6 +171,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     log_format: Literal["console", "json", ""] = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = "INFO"
 
