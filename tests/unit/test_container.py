@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,14 @@ from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
 from metrify.container import adapter_names, build_container
 from metrify.domain.readings import RawReading
 from metrify.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def no_service_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings also read the environment: keep the services of a test run out of these tests."""
+    for name in list(os.environ):
+        if name.startswith("METRIFY_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture
