@@ -61,6 +61,10 @@ def replay(
         int | None,
         typer.Option(min=1, max=1_000_000, help="Rows per transaction (default METRIFY_STREAM__BATCH_SIZE)."),
     ] = None,
+    to_kafka: Annotated[
+        bool,
+        typer.Option("--to-kafka", help="Produce the rows to the Kafka raw topic instead (workers process them)."),
+    ] = False,
 ) -> None:
     """Run FILE through the stream core and store every outcome; a second run resumes or continues."""
     settings = state.settings
@@ -71,6 +75,11 @@ def replay(
         network=NetworkProfile(delay_prob=delay_prob, max_delay=max_delay, drop_prob=drop_prob, seed=seed),
         batch_size=batch_size or settings.stream.batch_size,
     )
+    if to_kafka:
+        from metrify.entrypoints.cli.kafka import replay_to_kafka
+
+        replay_to_kafka(file, options, partitions_given=partitions is not None)
+        return
     _replay_file(file, options)
 
 

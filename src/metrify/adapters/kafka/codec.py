@@ -1,0 +1,216 @@
+"""What Metrify's Kafka messages hold, byte for byte (the README's "Kafka" section documents it).
+
+Raw input (`<prefix>raw`, one message per reading, key = the trimmed meter id):
+    a JSON object of the reading's fields exactly as received, strings staying strings:
+    {"meter_id": " MTR-1 ", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "0.25", ...extras}
+    Any object the JSON-lines reader accepts is accepted (names matched case-insensitively);
+    anything else (not UTF-8 JSON, not an object) is a poison message: a `malformed_message` reject.
+
+Outputs (one message per batch, input partition and kind, in the input's partition, key = the
+kind; value = a JSON array of records, each a JSON array, oldest first):
+    readings    [meter_id, ts_us, slot_us, kwh, status, partition, extra|null]
+    rejected    [meter_id, raw_timestamp, raw_consumption, reason, partition, parsed_ts_us|null, position]
+    too-late    [meter_id, ts_us, kwh, delay_us, partition, position]
+    gaps        [event, meter_id, missing_from_us, missing_to_us|null, missing_intervals, previous_from_us|null]
+                with event one of "opened", "changed", "closed", "healed"
+    aggregates  [meter_id, window_us, window_start_us, count, sum_kwh, min_kwh, max_kwh]
+    metrics     one JSON object per batch and partition (counts, watermark, offsets, timing)
+
+State changelog (compacted, partitioned like the input): key = meter id, value = the meter's state
+as the stream core's plain data (JSON); key "" (no meter has an empty id) = the partition header
+{"next_offset": n, "max_event_time": t|null}, written last in every transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from metrify.adapters.files.readers import reading_from_mapping
+from metrify.application.kafka_stream import Malformed
+from metrify.domain.readings import RawReading
+from metrify.domain.stream.events import (
+    GapChanged,
+    GapClosed,
+    GapHealed,
+    GapOpened,
+    ReadingAccepted,
+    ReadingRejected,
+    ReadingTooLate,
+    WindowUpdated,
+)
+
+HEADER_KEY = b""
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_STR_OR_NONE = (str, type(None))
+
+# -- raw readings ---------------------------------------------------------------------------------
+
+
+def encode_raw(reading: RawReading) -> bytes:
+    """A raw reading as the JSON object the raw topic carries; values exactly as received."""
+    item: dict[str, Any] = {
+        "meter_id": reading.meter_id,
+        "timestamp": reading.timestamp,
+        "consumption_kwh": reading.consumption_kwh,
+    }
+    if reading.extra:
+        for name, value in reading.extra.items():
+            item.setdefault(name, value)
+    if all(type(value) in _STR_OR_NONE for value in item.values()):
+        try:
+            return orjson.dumps(item)
+        except orjson.JSONEncodeError:  # a lone surrogate: the exact encoder escapes it
+            pass
+    return _exact_dumps(item)
+
+
+def _exact_dumps(value: Any) -> bytes:
+    """The standard library's encoder: integers beyond 64 bits, NaN and infinities, lone
+    surrogates all come back exactly (orjson turns NaN into null and refuses the others)."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_plain).encode("ascii")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
+def _loads_exact(data: bytes) -> Any:
+    """JSON text to Python values, exactly: orjson unless an integer may exceed 64 bits (orjson
+    would read it as a float) or orjson refuses it (NaN, lone surrogates), then the stdlib."""
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+def decode_raw(key: bytes | None, value: bytes | None, position: int) -> RawReading | Malformed:
+    """One raw message as a RawReading (position = its offset), or Malformed when it is poison."""
+    if value is None:
+        return Malformed(_key_text(key), position, "the message has no value")
+    try:
+        item = _loads_exact(value)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return Malformed(_key_text(key), position, f"not JSON: {str(exc)[:120]}")
+    if type(item) is not dict:
+        return Malformed(_key_text(key), position, f"a JSON {type(item).__name__}, not an object")
+    if len(item) == 3 and "meter_id" in item and "timestamp" in item and "consumption_kwh" in item:
+        return RawReading(item["meter_id"], item["timestamp"], item["consumption_kwh"], None, position)
+    return reading_from_mapping(item)._replace(position=position)
+
+
+def _key_text(key: bytes | None) -> str:
+    if not key:
+        return ""
+    return key.decode("utf-8", "replace").strip()
+
+
+# -- outputs -----------------------------------------------------------------------------------------
+
+READINGS = "readings"
+REJECTED = "rejected"
+TOO_LATE = "too-late"
+GAPS = "gaps"
+AGGREGATES = "aggregates"
+ANOMALIES = "anomalies"
+METRICS = "metrics"
+OUTPUT_KINDS = (READINGS, REJECTED, TOO_LATE, GAPS, AGGREGATES)
+
+_GAP_NAMES = {GapOpened: "opened", GapChanged: "changed", GapClosed: "closed", GapHealed: "healed"}
+_GAP_TYPES = {name: kind for kind, name in _GAP_NAMES.items()}
+_KIND_OF = {
+    ReadingAccepted: READINGS,
+    ReadingRejected: REJECTED,
+    ReadingTooLate: TOO_LATE,
+    WindowUpdated: AGGREGATES,
+    GapOpened: GAPS,
+    GapChanged: GAPS,
+    GapClosed: GAPS,
+    GapHealed: GAPS,
+}
+
+
+def split_events(events: Iterable[Any]) -> dict[str, list[Any]]:
+    """Events routed to their output kind, each list in the original order."""
+    out: dict[str, list[Any]] = {}
+    kind_of = _KIND_OF
+    for event in events:
+        kind = kind_of[type(event)]
+        bucket = out.get(kind)
+        if bucket is None:
+            out[kind] = [event]
+        else:
+            bucket.append(event)
+    return out
+
+
+def _as_list(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def encode_records(kind: str, events: list[Any]) -> bytes:
+    """One envelope: the JSON array of records of one kind."""
+    if kind == GAPS:
+        records: list[Any] = [(_GAP_NAMES[type(e)], *e) for e in events]
+    else:
+        records = events
+    if kind == REJECTED:  # raw values: exact (big integers, NaN) whatever they are
+        return _exact_dumps(records)
+    try:
+        return orjson.dumps(records, default=_as_list)
+    except (orjson.JSONEncodeError, TypeError):
+        return _exact_dumps(records)
+
+
+def decode_records(kind: str, value: bytes) -> list[Any]:
+    """The events of one envelope, in order."""
+    records = _loads_exact(value) if kind in (REJECTED, READINGS) else orjson.loads(value)
+    if kind == READINGS:
+        return [ReadingAccepted(*r) for r in records]
+    if kind == AGGREGATES:
+        return [WindowUpdated(*r) for r in records]
+    if kind == REJECTED:
+        return [ReadingRejected(*r) for r in records]
+    if kind == TOO_LATE:
+        return [ReadingTooLate(*r) for r in records]
+    if kind == GAPS:
+        return [_GAP_TYPES[r[0]](*r[1:]) for r in records]
+    raise ValueError(f"no records of kind {kind!r}")
+
+
+def encode_metrics(record: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(record)
+
+
+# -- state changelog -----------------------------------------------------------------------------------
+
+
+def encode_state(data: Any) -> bytes:
+    """A meter's state (plain lists of numbers); stdlib JSON when an integer exceeds 64 bits."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return _exact_dumps(data)
+
+
+def decode_state(value: bytes) -> Any:
+    return _loads_exact(value)
+
+
+def encode_header(next_offset: int, max_event_time: int | None) -> bytes:
+    return orjson.dumps({"next_offset": next_offset, "max_event_time": max_event_time})
+
+
+def decode_header(value: bytes) -> tuple[int, int | None]:
+    item = orjson.loads(value)
+    return int(item["next_offset"]), item["max_event_time"]

@@ -1,0 +1,403 @@
+"""The stream worker's log on Kafka: a consumer-group member on the raw topic, a transactional
+producer for outputs, changelog and input offsets, and the changelog restore (DESIGN §4).
+
+One transaction per batch: `begin` -> `write` per partition (output envelopes, changed meter
+states, then the partition header with the next input offset) -> `commit` (the consumer's offsets
+through `send_offsets_to_transaction` with the group metadata, then `commit_transaction`). The
+group metadata fences a zombie: once its partitions were given to another member, its offset
+commit fails and its transaction is aborted, so none of its writes become visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from metrify.adapters.kafka import codec
+from metrify.adapters.kafka.clients import (
+    KafkaHealth,
+    TopicNames,
+    common_config,
+    consumer_config,
+    error_of,
+    fatal_or_fenced,
+    transactional_producer_config,
+)
+from metrify.application.kafka_stream import PartitionListener, PolledPartition, TransactionAborted
+from metrify.application.ports import PartitionState
+
+log = logging.getLogger("metrify.worker")
+T = TypeVar("T")
+
+ENVELOPE_RECORDS = 500  # records per output message (a few tens of kB)
+
+
+class ProducerFenced(Exception):
+    """Another worker runs with this worker's transactional id (the same --instance-id)."""
+
+
+class KafkaStreamLog:
+    def __init__(
+        self,
+        bootstrap: str,
+        names: TopicNames,
+        group_id: str,
+        transactional_id: str,
+        *,
+        health: KafkaHealth | None = None,
+        session_timeout: float = 10.0,
+        transaction_timeout: float = 15.0,
+        instance: str = "",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.names = names
+        self.outputs = names.outputs
+        self.instance = instance or transactional_id
+        self.health = health or KafkaHealth("worker")
+        self.transactional_id = transactional_id
+        self.transaction_timeout = transaction_timeout
+        self.consumer = Consumer(consumer_config(bootstrap, group_id, self.health, session_timeout=session_timeout))
+        self.restorer = Consumer(
+            consumer_config(
+                bootstrap,
+                f"{group_id}.restore",
+                None,
+                eof=True,
+                **{"fetch.max.bytes": 52428800, "fetch.wait.max.ms": 10},
+            )
+        )
+        self.admin = AdminClient(common_config(bootstrap))
+        self.producer = self._new_producer()
+        self.listener: PartitionListener | None = None
+        self.committed: dict[int, int] = {}
+        self.in_transaction = False
+        self.revoked_during_transaction = False
+        self.fences: list[float] = []
+
+    # -- producer life cycle ---------------------------------------------------------------------
+
+    def _new_producer(self) -> Producer:
+        producer = Producer(
+            transactional_producer_config(
+                self.bootstrap, self.transactional_id, self.health, timeout=self.transaction_timeout
+            )
+        )
+        # Aborts whatever an earlier process with this transactional id left open, and fences it.
+        self._retrying("init_transactions", lambda: producer.init_transactions(10.0))
+        return producer
+
+    def _retrying(self, what: str, action: Callable[[], T]) -> T:
+        """Run a call that may meet an absent broker: retriable errors are retried with backoff."""
+        delay = 0.2
+        while True:
+            try:
+                result = action()
+                self.health.ok()
+                return result
+            except KafkaException as exc:
+                error = error_of(exc)
+                if error is None or not error.retriable():
+                    raise
+                log.warning("%s: %s; retrying in %.1fs", what, error.str(), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _transactional(self, what: str, action: Callable[[], T]) -> T:
+        """A transactional call: retriable errors retried, abortable ones abort the transaction,
+        fatal ones replace the producer; both of the latter raise TransactionAborted."""
+        try:
+            return self._retrying(what, action)
+        except KafkaException as exc:
+            error = error_of(exc)
+            if error is None:
+                raise
+            self._recover(what, error)
+            raise TransactionAborted(f"{what}: {error.str()}") from None
+
+    def _recover(self, what: str, error: KafkaError) -> None:
+        if fatal_or_fenced(error):
+            # A fatal error, or fenced: by the broker's transaction timeout (a long outage), or by
+            # another process with our transactional id. A new producer takes the id back; if that
+            # keeps happening, two workers share one --instance-id: stop instead of fencing forever.
+            now = time.monotonic()
+            self.fences = [t for t in self.fences if now - t < 60.0] + [now]
+            if len(self.fences) >= 3:
+                raise ProducerFenced(
+                    f"{what}: {error.str()}: fenced 3 times in a minute; another worker probably uses the "
+                    f"transactional id {self.transactional_id!r} (give each worker its own --instance-id)"
+                )
+            log.error("%s: fatal producer error (%s): starting a new producer", what, error.str())
+            self.in_transaction = False
+            self.producer = self._new_producer()
+            return
+        self._abort()
+
+    def _abort(self) -> None:
+        if not self.in_transaction:
+            return
+        self.in_transaction = False
+        try:
+            self._retrying("abort_transaction", lambda: self.producer.abort_transaction(30.0))
+        except KafkaException as exc:
+            error = error_of(exc)
+            if error is not None and fatal_or_fenced(error):
+                self._recover("abort_transaction", error)
+            else:
+                raise
+
+    # -- group membership --------------------------------------------------------------------------
+
+    def start(self, listener: PartitionListener) -> None:
+        self.listener = listener
+        self.consumer.subscribe(
+            [self.names.raw], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self.listener is not None
+        numbers = [tp.partition for tp in partitions]
+        if numbers:
+            log.info("partitions assigned: %s", sorted(numbers))
+        offsets = self.listener.partitions_assigned(numbers) if numbers else {}
+        for number, offset in offsets.items():
+            self.committed[number] = offset
+        consumer.incremental_assign([TopicPartition(self.names.raw, p, offsets[p]) for p in numbers])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(consumer, partitions, lost=False)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(consumer, partitions, lost=True)
+
+    def _release(self, consumer: Consumer, partitions: list[TopicPartition], lost: bool) -> None:
+        if self.in_transaction:
+            # Never the case in StreamWorker's loop (a batch commits before the next poll), but a
+            # transaction must not outlive the ownership of its partitions: abort it.
+            log.warning("partitions revoked during an open transaction: aborting it")
+            self.revoked_during_transaction = True
+            self._abort()
+        numbers = [tp.partition for tp in partitions]
+        if lost and numbers:
+            log.warning("partitions lost (the group moved on without this worker): %s", sorted(numbers))
+        for number in numbers:
+            self.committed.pop(number, None)
+        if self.listener is not None:
+            self.listener.partitions_revoked(numbers)
+        consumer.incremental_unassign(partitions)
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def poll(self, max_records: int, timeout: float) -> dict[int, PolledPartition]:
+        messages = self.consumer.consume(max_records, timeout)
+        if not messages:
+            return {}
+        by_partition: dict[int, list[Any]] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    self.health.error(error)
+                continue
+            number = message.partition()
+            bucket = by_partition.get(number)
+            if bucket is None:
+                by_partition[number] = [message]
+            else:
+                bucket.append(message)
+        out = {}
+        decode = codec.decode_raw
+        malformed_type = codec.Malformed
+        for number, bucket in by_partition.items():
+            readings = []
+            malformed = []
+            for message in bucket:
+                record = decode(message.key(), message.value(), message.offset())
+                if type(record) is malformed_type:
+                    malformed.append(record)
+                else:
+                    readings.append(record)
+            out[number] = PolledPartition(readings, malformed, bucket[-1].offset() + 1)
+        self.health.ok()
+        return out
+
+    def lag(self) -> dict[int, int]:
+        lags = {}
+        for number, committed in list(self.committed.items()):
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.names.raw, number), cached=True)
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                lags[number] = max(high - committed, 0)
+        return lags
+
+    # -- the changelog ---------------------------------------------------------------------------------
+
+    def _list_offsets(self, partition: int, spec: OffsetSpec, level: IsolationLevel) -> int:
+        tp = TopicPartition(self.names.changelog, partition)
+        futures = self.admin.list_offsets({tp: spec}, isolation_level=level, request_timeout=10.0)
+        return futures[tp].result().offset
+
+    def restore(self, partition: int) -> PartitionState:
+        """The partition's state as of its last committed transaction. Waits while a transaction
+        on its changelog is unfinished (a crashed worker's: the broker aborts it after the
+        transaction timeout; at once if the crashed worker restarts with the same instance id)."""
+        delay = 0.2
+        pause = 0.02
+        waited_since = time.monotonic()
+        while True:
+            try:
+                stable = self._list_offsets(partition, OffsetSpec.latest(), IsolationLevel.READ_COMMITTED)
+                high = self._list_offsets(partition, OffsetSpec.latest(), IsolationLevel.READ_UNCOMMITTED)
+                low = self._list_offsets(partition, OffsetSpec.earliest(), IsolationLevel.READ_UNCOMMITTED)
+            except KafkaException as exc:
+                error = error_of(exc)
+                log.warning(
+                    "restoring partition %s: kafka unreachable (%s); retrying in %.1fs",
+                    partition,
+                    error.str() if error else exc,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if stable >= high:
+                break
+            if time.monotonic() - waited_since > 2.0:
+                log.info(
+                    "restoring partition %s: waiting for an unfinished transaction on the changelog "
+                    "(offsets %s..%s) to end",
+                    partition,
+                    stable,
+                    high,
+                )
+                waited_since = time.monotonic()
+            # Commit and abort markers are written just after the coordinator answers: poll briskly.
+            time.sleep(pause)
+            pause = min(pause * 1.5, 1.0)
+        if high <= low:
+            return PartitionState(partition, None, 0, {})
+        latest = self._read_changelog(partition, high)
+        header = latest.pop(codec.HEADER_KEY, None)
+        next_offset, max_event_time = codec.decode_header(header) if header is not None else (0, None)
+        meters = {key.decode("utf-8"): codec.decode_state(value) for key, value in latest.items() if value is not None}
+        return PartitionState(partition, max_event_time, next_offset, meters)
+
+    def _read_changelog(self, partition: int, end: int) -> dict[bytes, bytes | None]:
+        latest: dict[bytes, bytes | None] = {}
+        tp = TopicPartition(self.names.changelog, partition, OFFSET_BEGINNING)
+        self.restorer.assign([tp])
+        try:
+            position = -1
+            while position < end:
+                for message in self.restorer.consume(10_000, 0.05):
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            position = max(position, message.offset())
+                            if position < end:  # committed data is there: the end moved on
+                                end = position
+                        else:
+                            log.warning("reading the changelog of partition %s: %s", partition, error.str())
+                        continue
+                    latest[message.key()] = message.value()
+                    position = message.offset() + 1
+        finally:
+            self.restorer.unassign()
+        return latest
+
+    # -- writing ---------------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.revoked_during_transaction = False
+        self._transactional("begin_transaction", self.producer.begin_transaction)
+        self.in_transaction = True
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
+        producer = self.producer
+        while True:
+            try:
+                producer.produce(topic, value, key, partition)
+                return
+            except BufferError:
+                producer.poll(0.05)
+            except KafkaException as exc:
+                error = error_of(exc)
+                if error is None:
+                    raise
+                self._recover("produce", error)
+                raise TransactionAborted(f"produce: {error.str()}") from None
+
+    def write(self, partition: int, events: list[Any], state: PartitionState, inputs: int) -> None:
+        produce = self._produce
+        counts = {}
+        for kind, records in codec.split_events(events).items():
+            topic = self.outputs[kind]
+            key = kind.encode()
+            counts[kind] = len(records)
+            for start in range(0, len(records), ENVELOPE_RECORDS):
+                produce(topic, codec.encode_records(kind, records[start : start + ENVELOPE_RECORDS]), key, partition)
+        changelog = self.names.changelog
+        encode_state = codec.encode_state
+        for meter_id, data in state.meters.items():
+            produce(changelog, encode_state(data), meter_id.encode("utf-8"), partition)
+        produce(changelog, codec.encode_header(state.next_offset, state.max_event_time), codec.HEADER_KEY, partition)
+        record = {
+            "partition": partition,
+            "inputs": inputs,
+            "accepted": counts.get(codec.READINGS, 0),
+            "rejected": counts.get(codec.REJECTED, 0),
+            "too_late": counts.get(codec.TOO_LATE, 0),
+            "gap_events": counts.get(codec.GAPS, 0),
+            "window_updates": counts.get(codec.AGGREGATES, 0),
+            "meters_changed": len(state.meters),
+            "max_event_time": state.max_event_time,
+            "next_offset": state.next_offset,
+            "at": time.time_ns() // 1000,
+            "worker": self.instance,
+        }
+        produce(self.names.metrics, codec.encode_metrics(record), None, partition)
+        self.producer.poll(0)
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        if self.revoked_during_transaction:
+            raise TransactionAborted("partitions were revoked during the transaction")
+        positions = [TopicPartition(self.names.raw, p, o) for p, o in offsets.items()]
+        self._transactional(
+            "send_offsets_to_transaction",
+            lambda: self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 30.0),
+        )
+        self._transactional("commit_transaction", lambda: self.producer.commit_transaction(60.0))
+        self.in_transaction = False
+        self.committed.update(offsets)
+
+    def rewind(self, partition: int, offset: int) -> None:
+        tp = TopicPartition(self.names.raw, partition, offset)
+        try:
+            self.consumer.seek(tp)
+        except KafkaException:
+            self.consumer.incremental_unassign([TopicPartition(self.names.raw, partition)])
+            self.consumer.incremental_assign([tp])
+        self.committed[partition] = offset
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()  # revokes the partitions (no transaction is open) and leaves the group
+        finally:
+            self.restorer.close()
+            if self.in_transaction:
+                self._abort()
+            self.producer.flush(10.0)

@@ -1,0 +1,85 @@
+"""The Kafka sink's unit of work: the stream outcomes (the same bulk, idempotent writers as the
+embedded pipeline) and the sink's read offsets, in ONE database transaction.
+
+Offsets move by compare-and-set: the rows of the sink's partitions are locked (FOR UPDATE on
+PostgreSQL) and must still hold the offsets this sink last wrote or loaded; otherwise another sink
+took the partitions over meanwhile and the batch is refused (StaleSinkOffsets), so a sink that
+lost its partitions can never write old values over newer ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from metrify.adapters.sqlalchemy.errors import transient_errors
+from metrify.adapters.sqlalchemy.tables import sink_offsets
+from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
+from metrify.application.kafka_stream import Source, StaleSinkOffsets
+
+
+class SqlSinkOffsets:
+    def __init__(self, uow: SqlAlchemySinkUnitOfWork) -> None:
+        self.uow = uow
+
+    def _stored(self, consumer: str, topics: Collection[str], lock: bool) -> dict[Source, int]:
+        c = sink_offsets.c
+        stmt = sa.select(c.topic, c.partition, c.next_offset).where(c.consumer == consumer, c.topic.in_(topics))
+        connection = self.uow.connection
+        if lock and connection.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        return {(topic, partition): offset for topic, partition, offset in connection.execute(stmt)}
+
+    def load(self, consumer: str, sources: Collection[Source]) -> dict[Source, int]:
+        wanted = set(sources)
+        if not wanted:
+            return {}
+        with transient_errors():
+            stored = self._stored(consumer, {topic for topic, _ in wanted}, lock=False)
+        return {source: offset for source, offset in stored.items() if source in wanted}
+
+    def advance(self, consumer: str, moves: Mapping[Source, tuple[int | None, int]]) -> None:
+        if not moves:
+            return
+        with transient_errors():
+            stored = self._stored(consumer, {topic for topic, _ in moves}, lock=True)
+            stale = [
+                f"{topic}[{partition}] holds {stored.get((topic, partition))}, expected {expected}"
+                for (topic, partition), (expected, _) in moves.items()
+                if stored.get((topic, partition)) != expected
+            ]
+            if stale:
+                raise StaleSinkOffsets("; ".join(stale[:5]))
+            now = time.time_ns() // 1000
+            rows = [
+                {"consumer": consumer, "topic": topic, "partition": partition, "next_offset": new, "updated_at": now}
+                for (topic, partition), (_, new) in moves.items()
+            ]
+            connection = self.uow.connection
+            insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+            stmt = insert(sink_offsets)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["consumer", "topic", "partition"],
+                set_={"next_offset": stmt.excluded.next_offset, "updated_at": stmt.excluded.updated_at},
+            )
+            connection.execute(stmt, rows)
+
+
+class SqlAlchemySinkUnitOfWork(SqlAlchemyStreamUnitOfWork):
+    """SqlAlchemyStreamUnitOfWork plus `offsets`: outcomes, offsets, one commit."""
+
+    offsets: SqlSinkOffsets
+
+    def __init__(self, engine: sa.Engine, now_us: Callable[[], int] | None = None) -> None:
+        super().__init__(engine, now_us)
+
+    def _reset(self) -> None:
+        super()._reset()
+        self.offsets = SqlSinkOffsets(self)
+
+    def __enter__(self) -> SqlAlchemySinkUnitOfWork:
+        super().__enter__()
+        return self

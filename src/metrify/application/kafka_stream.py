@@ -1,0 +1,567 @@
+"""Metrify on a partitioned log (Kafka in production): the stream worker, the database sink and
+the producer of raw readings, written against ports only (DESIGN §4, exactly-once).
+
+Worker: it owns input partitions through a consumer group. On assignment it restores each
+partition's stream state from the state changelog (the state of the last committed transaction,
+with the input offset it was committed with) and starts reading the input there. Each batch runs
+through the same stream core as the embedded profile, and its outputs, state changes and input
+offsets are written in ONE transaction. A transaction that fails is aborted, nothing of it is
+visible, and the partitions it touched are restored again from the changelog and re-read.
+
+Sink: it reads the committed outputs and writes them into the database in batches, together with
+the next offset of every output partition, in ONE database transaction (compare-and-set on the
+offsets, so that a sink that lost its partitions to another cannot write behind its back). On
+assignment it seeks to the offsets the database holds. Rows are upserted by natural keys, so a
+batch that is written twice changes nothing either.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NamedTuple, Protocol
+
+from metrify.application.network import NetworkProfile, through_network
+from metrify.application.ports import Clock, OutcomeRepository, PartitionState
+from metrify.application.replay import EventTimePacer
+from metrify.application.stream import Backoff
+from metrify.domain.readings import RawReading
+from metrify.domain.stream.config import StreamConfig
+from metrify.domain.stream.core import PartitionStream
+from metrify.domain.stream.events import ReadingRejected
+
+log = logging.getLogger("metrify.worker")
+sink_log = logging.getLogger("metrify.sink")
+
+MALFORMED_MESSAGE = "malformed_message"
+
+
+# -- what the log gives and takes ------------------------------------------------------------------
+
+
+class Malformed(NamedTuple):
+    """An input record that is not a reading at all (not JSON, not an object): a poison message.
+    It becomes a `malformed_message` reject; it never reaches the stream core."""
+
+    meter_id: str
+    position: int
+    detail: str
+
+
+class PolledPartition(NamedTuple):
+    """What one poll returned for one input partition, in offset order."""
+
+    readings: list[RawReading]  # .position = the record's offset
+    malformed: list[Malformed]
+    next_offset: int  # the last record's offset + 1
+
+
+class TransactionAborted(Exception):
+    """The batch's transaction was aborted: none of its outputs, state or offsets is visible."""
+
+
+class PartitionListener(Protocol):
+    def partitions_assigned(self, partitions: list[int]) -> dict[int, int]:
+        """Get ready to process these input partitions; return the offset to read each from."""
+        ...
+
+    def partitions_revoked(self, partitions: list[int]) -> None: ...
+
+
+class StreamLog(Protocol):
+    """The worker's side of the log: input partitions owned through a consumer group, their state
+    changelog, and transactions that cover outputs, state and input offsets together."""
+
+    def start(self, listener: PartitionListener) -> None: ...
+
+    def poll(self, max_records: int, timeout: float) -> dict[int, PolledPartition]: ...
+
+    def restore(self, partition: int) -> PartitionState:
+        """The partition's state as of its last committed transaction (empty: offset 0)."""
+        ...
+
+    def begin(self) -> None: ...
+
+    def write(self, partition: int, events: list[Any], state: PartitionState, inputs: int) -> None:
+        """Stage a partition's outputs and state changes (`state.meters`: the changed meters)."""
+        ...
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit what was written with these next input offsets; TransactionAborted if it failed."""
+        ...
+
+    def rewind(self, partition: int, offset: int) -> None: ...
+
+    def lag(self) -> dict[int, int]: ...
+
+    def close(self) -> None: ...
+
+
+class WorkerMetrics(Protocol):
+    def batch_done(self, readings: int, seconds: float) -> None: ...
+
+    def restored(self, partition: int, meters: int, seconds: float) -> None: ...
+
+    def aborted(self) -> None: ...
+
+    def owned(self, partitions: Collection[int]) -> None: ...
+
+    def lag(self, lags: Mapping[int, int]) -> None: ...
+
+
+class NullWorkerMetrics:
+    def batch_done(self, readings: int, seconds: float) -> None:
+        pass
+
+    def restored(self, partition: int, meters: int, seconds: float) -> None:
+        pass
+
+    def aborted(self) -> None:
+        pass
+
+    def owned(self, partitions: Collection[int]) -> None:
+        pass
+
+    def lag(self, lags: Mapping[int, int]) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class RunTotals:
+    """What a worker or sink did: records in, batches committed, and when the first record came
+    and the last commit went (monotonic seconds), for throughput figures."""
+
+    records: int = 0
+    batches: int = 0
+    aborted: int = 0
+    first_record_at: float | None = None
+    last_commit_at: float | None = None
+
+    @property
+    def busy_seconds(self) -> float:
+        if self.first_record_at is None or self.last_commit_at is None:
+            return 0.0
+        return max(self.last_commit_at - self.first_record_at, 0.0)
+
+    @property
+    def rate(self) -> float:
+        seconds = self.busy_seconds
+        return self.records / seconds if seconds > 0 else 0.0
+
+
+# -- the worker ------------------------------------------------------------------------------------
+
+
+class StreamWorker:
+    """The exactly-once stream worker: per owned input partition one stream core, restored from
+    the changelog on assignment; per batch one transaction (outputs + state + input offsets)."""
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        log: StreamLog,
+        clock: Clock,
+        metrics: WorkerMetrics | None = None,
+        *,
+        max_batch: int = 5000,
+        max_wait: float = 0.1,
+        intervals: Mapping[str, int] | None = None,
+        lag_every: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.clock = clock
+        self.metrics = metrics or NullWorkerMetrics()
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.intervals = intervals
+        self.lag_every = lag_every
+        self.cores: dict[int, PartitionStream] = {}
+        self.expected: dict[int, int] = {}  # partition -> the next input offset to process
+        self.totals = RunTotals()
+        self.stopping = False
+        self._last_lag = 0.0
+
+    # -- assignment (called by the log, from inside poll) -------------------------------------------
+
+    def partitions_assigned(self, partitions: list[int]) -> dict[int, int]:
+        offsets = {}
+        for partition in partitions:
+            offsets[partition] = self._restore(partition)
+        self.metrics.owned(sorted(self.cores))
+        return offsets
+
+    def partitions_revoked(self, partitions: list[int]) -> None:
+        # No transaction is ever open here: each batch commits (or aborts) before the next poll.
+        for partition in partitions:
+            self.cores.pop(partition, None)
+            self.expected.pop(partition, None)
+        if partitions:
+            log.info("partitions released: %s", sorted(partitions))
+        self.metrics.owned(sorted(self.cores))
+
+    def _restore(self, partition: int) -> int:
+        started = time.monotonic()
+        state = self.log.restore(partition)
+        core = PartitionStream(self.config, partition, self.intervals)
+        core.restore(state.max_event_time, state.meters)
+        self.cores[partition] = core
+        self.expected[partition] = state.next_offset
+        seconds = time.monotonic() - started
+        self.metrics.restored(partition, len(state.meters), seconds)
+        log.info(
+            "partition %s restored from the changelog: %s meters, next offset %s (%.2fs)",
+            partition,
+            len(state.meters),
+            state.next_offset,
+            seconds,
+        )
+        return state.next_offset
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, stop_when_idle: float | None = None) -> RunTotals:
+        """Process until `stop()` (SIGTERM), or until nothing came for `stop_when_idle` seconds."""
+        self.log.start(self)
+        idle_since = time.monotonic()
+        while not self.stopping:
+            if self.run_once():
+                idle_since = time.monotonic()
+            elif stop_when_idle is not None and time.monotonic() - idle_since >= stop_when_idle:
+                log.info("no input for %.1fs: stopping", stop_when_idle)
+                break
+        return self.totals
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run_once(self) -> int:
+        """One batch: poll, process, commit in one transaction. Returns the records committed."""
+        polled = self.log.poll(self.max_batch, self.max_wait)
+        now_mono = time.monotonic()
+        if now_mono - self._last_lag >= self.lag_every:
+            self._last_lag = now_mono
+            self.metrics.lag(self.log.lag())
+        if not polled:
+            return 0
+        if self.totals.first_record_at is None:
+            self.totals.first_record_at = now_mono
+        work = []
+        for partition, batch in polled.items():
+            core = self.cores.get(partition)
+            if core is None:  # revoked while this batch was on its way
+                continue
+            expected = self.expected[partition]
+            if batch.next_offset <= expected:
+                continue
+            readings, malformed = batch.readings, batch.malformed
+            if (readings and readings[0].position < expected) or (malformed and malformed[0].position < expected):
+                readings = [r for r in readings if r.position >= expected]
+                malformed = [m for m in malformed if m.position >= expected]
+            work.append((partition, core, readings, malformed, batch.next_offset))
+        if not work:
+            return 0
+        started = time.perf_counter()
+        now = self.clock.now_us()
+        offsets: dict[int, int] = {}
+        count = 0
+        try:
+            self.log.begin()
+            for partition, core, readings, malformed, next_offset in work:
+                events = core.process(readings, now) if readings else []
+                if malformed:
+                    events.extend(
+                        ReadingRejected(m.meter_id, None, None, MALFORMED_MESSAGE, partition, None, m.position)
+                        for m in malformed
+                    )
+                    for m in malformed:
+                        log.warning("malformed message at partition %s offset %s: %s", partition, m.position, m.detail)
+                dirty = core.take_dirty()
+                state = PartitionState(
+                    partition, core.max_event_time, next_offset, {m: core.snapshot_meter(m) for m in dirty}
+                )
+                inputs = len(readings) + len(malformed)
+                self.log.write(partition, events, state, inputs)
+                offsets[partition] = next_offset
+                count += inputs
+            self.log.commit(offsets)
+        except TransactionAborted as exc:
+            self.totals.aborted += 1
+            self.metrics.aborted()
+            touched = [partition for partition, *_ in work]
+            log.warning("transaction aborted (%s); restoring partitions %s from the changelog", exc, touched)
+            self._reload(touched)
+            return 0
+        self.expected.update(offsets)
+        self.totals.records += count
+        self.totals.batches += 1
+        self.totals.last_commit_at = time.monotonic()
+        self.metrics.batch_done(count, time.perf_counter() - started)
+        return count
+
+    def _reload(self, partitions: Iterable[int]) -> None:
+        """Forget what an aborted transaction did: state from the changelog, input from its offset."""
+        for partition in partitions:
+            if partition in self.cores:
+                self.log.rewind(partition, self._restore(partition))
+
+
+# -- the sink --------------------------------------------------------------------------------------
+
+Source = tuple[str, int]  # (output topic, partition)
+
+
+class FeedMessage(NamedTuple):
+    source: Source
+    offset: int
+    events: list[Any]
+
+
+class FeedBatch(NamedTuple):
+    messages: list[FeedMessage]
+    ends: dict[Source, int]  # sources whose end the feed reached in this poll: the offset there
+
+
+class StaleSinkOffsets(Exception):
+    """The database holds other offsets than this sink expected: another sink wrote there."""
+
+
+class SourceListener(Protocol):
+    def sources_assigned(self, sources: list[Source]) -> dict[Source, int | None]:
+        """Return where to read each source from (None: from its beginning)."""
+        ...
+
+    def sources_revoked(self, sources: list[Source]) -> None: ...
+
+
+class OutcomeFeed(Protocol):
+    """The sink's side of the log: committed outputs only (read_committed), through a group."""
+
+    def start(self, listener: SourceListener) -> None: ...
+
+    def poll(self, max_messages: int, timeout: float) -> FeedBatch: ...
+
+    def rewind(self, source: Source, offset: int | None) -> None: ...
+
+    def acknowledge(self, offsets: Mapping[Source, int]) -> None: ...
+
+    def lag(self) -> dict[Source, int]: ...
+
+    def close(self) -> None: ...
+
+
+class SinkOffsetRepository(Protocol):
+    def load(self, consumer: str, sources: Collection[Source]) -> dict[Source, int]: ...
+
+    def advance(self, consumer: str, moves: Mapping[Source, tuple[int | None, int]]) -> None:
+        """Move each source from the expected offset to the new one, in the unit of work's
+        transaction; StaleSinkOffsets when the stored offset is not the expected one."""
+        ...
+
+
+class SinkUnitOfWork(Protocol):
+    outcomes: OutcomeRepository
+    offsets: SinkOffsetRepository
+
+    def __enter__(self) -> SinkUnitOfWork: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+class SinkMetrics(Protocol):
+    def batch_done(self, messages: int, events: int, seconds: float) -> None: ...
+
+    def lag(self, lags: Mapping[Source, int]) -> None: ...
+
+    def store_retry(self) -> None: ...
+
+    def store_ok(self) -> None: ...
+
+    def stale(self) -> None: ...
+
+
+class NullSinkMetrics:
+    def batch_done(self, messages: int, events: int, seconds: float) -> None:
+        pass
+
+    def lag(self, lags: Mapping[Source, int]) -> None:
+        pass
+
+    def store_retry(self) -> None:
+        pass
+
+    def store_ok(self) -> None:
+        pass
+
+    def stale(self) -> None:
+        pass
+
+
+class OutcomeSink:
+    """Committed outputs -> the database, with the read offsets in the same transaction."""
+
+    def __init__(
+        self,
+        feed: OutcomeFeed,
+        uow_factory: Callable[[], SinkUnitOfWork],
+        consumer: str,
+        metrics: SinkMetrics | None = None,
+        *,
+        backoff: Backoff | None = None,
+        max_batch: int = 500,
+        max_wait: float = 0.1,
+        lag_every: float = 1.0,
+    ) -> None:
+        self.feed = feed
+        self.uow_factory = uow_factory
+        self.consumer = consumer
+        self.metrics = metrics or NullSinkMetrics()
+        self.backoff = backoff or Backoff()
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.lag_every = lag_every
+        self.expected: dict[Source, int | None] = {}
+        self.totals = RunTotals()
+        self.stopping = False
+        self._last_lag = 0.0
+
+    def sources_assigned(self, sources: list[Source]) -> dict[Source, int | None]:
+        stored = self._load(sources)
+        for source in sources:
+            self.expected[source] = stored.get(source)
+        sink_log.info("reading %s output partitions from the offsets the database holds", len(sources))
+        return {source: stored.get(source) for source in sources}
+
+    def sources_revoked(self, sources: list[Source]) -> None:
+        for source in sources:
+            self.expected.pop(source, None)
+
+    def _load(self, sources: Collection[Source]) -> dict[Source, int]:
+        def read() -> dict[Source, int]:
+            with self.uow_factory() as uow:
+                return uow.offsets.load(self.consumer, sources)
+
+        return self.backoff.run(read)
+
+    def run(self, stop_when_idle: float | None = None) -> RunTotals:
+        self.feed.start(self)
+        idle_since = time.monotonic()
+        while not self.stopping:
+            if self.run_once():
+                idle_since = time.monotonic()
+            elif stop_when_idle is not None and time.monotonic() - idle_since >= stop_when_idle:
+                sink_log.info("no input for %.1fs: stopping", stop_when_idle)
+                break
+        return self.totals
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run_once(self) -> int:
+        batch = self.feed.poll(self.max_batch, self.max_wait)
+        now_mono = time.monotonic()
+        if now_mono - self._last_lag >= self.lag_every:
+            self._last_lag = now_mono
+            self.metrics.lag(self.feed.lag())
+        events: list[Any] = []
+        moves: dict[Source, int] = {}
+        messages = 0
+        expected = self.expected
+        for message in batch.messages:
+            source = message.source
+            if source not in expected:
+                continue
+            floor = moves.get(source, expected[source])
+            if floor is not None and message.offset < floor:
+                continue
+            events.extend(message.events)
+            moves[source] = message.offset + 1
+            messages += 1
+        for source, end in batch.ends.items():
+            if source in expected:
+                current = moves.get(source, expected[source])
+                if end > (current or 0):
+                    moves[source] = end
+        if not moves:
+            return 0
+        if messages and self.totals.first_record_at is None:
+            self.totals.first_record_at = now_mono
+        started = time.perf_counter()
+        transitions = {source: (expected[source], new) for source, new in moves.items()}
+
+        def write() -> None:
+            with self.uow_factory() as uow:
+                if events:
+                    uow.outcomes.add_events(events)
+                uow.offsets.advance(self.consumer, transitions)
+                uow.commit()
+
+        try:
+            self.backoff.run(write)
+        except StaleSinkOffsets as exc:
+            self.metrics.stale()
+            sink_log.warning("the database holds other offsets than expected (%s): reloading them", exc)
+            self._reload()
+            return 0
+        self.metrics.store_ok()
+        expected.update(moves)
+        self.feed.acknowledge(moves)
+        self.totals.records += len(events)
+        self.totals.batches += 1
+        self.totals.last_commit_at = time.monotonic()
+        self.metrics.batch_done(messages, len(events), time.perf_counter() - started)
+        return messages or 1
+
+    def _reload(self) -> None:
+        sources = list(self.expected)
+        stored = self._load(sources)
+        for source in sources:
+            self.expected[source] = stored.get(source)
+            self.feed.rewind(source, stored.get(source))
+
+
+# -- producing raw readings ------------------------------------------------------------------------
+
+
+class ReadingPublisher(Protocol):
+    partitions: int
+
+    def publish(self, reading: RawReading) -> None: ...
+
+    def flush(self) -> None:
+        """Wait until every reading is stored by the log; raise if any could not be."""
+        ...
+
+
+def publish_readings(
+    rows: Iterable[RawReading],
+    publisher: ReadingPublisher,
+    network: NetworkProfile,
+    speed: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    progress_every: int = 5000,
+) -> int:
+    """Send rows to the raw input in the order the (simulated) network delivers them, paced by
+    event time when `speed` is set. Returns the number of readings sent."""
+    pacer = EventTimePacer(speed) if speed else None
+    sent = 0
+    for row in through_network(rows, network):
+        if pacer is not None:
+            delay = pacer.delay_for(row)
+            if delay > 0:
+                pacer.sleep(delay)
+        publisher.publish(row)
+        sent += 1
+        if on_progress is not None and sent % progress_every == 0:
+            on_progress(sent)
+    publisher.flush()
+    if on_progress is not None:
+        on_progress(sent)
+    return sent

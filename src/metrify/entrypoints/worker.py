@@ -1,0 +1,109 @@
+"""`metrify worker`: the exactly-once stream worker on Kafka, as a long-running process.
+
+Scale out by starting more of them (same METRIFY_KAFKA__GROUP_ID, any machine): the consumer
+group spreads the input partitions over them (cooperative-sticky), and each partition's state
+follows it through the changelog. SIGTERM (or Ctrl-C) finishes the batch in hand, commits it,
+hands the partitions back to the group and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from metrify.adapters.kafka.admin import require_topics, wait_for_broker
+from metrify.adapters.kafka.clients import KafkaHealth
+from metrify.adapters.kafka.metrics import PrometheusWorkerMetrics, serve
+from metrify.application.kafka_stream import RunTotals, StreamWorker
+from metrify.container import Container
+from metrify.settings import Settings
+
+log = logging.getLogger("metrify.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    batch_size: int = 5000
+    batch_wait: float = 0.1
+    metrics_port: int = 9464
+    instance_id: str | None = None
+    session_timeout: float = 10.0
+    transaction_timeout: float = 15.0
+    stop_when_idle: float | None = None
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT ask the loop to stop after the batch in hand (a second one too)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+        stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _waiting(what: str) -> Callable[[str, float], None]:
+    def on_wait(reason: str, delay: float) -> None:
+        log.warning("%s: kafka unreachable (%s); retrying in %.1fs", what, reason, delay)
+
+    return on_wait
+
+
+def run_worker(settings: Settings, container: Container, options: WorkerOptions) -> RunTotals:
+    """Join the group and process until stopped; returns what was done."""
+    names = container.kafka_topics()
+    bootstrap = settings.kafka.bootstrap
+    admin = wait_for_broker(bootstrap, on_wait=_waiting("worker start"))
+    partitions = require_topics(admin, names)
+    metrics = PrometheusWorkerMetrics()
+    serve(metrics.registry, options.metrics_port)
+    instance = options.instance_id or default_instance_id()
+    health = KafkaHealth(f"worker {instance}", on_change=metrics.kafka_up.setter("worker"))
+    stream_log = container.kafka_stream_log(
+        transactional_id=f"{names.prefix}{settings.kafka.group_id}.{instance}",
+        health=health,
+        session_timeout=options.session_timeout,
+        transaction_timeout=options.transaction_timeout,
+        instance=instance,
+    )
+    worker = StreamWorker(
+        settings.stream.to_config(),
+        stream_log,
+        container.clock(),
+        metrics,
+        max_batch=options.batch_size,
+        max_wait=options.batch_wait,
+    )
+    log.info(
+        "worker %s joining group %s on %s (%s partitions)", instance, settings.kafka.group_id, names.raw, partitions
+    )
+    with stop_on_signals(worker.stop):
+        try:
+            totals = worker.run(options.stop_when_idle)
+        finally:
+            stream_log.close()
+    log.info(
+        "worker %s stopped: %s readings in %s batches (%.0f readings/s from first record to last commit), "
+        "%s transactions aborted",
+        instance,
+        totals.records,
+        totals.batches,
+        totals.rate,
+        totals.aborted,
+    )
+    return totals
