@@ -11,6 +11,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from dependency_injector import providers
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from metrify.adapters.crypto import Argon2PasswordHasher
@@ -95,7 +96,7 @@ class Api:
         return response.json()
 
     def ingest_key(self, regions: list[str] | None = None) -> str:
-        body = {"name": "gateway", "regions": regions or [], "all_regions": regions is None}
+        body: dict[str, Any] = {"name": "gateway", **({"regions": regions} if regions else {"all_regions": True})}
         response = self.client.post("/api/v1/ingest-keys", json=body, headers=self.headers(Role.ADMIN))
         assert response.status_code == 201, response.text
         return response.json()["token"]
@@ -103,10 +104,16 @@ class Api:
 
 @contextmanager
 def running_api(
-    container: Container, settings: Settings, *, regions: tuple[str, ...] = ("north",), meters: tuple[str, ...] = ()
+    container: Container,
+    settings: Settings,
+    *,
+    regions: tuple[str, ...] = ("north",),
+    meters: tuple[str, ...] = (),
+    app: FastAPI | None = None,
 ) -> Iterator[Api]:
-    """The app with an ADMIN, an OPERATOR of `regions` and a USER of `meters`, each signed in."""
-    app = create_app(settings, container)
+    """The app (made here unless given) with an ADMIN, an OPERATOR of `regions` and a USER of `meters`,
+    each signed in."""
+    app = app or create_app(settings, container)
     with TestClient(app, raise_server_exceptions=False) as client:
         api = Api(client, container)
         admin = api.admin()

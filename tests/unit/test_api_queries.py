@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.support.api import Api, Fakes, api_settings, memory_container, running_api
 
+from metrify.domain.stream.grammar import parse_timestamp_text
 from metrify.domain.users import Role
+from metrify.entrypoints.api.pagination import TIMESTAMP_PATTERN
 
 BASE = 1_709_546_400  # 2024-03-04T10:00:00Z
 NORTH = ("N1", "N2", "N3")
@@ -167,3 +172,28 @@ def test_the_stream_summary_shows_each_partitions_watermark(api: Api) -> None:
 def test_a_cursor_the_api_did_not_make_is_a_400_problem(api: Api, cursor: str) -> None:
     status, problem = get(api, Role.ADMIN, "/api/v1/meters/N1/readings", cursor=cursor)
     assert status == 400 and problem["type"] == "urn:metrify:problem:bad-cursor"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(TIMESTAMP_PATTERN, fullmatch=True))
+def test_every_time_the_api_schema_allows_is_a_time_of_the_stream_contract(text: str) -> None:
+    assert parse_timestamp_text(text) is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2023-02-29T00:00:00Z",
+        "2024-04-31T00:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "2024-03-04T24:00:00Z",
+        "2024-03-04T10:00:60Z",
+        "2024-03-04T10:00:00+0100",
+        "2024-03-04",
+        " 2024-03-04T10:00:00Z",
+    ],
+)
+def test_times_outside_the_contract_are_refused_by_the_schema(api: Api, text: str) -> None:
+    assert not re.search(TIMESTAMP_PATTERN, text)
+    status, problem = get(api, Role.ADMIN, "/api/v1/gaps", **{"from": text})
+    assert status == 422 and problem["errors"][0]["location"] == ["query", "from"]

@@ -40,6 +40,11 @@ class MeterRegistry(Protocol):
         ...
 
 
+def _region(region: object) -> str | None:
+    """Regions are compared trimmed; an empty one is none."""
+    return region.strip() or None if isinstance(region, str) else None
+
+
 def check_interval(seconds: int | None) -> None:
     if seconds is not None and not 1 <= seconds <= 86400 * 31:
         raise InvalidRequest("the expected interval is between 1 second and 31 days")
@@ -71,6 +76,7 @@ class MeterService:
 
     def register(self, user: User, meter_id: str, region: str | None, interval_seconds: int | None) -> Meter:
         meter_id = meter_id.strip()
+        region = _region(region)
         if not meter_id:
             raise InvalidRequest("a meter id cannot be empty")
         check_interval(interval_seconds)
@@ -85,7 +91,7 @@ class MeterService:
         """Change a meter's region or expected interval (None clears it); an OPERATOR needs both
         the old and the new region."""
         meter = self.visible(user, meter_id)
-        new_region = meter.region if region is _UNSET else region
+        new_region = meter.region if region is _UNSET else _region(region)
         new_interval = meter.interval_seconds if interval_seconds is _UNSET else interval_seconds
         assert new_region is None or isinstance(new_region, str)
         assert new_interval is None or isinstance(new_interval, int)

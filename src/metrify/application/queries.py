@@ -84,8 +84,15 @@ class OutcomeQueryService:
         self.meters = meters
         self.windows = windows
 
-    def window(self, label: str) -> int:
-        """A configured window size from its label (`15m`, `1h`, `1d`)."""
+    @property
+    def window_labels(self) -> list[str]:
+        return [window_label(size) for size in self.windows]
+
+    def window(self, label: str | None) -> int:
+        """A configured window size from its label (`15m`, `1h`, `1d`); by default 1h, or the first
+        configured window when 1h is not one of them."""
+        if label is None:
+            label = "1h" if "1h" in self.window_labels else self.window_labels[0]
         for size in self.windows:
             if window_label(size) == label:
                 return size
@@ -106,14 +113,14 @@ class OutcomeQueryService:
         return self.queries.readings(meter_id, when, after, limit)
 
     def aggregates(
-        self, user: User, meter_id: str, window: str, when: TimeRange, after: int | None, limit: int
+        self, user: User, meter_id: str, window: str | None, when: TimeRange, after: int | None, limit: int
     ) -> list[WindowUpdated]:
         size = self.window(window)
         self.meters.require_visible(user, meter_id)
         return self.queries.aggregates(meter_id, size, when, after, limit)
 
     def region_aggregates(
-        self, user: User, region: str, window: str, when: TimeRange, after: int | None, limit: int
+        self, user: User, region: str, window: str | None, when: TimeRange, after: int | None, limit: int
     ) -> list[RegionWindow]:
         size = self.window(window)
         user.require_region(region)

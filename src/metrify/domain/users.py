@@ -16,7 +16,11 @@ import re
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+# Whitespace as str.isspace() and str.strip() see it, spelled out so that every regex engine (Python's,
+# the JSON Schema of the API, pydantic's) reads the same class.
+WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+EMAIL_PATTERN = rf"^[^@{WHITESPACE}]+@[^@{WHITESPACE}]+\.[^@.{WHITESPACE}]+$"
+_EMAIL = re.compile(EMAIL_PATTERN)
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 
@@ -37,10 +41,10 @@ class InvalidUser(Exception):
 
 def normalise_email(email: str) -> str:
     """Emails are compared trimmed and lower-cased; anything not shaped like name@domain.tld is refused."""
-    value = email.strip().lower()
-    if len(value) > 320 or not _EMAIL.fullmatch(value):
+    value = email.strip()
+    if len(value) > 320 or not _EMAIL.match(value):
         raise InvalidUser(f"{email!r} is not an email address")
-    return value
+    return value.lower()
 
 
 def check_password_policy(password: str) -> None:

@@ -81,11 +81,20 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components.update(extra.get("$defs", {}))
     components["Problem"] = problems.Problem.model_json_schema()
     problem_content = {problems.PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    services: ApiServices = app.state.services
+    api = services.settings.api
+    components["BatchIn"]["properties"]["readings"]["maxItems"] = api.max_batch_readings
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             responses = operation.get("responses", {})
             if "422" in responses:
                 responses["422"] = {"description": "The request is not valid", "content": problem_content}
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "window":  # the windows this deployment aggregates
+                    parameter["schema"] = {"type": "string", "enum": services.outcomes.window_labels}
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                if content.get("schema", {}).get("type") == "string":  # a text body: bytes, up to 4 per character
+                    content["schema"]["maxLength"] = api.max_body_bytes // 4
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     app.openapi_schema = schema

@@ -85,19 +85,15 @@ def _json(body: bytes) -> list[RawReading]:
 
 def _ndjson(body: bytes) -> list[RawReading]:
     rows: list[RawReading] = []
-    parsed = 0
     for line in body.splitlines():
         if not line.strip():
             continue
         try:
             item = orjson.loads(line)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError:  # a line is a reading, as in a JSON-lines file: rejected, not fatal
             rows.append(_UNREADABLE)
             continue
-        parsed += 1
         rows.append(reading_from_mapping(item) if isinstance(item, dict) else _UNREADABLE)
-    if rows and not parsed:
-        raise ApiProblem(400, "malformed-body", "no line of the body is JSON")
     return rows
 
 
@@ -119,7 +115,7 @@ def _csv(body: bytes) -> list[RawReading]:
     except csv.Error as exc:
         raise ApiProblem(400, "malformed-body", f"the body is not CSV ({exc})") from None
     if not table:
-        return []
+        raise ApiProblem(422, "validation-error", "a CSV body starts with a header row")
     header, rows = table[0], table[1:]
     meter, time, kwh = (_pick(header, c) for c in (METER_COLUMNS, TIME_COLUMNS, CONSUMPTION_COLUMNS))
     if meter is None or time is None or kwh is None:

@@ -1,41 +1,64 @@
 """Cursors, page sizes and time ranges: the query parameters every list shares.
 
 A cursor is the opaque, URL-safe form of the last item's key; clients pass `next_cursor` back as
-`cursor` and never look inside. Times are RFC 3339 (`2024-03-04T10:00:00Z`); without a zone, UTC.
+`cursor` and never look inside. Times follow the stream contract's grammar (`2024-03-04T10:00:00Z`);
+without a zone, UTC.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Query, Request
 
 from metrify.application.queries import TimeRange
+from metrify.domain.stream.grammar import parse_timestamp_text
 from metrify.entrypoints.api.problems import ApiProblem
 
 T = TypeVar("T")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
 
 CursorParam = Annotated[
     str | None, Query(max_length=2000, description="`next_cursor` of the previous page; absent for the first page.")
 ]
 LimitParam = Annotated[int | None, Query(ge=1, le=1000, description="Items per page (default 100).")]
-FromParam = Annotated[datetime | None, Query(alias="from", description="From this time on (inclusive), RFC 3339.")]
-ToParam = Annotated[datetime | None, Query(alias="to", description="Before this time (exclusive), RFC 3339.")]
+# The timestamp grammar of the stream contract (DESIGN §3.1) as a regular expression: dates that
+# exist (leap years included), times without second 60, zones up to ±23:59. The schema says exactly
+# what the API takes; a test checks that every text it matches parses.
+_D = "[0-9]"
+_YEAR = f"(?:{_D}{{3}}[1-9]|{_D}{{2}}[1-9]{_D}|{_D}[1-9]{_D}{{2}}|[1-9]{_D}{{3}})"
+_LEAP = f"(?:{_D}{{2}}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = (
+    f"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]{_D}|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]{_D}|30)|02-(?:0[1-9]|1{_D}|2[0-8]))"
+)
+_TIME = f"(?:[01]{_D}|2[0-3]):[0-5]{_D}:[0-5]{_D}(?:\\.{_D}+)?"
+_ZONE = f"(?:Z|[+-](?:[01]{_D}|2[0-3]):[0-5]{_D})?"
+TIMESTAMP_PATTERN = f"^(?:{_YEAR}-{_MONTH_DAY}|{_LEAP}-02-29)[T ]{_TIME}{_ZONE}$"
+
+FromParam = Annotated[
+    str | None,
+    Query(
+        alias="from",
+        pattern=TIMESTAMP_PATTERN,
+        description="From this time on (inclusive): `2024-03-04T10:00:00Z`, a zone `±HH:MM`, or none (UTC).",
+    ),
+]
+ToParam = Annotated[
+    str | None,
+    Query(alias="to", pattern=TIMESTAMP_PATTERN, description="Before this time (exclusive), as `from`."),
+]
 
 
-def micros(value: datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // _MICRO
+def micros(text: str) -> int:
+    value = parse_timestamp_text(text)
+    if value is None:  # the pattern lets only valid timestamps through; this is a second line
+        raise ApiProblem(422, "validation-error", f"{text!r} is not a timestamp like 2024-03-04T10:00:00Z")
+    return value
 
 
-def time_range(start: datetime | None, end: datetime | None) -> TimeRange:
+def time_range(start: str | None, end: str | None) -> TimeRange:
     return TimeRange(None if start is None else micros(start), None if end is None else micros(end))
 
 

@@ -8,6 +8,7 @@ human name, `detail` this occurrence, `instance` the request's path. Validation 
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -119,13 +120,39 @@ def _validation(request: Request, exc: RequestValidationError) -> ProblemRespons
     return problem(request, 422, detail, errors=errors)
 
 
+def _route_table(app: FastAPI) -> list[tuple[re.Pattern[str], set[str]]]:
+    table = getattr(app.state, "route_table", None)
+    if table is None:
+        try:  # FastAPI >= 0.130 keeps an included router as one entry
+            from fastapi.routing import iter_route_contexts
+
+            routes: list[Any] = list(iter_route_contexts(app.routes))
+        except ImportError:
+            routes = list(app.routes)
+        table = []
+        for route in routes:
+            path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+            if path and methods:
+                pattern = re.escape(path).replace(r"\{", "{").replace(r"\}", "}")
+                table.append((re.compile(re.sub(r"\{[^}/]+\}", "[^/]+", pattern) + "$"), set(methods) - {"HEAD"}))
+        app.state.route_table = table
+    return table
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    return sorted({m for pattern, methods in _route_table(app) if pattern.match(path) for m in methods})
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem(request, exc.status_code, detail, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path)) or headers.get("Allow", "")
+        return problem(request, exc.status_code, detail, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> ProblemResponse:

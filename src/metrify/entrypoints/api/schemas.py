@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from metrify.domain.users import Role
+from metrify.domain.users import EMAIL_PATTERN, WHITESPACE, Role
 
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+NONBLANK = f"[^{WHITESPACE}]"  # somewhere in the text: not only whitespace
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NONBLANK)]
+Names = Annotated[list[Name], Field(max_length=10_000)]
+Email = Annotated[str, Field(min_length=5, max_length=320, pattern=EMAIL_PATTERN)]
+Password = Annotated[str, Field(min_length=8, max_length=1024, pattern=NONBLANK)]
+
+
+def _json_boolean(value: Any) -> Any:
+    if not isinstance(value, bool):  # not 0 or 1 for false or true
+        raise ValueError("must be true or false")
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():  # JSON's 40.0 is the integer 40
+        return int(value)
+    return value
+
+
+IntervalSeconds = Annotated[int, Field(ge=1, le=31 * 86400), BeforeValidator(_json_integer)]
+StrictFalse = Annotated[Literal[False], BeforeValidator(_json_boolean)]
+StrictTrue = Annotated[Literal[True], BeforeValidator(_json_boolean)]
+
+
+class Body(BaseModel):
+    """A request body: unknown fields and loosely typed values (`"5"` for 5) are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Page(BaseModel):
@@ -26,11 +53,11 @@ class TokenOut(BaseModel):
     refresh_expires_in: int
 
 
-class RefreshIn(BaseModel):
+class RefreshIn(Body):
     refresh_token: str = Field(min_length=1, max_length=4096)
 
 
-class LogoutIn(BaseModel):
+class LogoutIn(Body):
     refresh_token: str | None = Field(None, max_length=4096, description="Revoked too, when given.")
 
 
@@ -51,37 +78,63 @@ class UserPage(Page):
     items: list[UserOut]
 
 
-class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    email: str = Field(min_length=3, max_length=320)
-    password: str = Field(min_length=8, max_length=1024)
-    role: Role
-    meters: list[str] = Field(default_factory=list, max_length=10_000)
-    regions: list[str] = Field(default_factory=list, max_length=1_000)
+class _NewUser(Body):
+    email: Email
+    password: Password
 
 
-class UserUpdate(BaseModel):
+class NewUser(_NewUser):
+    """A USER sees the meters assigned to them."""
+
+    role: Literal[Role.USER]
+    meters: Names = Field(default_factory=list)
+
+
+class NewOperator(_NewUser):
+    """An OPERATOR works on the regions assigned to them."""
+
+    role: Literal[Role.OPERATOR]
+    regions: Names = Field(default_factory=list)
+
+
+class NewAdmin(_NewUser):
+    """An ADMIN sees and manages everything."""
+
+    role: Literal[Role.ADMIN]
+
+
+UserCreate = Annotated[NewUser | NewOperator | NewAdmin, Field(discriminator="role")]
+
+
+class UserUpdate(Body):
     """Only the fields given change; a new role drops assignments that no longer fit it."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    role: Role | None = None
-    meters: list[str] | None = Field(None, max_length=10_000)
-    regions: list[str] | None = Field(None, max_length=1_000)
+    role: Role | None = Field(None, strict=False)  # the text of a role, as JSON has no enums
+    meters: Names | None = None
+    regions: Names | None = None
     active: bool | None = None
-    password: str | None = Field(None, min_length=8, max_length=1024)
+    password: Password | None = None
 
 
 # -- ingest keys -------------------------------------------------------------------------------
 
 
-class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class KeyForRegions(Body):
+    """A key for the meters of some regions."""
 
     name: Name
-    regions: list[str] = Field(default_factory=list, max_length=1_000)
-    all_regions: bool = False
+    regions: Annotated[list[Name], Field(min_length=1, max_length=1_000)]
+    all_regions: StrictFalse = False
+
+
+class KeyForAllRegions(Body):
+    """A key for every meter, whatever its region."""
+
+    name: Name
+    all_regions: StrictTrue
+
+
+KeyCreate = KeyForRegions | KeyForAllRegions
 
 
 class KeyOut(BaseModel):
@@ -113,21 +166,17 @@ class MeterPage(Page):
     items: list[MeterOut]
 
 
-class MeterCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MeterCreate(Body):
     meter_id: Name
-    region: str | None = Field(None, min_length=1, max_length=200)
-    expected_interval_seconds: int | None = Field(None, ge=1, le=31 * 86400)
+    region: Name | None = None
+    expected_interval_seconds: IntervalSeconds | None = None
 
 
-class MeterUpdate(BaseModel):
+class MeterUpdate(Body):
     """Only the fields given change; null clears a field."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    region: str | None = Field(None, min_length=1, max_length=200)
-    expected_interval_seconds: int | None = Field(None, ge=1, le=31 * 86400)
+    region: Name | None = None
+    expected_interval_seconds: IntervalSeconds | None = None
 
 
 # -- outcomes ----------------------------------------------------------------------------------
@@ -243,24 +292,25 @@ class SummaryOut(BaseModel):
 
 
 class ReadingIn(BaseModel):
-    """A reading as a meter or head-end sends it; names are matched case-insensitively. A reading
-    the stream cannot accept is rejected with its reason; it never fails the batch."""
+    """A reading as a meter or head-end sends it; names are matched case-insensitively (`meterId`,
+    `LCLid`, `DateTime`, `energy_kwh`, ... as in files). Any value is taken: a reading the stream
+    cannot accept is rejected with its reason in the answer, and never fails the batch."""
 
     model_config = ConfigDict(extra="allow")
 
-    meter_id: str | None = None
-    timestamp: str | float | None = Field(None, description="RFC 3339, or epoch seconds (milliseconds above 1e11).")
-    consumption_kwh: str | float | None = Field(None, description="Or `energy_kwh`.")
-    voltage: float | None = None
-    current: float | None = None
-    power_kw: float | None = None
-    power_factor: float | None = None
-    frequency: float | None = None
-    region: str | None = None
+    meter_id: Any = Field(None, description="The meter's id (trimmed).")
+    timestamp: Any = Field(None, description="`2024-03-04T10:00:00Z`, or epoch seconds (milliseconds above 1e11).")
+    consumption_kwh: Any = Field(None, description="kWh of the interval (or `energy_kwh`), a number or its text.")
+    voltage: Any = None
+    current: Any = None
+    power_kw: Any = None
+    power_factor: Any = None
+    frequency: Any = None
+    region: Any = Field(None, description="Where the meter is, when the registry does not know it yet.")
 
 
 class BatchIn(BaseModel):
-    readings: list[ReadingIn] = Field(max_length=10_000)
+    readings: list[ReadingIn | Any] = Field(max_length=10_000, description="Objects; anything else is rejected.")
 
 
 class IndexedReason(BaseModel):

@@ -20,7 +20,8 @@ def list_keys(svc: Services, actor: Admin) -> list[s.KeyOut]:
 @router.post("", response_model=s.KeyCreated, status_code=201, summary="Create an ingest key")
 def create_key(svc: Services, actor: Admin, body: s.KeyCreate) -> s.KeyCreated:
     """Scoped to `regions`, or to every region with `all_regions`. Keep the token: only its hash is stored."""
-    key, token = svc.keys.create(actor, body.name, body.regions, body.all_regions)
+    regions = body.regions if isinstance(body, s.KeyForRegions) else []
+    key, token = svc.keys.create(actor, body.name, regions, body.all_regions)
     return s.KeyCreated(**key_out(key).model_dump(), token=token)
 
 

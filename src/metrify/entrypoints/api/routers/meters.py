@@ -25,7 +25,9 @@ from metrify.entrypoints.api.security import CurrentUser, Services
 
 router = APIRouter(prefix="/api/v1/meters", tags=["meters"], responses=PROBLEM_RESPONSES)
 
-WindowParam = Annotated[str, Query(min_length=1, max_length=20, description="A configured window: 15m, 1h, 1d.")]
+WindowParam = Annotated[
+    str | None, Query(min_length=1, max_length=20, description="One of the configured windows (default 1h).")
+]
 
 
 @router.get("", response_model=s.MeterPage, summary="List the meters you may see")
@@ -33,7 +35,7 @@ def list_meters(
     request: Request,
     svc: Services,
     user: CurrentUser,
-    region: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    region: Annotated[str | None, Query(min_length=1, max_length=200, pattern=s.NONBLANK)] = None,
     cursor: CursorParam = None,
     limit: LimitParam = None,
 ) -> s.MeterPage:
@@ -91,7 +93,7 @@ def meter_aggregates(
     svc: Services,
     user: CurrentUser,
     meter_id: str,
-    window: WindowParam = "1h",
+    window: WindowParam = None,
     start: FromParam = None,
     end: ToParam = None,
     cursor: CursorParam = None,

@@ -43,7 +43,7 @@ def region_aggregates(
     svc: Services,
     user: CurrentUser,
     region: str,
-    window: WindowParam = "1h",
+    window: WindowParam = None,
     start: FromParam = None,
     end: ToParam = None,
     cursor: CursorParam = None,

@@ -16,14 +16,24 @@ from metrify.entrypoints.api.security import api_key_header, ingest_key, service
 
 router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"], responses=PROBLEM_RESPONSES)
 
-_TEXT = {"type": "string", "maxLength": 1_000_000}
 BODY = {
     "requestBody": {
         "required": True,
         "content": {
             JSON: {"schema": {"$ref": "#/components/schemas/BatchIn"}},
-            NDJSON: {"schema": {**_TEXT, "description": "One JSON object per line."}},
-            CSV: {"schema": {**_TEXT, "description": "A header row (meter_id,timestamp,consumption_kwh,...)."}},
+            NDJSON: {
+                "schema": {"type": "string", "description": "One JSON object per line; any other line is rejected."}
+            },
+            CSV: {
+                "schema": {
+                    "type": "string",
+                    "description": (
+                        "A header row naming the meter, time and consumption columns (meter_id, timestamp, "
+                        "consumption_kwh or the other names files take, in any order; voltage, current, power_kw, "
+                        "power_factor, frequency and region are kept too), then one row per reading."
+                    ),
+                }
+            },
         },
     }
 }

@@ -26,7 +26,8 @@ def list_users(
 @router.post("", response_model=s.UserOut, status_code=201, summary="Create a user")
 def create_user(svc: Services, actor: Admin, body: s.UserCreate) -> s.UserOut:
     """USERs take `meters`, OPERATORs `regions`, ADMINs neither."""
-    return user_out(svc.users.create(body.email, body.password, body.role, body.meters, body.regions))
+    meters, regions = getattr(body, "meters", []), getattr(body, "regions", [])
+    return user_out(svc.users.create(body.email, body.password, body.role, meters, regions))
 
 
 @router.get("/{user_id}", response_model=s.UserOut, summary="Read a user")
