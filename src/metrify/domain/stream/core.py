@@ -31,9 +31,11 @@ from metrify.domain.stream.grammar import (
     parse_timestamp,
     parse_timestamp_text,
 )
-from metrify.domain.stream.meter_state import MeterState
+from metrify.domain.stream.meter_state import MeterState, Partial
 
 _NO_WATERMARK = -(1 << 62)  # W before any valid reading: below every real event time
+# Builds an event from a ready tuple without the NamedTuple's Python-level __new__ (hot path).
+_new: Any = tuple.__new__
 
 
 class InconsistentStreamState(Exception):
@@ -106,25 +108,27 @@ class PartitionStream:
         """Run a batch through validate, watermark, lateness, slot, gaps and windows, in order."""
         events: list[Any] = []
         emit = events.append
-        make = tuple.__new__
         config = self.config
         partition = self.partition
         future_limit = now + config.future_tolerance
         max_kwh = config.max_kwh
         lateness = config.allowed_lateness
         bound = config.out_of_orderness
-        meters_get = self.meters.get
-        dirty_add = self._dirty.add
+        meters = self.meters
+        dirty = self._dirty
         keep_masks = self._keep_masks
         windows_spec = self._windows
-        timestamps_get = TIMESTAMPS.get
-        consumptions_get = CONSUMPTIONS.get
+        timestamps = TIMESTAMPS
+        consumptions = CONSUMPTIONS
         max_event_time = self.max_event_time
         watermark = self.watermark
         late_from = watermark - lateness
         for raw in batch:
             raw_id = raw[0]
-            meter_id = raw_id.strip() if type(raw_id) is str else ("" if raw_id is None else str(raw_id).strip())
+            if isinstance(raw_id, str):
+                meter_id = raw_id.strip()
+            else:
+                meter_id = "" if raw_id is None else str(raw_id).strip()
             # Validation, in the contract's order: the first failure is the reason (§3.1).
             if not meter_id:
                 emit(
@@ -132,8 +136,9 @@ class PartitionStream:
                 )
                 continue
             text = raw[1]
-            if type(text) is str:
-                t = timestamps_get(text)
+            t: int | None
+            if isinstance(text, str):
+                t = timestamps.get(text)
                 if t is None:
                     t = parse_timestamp_text(text)
             else:
@@ -145,7 +150,7 @@ class PartitionStream:
                 emit(ReadingRejected(meter_id, raw[1], raw[2], "future_timestamp", partition, t, raw[4]))
                 continue
             text = raw[2]
-            kwh = consumptions_get(text) if type(text) is str else None
+            kwh: float | None = consumptions.get(text) if isinstance(text, str) else None
             if kwh is None:
                 kwh = parse_consumption(text)
                 if kwh is None:
@@ -161,38 +166,38 @@ class PartitionStream:
             elif t >= late_from:
                 status = "LATE"
             else:
-                emit(make(ReadingTooLate, (meter_id, t, kwh, watermark - t, partition, raw[4])))
+                emit(_new(ReadingTooLate, (meter_id, t, kwh, watermark - t, partition, raw[4])))
                 continue
-            state = meters_get(meter_id)
+            state = meters.get(meter_id)
             if state is None:
                 state = self._new_meter(meter_id)
             interval = state.interval
             slot = (2 * t + interval) // (2 * interval) * interval
             last = state.last
-            if last is not None and slot - last == interval and not state.open_count:
+            if last is not None and slot - last == interval and state.open_count == 0:
                 # The common case: the slot right after the last filled one, no open gap.
                 keep = keep_masks.get(interval)
                 if keep is None:
                     keep = self._keep_mask(interval)
                 state.mask = ((state.mask << 1) | 1) & keep
                 state.last = slot
-            elif not self._fill(state, meter_id, slot, watermark, emit):
+            elif not self._fill(state, meter_id, slot, watermark, events):
                 emit(ReadingRejected(meter_id, raw[1], raw[2], "duplicate", partition, t, raw[4]))
                 if max_event_time is None or t > max_event_time:
                     self.max_event_time = max_event_time = t
                     watermark = t - bound
                     late_from = watermark - lateness
-                    self._advance(watermark, emit)
+                    self._advance(watermark, events)
                 continue
-            emit(make(ReadingAccepted, (meter_id, t, slot, kwh, status, partition, raw[3])))
-            # Tumbling windows by slot (§3.6), inline: three dict look-ups per reading.
+            emit(_new(ReadingAccepted, (meter_id, t, slot, kwh, status, partition, raw[3])))
+            # Tumbling windows by slot (§3.6), inline: one dict look-up per window.
             windows = state.windows
             for index, size, closing, ends in windows_spec:
                 number = slot // size
                 key = (number << 3) | index
                 partial = windows.get(key)
                 if partial is None:
-                    windows[key] = partial = [1, kwh, kwh, kwh]
+                    windows[key] = partial = Partial(1, kwh, kwh, kwh)
                     end = number * size + size
                     if end > watermark:
                         bucket = closing.get(end)
@@ -203,24 +208,27 @@ class PartitionStream:
                             bucket.append(meter_id)
                         continue
                 else:
-                    partial[0] += 1
-                    partial[1] += kwh
-                    if kwh < partial[2]:
-                        partial[2] = kwh
-                    if kwh > partial[3]:
-                        partial[3] = kwh
+                    partial.count += 1
+                    partial.total += kwh
+                    if kwh < partial.low:
+                        partial.low = kwh
+                    if kwh > partial.high:
+                        partial.high = kwh
                     if number * size + size > watermark:
                         continue
                 # The window is already closed: emit it now (first reading after close, or a change).
                 emit(
-                    make(WindowUpdated, (meter_id, size, number * size, partial[0], partial[1], partial[2], partial[3]))
+                    _new(
+                        WindowUpdated,
+                        (meter_id, size, number * size, partial.count, partial.total, partial.low, partial.high),
+                    )
                 )
-            dirty_add(meter_id)
+            dirty.add(meter_id)
             if max_event_time is None or t > max_event_time:
                 self.max_event_time = max_event_time = t
                 watermark = t - bound
                 late_from = watermark - lateness
-                self._advance(watermark, emit)
+                self._advance(watermark, events)
         return events
 
     def _new_meter(self, meter_id: str) -> MeterState:
@@ -244,7 +252,7 @@ class PartitionStream:
 
     # -- slots and gaps (§3.4-3.5) ---------------------------------------------------------------
 
-    def _fill(self, state: MeterState, meter_id: str, slot: int, watermark: int, emit: Any) -> bool:
+    def _fill(self, state: MeterState, meter_id: str, slot: int, watermark: int, events: list[Any]) -> bool:
         """Fill a slot; False when it is already filled (a duplicate: the first one wins)."""
         interval = state.interval
         if state.last is None:
@@ -254,12 +262,12 @@ class PartitionStream:
             if slot + interval + grace <= watermark:
                 # A meter first heard through a LATE reading may already be silent after it.
                 state.open_count = (watermark - grace - slot) // interval
-                emit(GapOpened(meter_id, slot + interval, None, state.open_count))
+                events.append(GapOpened(meter_id, slot + interval, None, state.open_count))
             self._set_timer(slot + (state.open_count + 1) * interval + grace, meter_id)
             return True
         last = state.last
         if slot > last:
-            self._fill_after_last(state, meter_id, slot, emit)
+            self._fill_after_last(state, meter_id, slot, events)
             return True
         if state.mask >> ((last - slot) // interval) & 1:
             return False
@@ -269,13 +277,13 @@ class PartitionStream:
             if slot + interval < state.first:  # type: ignore[operator]
                 gap_from = slot + interval
                 state.set_gap(gap_from, state.first)  # type: ignore[arg-type]
-                emit(GapOpened(meter_id, gap_from, state.first, (state.first - gap_from) // interval))  # type: ignore[operator]
+                events.append(GapOpened(meter_id, gap_from, state.first, (state.first - gap_from) // interval))  # type: ignore[operator]
             state.first = slot
             return True
-        self._heal(state, meter_id, slot, emit)
+        self._heal(state, meter_id, slot, events)
         return True
 
-    def _fill_after_last(self, state: MeterState, meter_id: str, slot: int, emit: Any) -> None:
+    def _fill_after_last(self, state: MeterState, meter_id: str, slot: int, events: list[Any]) -> None:
         """A slot after the last filled one closes (or splits) the open gap (§3.5)."""
         interval = state.interval
         last: int = state.last  # type: ignore[assignment]
@@ -283,25 +291,25 @@ class PartitionStream:
         gap_from = last + interval
         if slot == gap_from:
             if open_count > 1:
-                emit(GapChanged(meter_id, slot + interval, None, open_count - 1, gap_from))
+                events.append(GapChanged(meter_id, slot + interval, None, open_count - 1, gap_from))
             elif open_count == 1:
-                emit(GapHealed(meter_id, gap_from))
+                events.append(GapHealed(meter_id, gap_from))
             remaining = open_count - 1 if open_count else 0
         else:
             skipped = (slot - gap_from) // interval
             state.set_gap(gap_from, slot)
             if open_count == 0:
-                emit(GapOpened(meter_id, gap_from, slot, skipped))
+                events.append(GapOpened(meter_id, gap_from, slot, skipped))
                 remaining = 0
             else:
-                emit(GapClosed(meter_id, gap_from, slot, skipped))
+                events.append(GapClosed(meter_id, gap_from, slot, skipped))
                 remaining = open_count - skipped - 1 if slot <= last + open_count * interval else 0
                 if remaining > 0:
-                    emit(GapOpened(meter_id, slot + interval, None, remaining))
+                    events.append(GapOpened(meter_id, slot + interval, None, remaining))
         state.shift_to(slot, self.config.allowed_lateness + self.config.out_of_orderness)
         state.open_count = remaining
 
-    def _heal(self, state: MeterState, meter_id: str, slot: int, emit: Any) -> None:
+    def _heal(self, state: MeterState, meter_id: str, slot: int, events: list[Any]) -> None:
         """A LATE reading inside a closed gap shrinks it, splits it in two, or makes it disappear."""
         gap = state.gap_containing(slot)
         if gap is None:
@@ -313,37 +321,36 @@ class PartitionStream:
         right_from = slot + interval
         if left:
             state.set_gap(gap_from, slot)
-            emit(GapChanged(meter_id, gap_from, slot, (slot - gap_from) // interval, None))
+            events.append(GapChanged(meter_id, gap_from, slot, (slot - gap_from) // interval, None))
         if right_from < gap_to:
             state.set_gap(right_from, gap_to)
             count = (gap_to - right_from) // interval
             if left:
-                emit(GapOpened(meter_id, right_from, gap_to, count))
+                events.append(GapOpened(meter_id, right_from, gap_to, count))
             else:
-                emit(GapChanged(meter_id, right_from, gap_to, count, gap_from))
+                events.append(GapChanged(meter_id, right_from, gap_to, count, gap_from))
         elif not left:
-            emit(GapHealed(meter_id, gap_from))
+            events.append(GapHealed(meter_id, gap_from))
 
     # -- event-time timers ---------------------------------------------------------------------
 
-    def _advance(self, watermark: int, emit: Any) -> None:
+    def _advance(self, watermark: int, events: list[Any]) -> None:
         """W moved: close the windows that end at or before it and open or grow silent meters' gaps."""
-        make = tuple.__new__
         for index, size, closing, ends in self._windows:
             if ends and ends[0] <= watermark:
-                meters_get = self.meters.get
+                meters = self.meters
                 while ends and ends[0] <= watermark:
                     end = heappop(ends)
                     start = end - size
                     key = ((end // size - 1) << 3) | index
                     for meter_id in closing.pop(end):
-                        state = meters_get(meter_id)
+                        state = meters.get(meter_id)
                         partial = state.windows.get(key) if state is not None else None
                         if partial is not None:
-                            emit(
-                                make(
+                            events.append(
+                                _new(
                                     WindowUpdated,
-                                    (meter_id, size, start, partial[0], partial[1], partial[2], partial[3]),
+                                    (meter_id, size, start, partial.count, partial.total, partial.low, partial.high),
                                 )
                             )
         dues = self._timer_dues
@@ -374,9 +381,9 @@ class PartitionStream:
             state.open_count = count
             self._dirty.add(meter_id)
             if previous == 0:
-                emit(GapOpened(meter_id, last + interval, None, count))
+                events.append(GapOpened(meter_id, last + interval, None, count))
             else:
-                emit(GapChanged(meter_id, last + interval, None, count, None))
+                events.append(GapChanged(meter_id, last + interval, None, count, None))
             self._set_timer(last + (count + 1) * interval + grace, meter_id)
 
     # -- bounded state (§3.7) --------------------------------------------------------------------

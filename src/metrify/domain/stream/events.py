@@ -94,7 +94,7 @@ class WindowUpdated(NamedTuple):
     meter_id: str
     window: int
     window_start: int
-    count: int
+    count: int  # type: ignore[assignment]  # a field, shadowing tuple.count
     sum_kwh: float
     min_kwh: float
     max_kwh: float

@@ -89,14 +89,16 @@ def _parse_timestamp_text(text: str) -> int | None:
             if not tail or tail == "Z":
                 return (base + second) * 1_000_000
             if tail[0] == ".":
-                frac = tail[1:-1] if tail[-1] == "Z" else tail[1:]
-                if frac.isdigit():  # ASCII (checked above): [0-9]+
-                    micros = int(frac) if len(frac) == 6 else int(frac[:6].ljust(6, "0"))
+                digits = tail[1:-1] if tail[-1] == "Z" else tail[1:]
+                if digits.isdigit():  # ASCII (checked above): [0-9]+
+                    micros = int(digits) if len(digits) == 6 else int(digits[:6].ljust(6, "0"))
                     return (base + second) * 1_000_000 + micros
     match = _TIMESTAMP.fullmatch(s)
     if match is None:
         return None
-    ys, mos, ds, hs, mis, ss, frac, zone = match.groups()
+    ys, mos, ds, hs, mis, ss = match.group(1, 2, 3, 4, 5, 6)
+    frac: str | None = match.group(7)
+    zone: str | None = match.group(8)
     seconds = _day_seconds(int(ys), int(mos), int(ds), int(hs), int(mis))
     second = int(ss)
     if seconds is None or second > 59:

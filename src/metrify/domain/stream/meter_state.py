@@ -7,11 +7,28 @@ from typing import Any
 from metrify.domain.stream.config import StreamConfig
 
 
+class Partial:
+    """A tumbling window's running aggregate: count, sum, min and max of its readings' kWh."""
+
+    __slots__ = ("count", "total", "low", "high")
+
+    def __init__(self, count: int, total: float, low: float, high: float) -> None:
+        self.count = count
+        self.total = total
+        self.low = low
+        self.high = high
+
+
+def slots_in_window(start: int, size: int, interval: int) -> int:
+    """How many slots (multiples of the interval) the window [start, start + size) holds."""
+    return (-start) // interval - (-(start + size)) // interval
+
+
 class MeterState:
     """Filled slots as a bit mask counted back from the last filled slot (bit k = slot
     `last - k*interval`), the closed gaps still in reach, the open gap's length, and the window
-    partials that are not final, keyed by `window number << 3 | window index` (number = start // size) as
-    `[count, sum, min, max]`. Slots and gaps at or before W - L - I are final and dropped."""
+    partials that can still change, keyed by `window number << 3 | window index` (number =
+    start // size). Slots, gaps and windows at or before W - L - I are final and dropped."""
 
     __slots__ = ("interval", "first", "last", "mask", "open_count", "gaps", "windows")
 
@@ -22,12 +39,14 @@ class MeterState:
         self.mask = 0
         self.open_count = 0  # slots in the open gap, which starts at last + interval
         self.gaps: dict[int, int] | None = None  # closed gaps: missing_from -> missing_to
-        self.windows: dict[int, list[Any]] = {}
+        self.windows: dict[int, Partial] = {}
 
     def shift_to(self, slot: int, reach: int) -> None:
         """Make `slot` the last filled slot, keeping only the bits a valid reading can reach:
         a LATE reading lies at most L + B + I before the last filled slot."""
-        steps = (slot - self.last) // self.interval  # type: ignore[operator]
+        last = self.last
+        assert last is not None
+        steps = (slot - last) // self.interval
         keep = reach // self.interval + 3
         self.mask = ((self.mask << steps) | 1) & ((1 << keep) - 1) if steps < keep else 1
         self.last = slot
@@ -52,25 +71,39 @@ class MeterState:
         return None
 
     def prune(self, watermark: int, config: StreamConfig) -> None:
-        """Drop what has become final: gaps ending and windows ending at or before W - L - I.
+        """Drop what can no longer change: gaps and windows ending at or before W - L - I, and
+        closed windows whose every slot is filled (any further reading there is a duplicate;
+        their value was emitted when they closed, or when their last reading arrived LATE).
         A meter silent for longer than the TTL keeps only its last slot and its open gap."""
-        horizon = watermark - config.allowed_lateness - self.interval
+        interval = self.interval
+        horizon = watermark - config.allowed_lateness - interval
         if self.last is not None and watermark - self.last > config.state_ttl:
             self.windows = {}
             self.gaps = None
             self.mask = 1
             return
-        if self.gaps:
-            for missing_from in [f for f, to in self.gaps.items() if to <= horizon]:
+        gaps = self.gaps
+        if gaps:
+            for missing_from in [f for f, to in gaps.items() if to <= horizon]:
                 self.drop_gap(missing_from)
-        sizes = config.windows
-        final = [key for key in self.windows if ((key >> 3) + 1) * sizes[key & 7] <= horizon]
-        for key in final:
-            del self.windows[key]
+        windows = self.windows
+        if windows:
+            sizes = config.windows
+            done: list[int] = []
+            for key, partial in windows.items():
+                size = sizes[key & 7]
+                start = (key >> 3) * size
+                end = start + size
+                if end <= horizon or (end <= watermark and partial.count == slots_in_window(start, size, interval)):
+                    done.append(key)
+            for key in done:
+                del windows[key]
 
     def to_data(self) -> list[Any]:
         gaps = [value for pair in self.gaps.items() for value in pair] if self.gaps else []
-        windows = [value for key, partial in self.windows.items() for value in (key, *partial)]
+        windows: list[Any] = []
+        for key, p in self.windows.items():
+            windows += (key, p.count, p.total, p.low, p.high)
         return [self.interval, self.first, self.last, self.mask, self.open_count, gaps, windows]
 
     @classmethod
@@ -81,7 +114,7 @@ class MeterState:
         if gaps:
             state.gaps = {gaps[i]: gaps[i + 1] for i in range(0, len(gaps), 2)}
         state.windows = {
-            windows[i]: [windows[i + 1], windows[i + 2], windows[i + 3], windows[i + 4]]
+            windows[i]: Partial(windows[i + 1], windows[i + 2], windows[i + 3], windows[i + 4])
             for i in range(0, len(windows), 5)
         }
         return state
