@@ -3,6 +3,7 @@ as the replay path (one process-wide pipeline, group commit included)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from starlette.requests import Request
 from tests.support.api import Api, Fakes, api_settings, memory_container, running_api
 
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
@@ -19,6 +21,8 @@ from metrify.application.stream import StreamPipeline
 from metrify.domain.readings import Meter, RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.users import Role
+from metrify.entrypoints.api.bodies import read_body
+from metrify.entrypoints.api.problems import ApiProblem
 from metrify.settings import ApiSettings
 
 URL = "/api/v1/telemetry/batch"
@@ -252,3 +256,17 @@ def test_requests_grouped_into_one_transaction_give_the_outcome_of_one_transacti
         pipeline.process(batch)
     assert outcome(grouped_store) == outcome(one_by_one)
     assert grouped_store.rejected and grouped_store.windows and grouped_store.gaps
+
+
+def test_a_body_without_a_length_is_refused_at_the_first_chunk_past_the_limit() -> None:
+    received = 0
+
+    async def receive() -> dict:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": b" " * 1024, "more_body": received < 1000}
+
+    request = Request({"type": "http", "method": "POST", "path": URL, "headers": []}, receive)
+    with pytest.raises(ApiProblem) as refused:
+        asyncio.run(read_body(request, 10 * 1024))
+    assert refused.value.status == 413 and received == 11

@@ -9,6 +9,7 @@ import pytest
 from dependency_injector import providers
 from tests.support.api import Api, Fakes, api_settings, memory_container, running_api
 
+from metrify.adapters.sqlalchemy import migrations
 from metrify.domain.users import Role
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
@@ -66,6 +67,9 @@ def test_every_error_is_an_rfc_9457_problem(api: Api, method: str, path: str, st
 
 def test_health_readiness_and_metrics(api: Api) -> None:
     assert api.client.get("/healthz").json() == {"status": "ok"}
+    behind = api.client.get("/readyz")
+    assert behind.status_code == 503 and "metrify db upgrade" in behind.json()["checks"]["database"]
+    migrations.upgrade(api.container.settings().resolved_database_url)
     ready = api.client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready", "checks": {"database": "ok"}}
     api.client.get("/api/v1/meters/M-42", headers=api.headers(Role.ADMIN))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,8 @@ from metrify.entrypoints.api.routers import auth, health, keys, meters, outcomes
 from metrify.entrypoints.api.schemas import BatchIn
 from metrify.entrypoints.api.services import ApiServices
 from metrify.settings import Settings, load_settings
+
+log = logging.getLogger("metrify.api")
 
 DESCRIPTION = """Smart-meter readings checked as they stream, stored and served.
 
@@ -43,7 +46,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if services.pipeline is not None:
-            await run_in_threadpool(services.pipeline.load)  # the stream state, restored once
+            try:  # the stream state, restored once; else on the first batch (readiness tells why)
+                await run_in_threadpool(services.pipeline.load)
+            except Exception as exc:  # noqa: BLE001 - the API still serves what it can
+                log.warning("stream state not loaded at start: %s", exc)
         try:
             yield
         finally:

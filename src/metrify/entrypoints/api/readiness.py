@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
 
 from metrify.adapters.probes import describe_database_error, probe_kafka
+from metrify.adapters.sqlalchemy import migrations
 from metrify.entrypoints.api.services import ApiServices
+
+
+@functools.cache
+def _heads() -> tuple[str, ...]:
+    return tuple(migrations.heads())
 
 
 def check_services(svc: ApiServices) -> dict[str, str]:
@@ -13,7 +22,12 @@ def check_services(svc: ApiServices) -> dict[str, str]:
     try:
         with svc.container.engine().connect() as connection:
             connection.execute(sa.text("SELECT 1"))
-        checks["database"] = "ok"
+            revision = MigrationContext.configure(connection).get_current_revision()
+        newest = _heads()
+        if revision in newest:
+            checks["database"] = "ok"
+        else:
+            checks["database"] = f"schema at {revision or 'nothing'}, not {', '.join(newest)}: run `metrify db upgrade`"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is shown
         checks["database"] = f"unreachable: {describe_database_error(exc) or type(exc).__name__}"
     settings = svc.settings

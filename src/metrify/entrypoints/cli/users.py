@@ -6,7 +6,6 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from metrify.application.errors import AlreadyExists
 from metrify.application.users import UserAdmin
@@ -55,20 +54,15 @@ def create(
 
 @users_app.command("list")
 def list_users() -> None:
-    """List every user with role, assignments and state."""
+    """List every user: email, role, active, assignments, creation time and id (tab-separated)."""
     admin = _user_admin()
-    table = Table("email", "role", "active", "assigned", "created", "id")
+    print("email\trole\tactive\tassigned\tcreated\tid")
     after: str | None = None
     while batch := admin.list(after, 500):
         for user in batch:
-            assigned = ", ".join(sorted(user.meters | user.regions)) or "-"
-            table.add_row(
-                user.email,
-                user.role.value,
-                "yes" if user.active else "no",
-                assigned,
-                format_timestamp(user.created_at),
-                user.user_id,
+            assigned = ",".join(sorted(user.meters | user.regions)) or "-"
+            active = "yes" if user.active else "no"
+            print(
+                f"{user.email}\t{user.role.value}\t{active}\t{assigned}\t{format_timestamp(user.created_at)}\t{user.user_id}"
             )
         after = batch[-1].email
-    console.print(table)

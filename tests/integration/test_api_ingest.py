@@ -1,0 +1,255 @@
+"""HTTP ingest end to end: batches posted over HTTP land in SQLite and PostgreSQL exactly as the same
+rows replayed through the stream pipeline do; a real `metrify api` process serves a user made with
+`metrify users create`; bad bodies are 4xx problems."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from tests.integration.cli import metrify, metrify_env
+from tests.support.api import PASSWORD, Api, api_settings, database_container, running_api
+
+from metrify.adapters.sqlalchemy import migrations
+from metrify.adapters.sqlalchemy import tables as t
+from metrify.adapters.sqlalchemy.engine import create_engine_for
+from metrify.application.exports import EXPORT_KINDS, export_rows
+from metrify.application.ports import ExportFilter
+from metrify.application.simulator import FleetProfile, fleet_rows, region_of
+from metrify.domain.readings import RawReading
+from metrify.domain.users import Role
+
+pytestmark = pytest.mark.integration
+
+URL = "/api/v1/telemetry/batch"
+PROFILE = FleetProfile(meters=40, days=2, seed=3)
+
+
+def empty_api_tables(url: str) -> None:
+    """The session's PostgreSQL database is shared: start each test without users, keys or meters."""
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as connection:
+            for table in (*t.API_TABLES, t.meters):
+                connection.execute(table.delete())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def fleet() -> list[dict]:
+    index = {f"MTR-{i:05d}": i for i in range(PROFILE.meters)}
+    rows = []
+    for meter, ts, kwh in fleet_rows(PROFILE):
+        row = {"meter_id": meter, "timestamp": ts, "consumption_kwh": kwh}
+        if meter.strip() in index:
+            row["region"] = region_of(index[meter.strip()], PROFILE)
+        rows.append(row)
+    return rows
+
+
+def exports(container) -> dict[str, list]:  # noqa: ANN001
+    queries = container.outcome_queries()
+    return {kind: list(export_rows(queries, kind, ExportFilter())) for kind in EXPORT_KINDS}
+
+
+def test_http_batches_store_what_a_replay_of_the_same_rows_stores(store_url: str, tmp_path: Path, fleet: list) -> None:
+    empty_api_tables(store_url)
+    settings = api_settings(tmp_path, database_url=store_url)
+    container = database_container(settings)
+    with running_api(container, settings) as api:
+        key = api.ingest_key()
+        totals = {"accepted": 0, "rejected": 0, "too_late": 0}
+        for start in range(0, len(fleet), 700):
+            response = api.client.post(URL, json={"readings": fleet[start : start + 700]}, headers={"X-API-Key": key})
+            assert response.status_code == 202, response.text
+            for name in totals:
+                totals[name] += response.json()[name]
+        over_http = exports(container)
+    container.shutdown_resources()
+    assert totals["accepted"] + totals["rejected"] + totals["too_late"] == len(fleet)
+    assert totals["rejected"] == len(over_http["rejected"]) and totals["too_late"] == len(over_http["late"])
+
+    reference_url = f"sqlite:///{tmp_path / 'replayed.db'}"
+    migrations.upgrade(reference_url)
+    reference = database_container(api_settings(tmp_path, database_url=reference_url))
+    pipeline = reference.stream_pipeline()
+    pipeline.load()
+    rows = [
+        RawReading(
+            r["meter_id"], r["timestamp"], r["consumption_kwh"], {"region": r["region"]} if "region" in r else None
+        )
+        for r in fleet
+    ]
+    pipeline.process(rows)
+    replayed = exports(reference)
+    reference.shutdown_resources()
+    for kind in EXPORT_KINDS:
+        assert over_http[kind] == replayed[kind], kind
+    assert {r["reason"] for r in replayed["rejected"]} >= {"duplicate", "missing_meter_id"}
+    assert any(g["status"] == "open" for g in replayed["gaps"])
+
+
+def test_meters_are_registered_with_their_region_as_their_readings_arrive(store_url: str, tmp_path: Path) -> None:
+    empty_api_tables(store_url)
+    settings = api_settings(tmp_path, database_url=store_url)
+    container = database_container(settings)
+    with running_api(container, settings, regions=("REGION-1",)) as api:
+        key = api.ingest_key()
+        readings = [
+            {"meter_id": "A", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1, "region": "REGION-1"},
+            {"meter_id": "B", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1, "region": "REGION-2"},
+            {"meter_id": "C", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "bad", "region": "REGION-1"},
+        ]
+        assert api.client.post(URL, json={"readings": readings}, headers={"X-API-Key": key}).status_code == 202
+        seen = api.client.get("/api/v1/meters", headers=api.headers(Role.ADMIN)).json()
+        assert [(m["meter_id"], m["region"]) for m in seen["items"]] == [("A", "REGION-1"), ("B", "REGION-2")]
+        operator = api.client.get("/api/v1/meters", headers=api.headers(Role.OPERATOR)).json()
+        assert [m["meter_id"] for m in operator["items"]] == ["A"]
+    container.shutdown_resources()
+
+
+@pytest.fixture
+def sqlite_api(tmp_path: Path) -> Iterator[Api]:
+    settings = api_settings(tmp_path)
+    migrations.upgrade(settings.resolved_database_url)
+    container = database_container(settings)
+    with running_api(container, settings) as api:
+        yield api
+    container.shutdown_resources()
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "slug"),
+    [
+        (b"this is not json", "application/json", 400, "malformed-body"),
+        (b'{"readings": {"meter_id": "A"}}', "application/json", 422, "validation-error"),
+        (b'{"rows": []}', "application/json", 422, "validation-error"),
+        (b"<readings/>", "application/xml", 415, "unsupported-media-type"),
+        (b"x" * (50 * 1024 * 1024), "application/json", 413, "payload-too-large"),
+    ],
+    ids=["not-json", "wrong-types", "no-readings", "unknown-type", "50MB"],
+)
+def test_bad_bodies_get_the_right_4xx_problem(
+    sqlite_api: Api, content: bytes, content_type: str, status: int, slug: str
+) -> None:
+    key = sqlite_api.ingest_key()
+    response = sqlite_api.client.post(URL, content=content, headers={"X-API-Key": key, "Content-Type": content_type})
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == f"urn:metrify:problem:{slug}"
+
+
+# ------------------------------------------------------------------------------- a real process
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, dict]]:
+    env = metrify_env(tmp_path)
+    port = free_port()
+    created = subprocess.run(
+        [sys.executable, "-m", "metrify", "users", "create", "--email", "root@example.com", "--role", "admin"],
+        env=env,
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metrify", "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert time.monotonic() < deadline, "the API did not come up in 60 s"
+            time.sleep(0.2)
+        yield base, env
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_metrify_api_serves_the_admin_made_on_the_command_line(server: tuple[str, dict], tmp_path: Path) -> None:
+    base, env = server
+    with httpx.Client(base_url=base, timeout=30) as client:
+        tokens = client.post("/api/v1/auth/token", data={"username": "root@example.com", "password": PASSWORD})
+        assert tokens.status_code == 200
+        admin = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+        key = client.post("/api/v1/ingest-keys", json={"name": "gw", "all_regions": True}, headers=admin).json()[
+            "token"
+        ]
+        body = "meter_id,timestamp,consumption_kwh\nM1,2024-03-04T10:00:00Z,0.5\nM1,2024-03-04T10:30:00Z,abc\n"
+        ingested = client.post(URL, content=body, headers={"X-API-Key": key, "Content-Type": "text/csv"})
+        assert ingested.status_code == 202
+        assert ingested.json()["accepted"] == 1 and ingested.json()["rejected_by_reason"] == {"invalid_consumption": 1}
+        readings = client.get("/api/v1/meters/M1/readings", headers=admin).json()["items"]
+        assert [r["timestamp"] for r in readings] == ["2024-03-04T10:00:00Z"]
+        assert client.get("/readyz").json()["checks"] == {"database": "ok"}
+        assert "metrify_ingest_readings_total" in client.get("/metrics").text
+        problem = client.post(
+            URL, content=b"x" * (50 * 1024 * 1024), headers={"X-API-Key": key, "Content-Type": "application/json"}
+        )
+        assert problem.status_code == 413 and problem.headers["content-type"] == "application/problem+json"
+    secret = Path(env["METRIFY_DATA_DIR"]) / "jwt-secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    listed = metrify(["users", "list"], env).stdout
+    assert "root@example.com" in listed and "ADMIN" in listed
+
+
+def test_more_than_one_worker_needs_kafka(tmp_path: Path) -> None:
+    done = metrify(["api", "--workers", "2"], metrify_env(tmp_path), check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--workers 2 needs Kafka (METRIFY_KAFKA__BOOTSTRAP)" in lines[0]
+
+
+def test_production_settings_without_a_jwt_secret_are_refused(tmp_path: Path, postgres_url: str) -> None:
+    env = metrify_env(tmp_path, postgres_url, METRIFY_REDIS_URL="redis://127.0.0.1:1/0")
+    done = metrify(["api"], env, check=False)
+    assert done.returncode == 2 and "METRIFY_AUTH__SECRET" in done.stderr
+    short = metrify(["api"], {**env, "METRIFY_AUTH__SECRET": "short"}, check=False)
+    assert short.returncode == 2 and "at least 32 characters" in short.stderr
+
+
+def test_the_first_admin_is_made_from_standard_input(tmp_path: Path) -> None:
+    env = metrify_env(tmp_path)
+    weak = subprocess.run(
+        [sys.executable, "-m", "metrify", "users", "create", "--email", "a@example.com", "--role", "ADMIN"],
+        env=env,
+        input="short\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert weak.returncode == 2 and "at least 8 characters" in weak.stderr
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'metrify.db'}")
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(t.users)).scalar_one() == 0
+    engine.dispose()
