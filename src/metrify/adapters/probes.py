@@ -41,23 +41,49 @@ def probe_database(url: str) -> str:
         engine.dispose()
 
 
-def storage_features(url: str) -> str:
-    """The storage features in use: SQLite file, or PostgreSQL with or without TimescaleDB."""
-    if url.startswith("sqlite"):
-        return "SQLite (WAL journal), single writer"
+def _retention_text(partitions: bool = True) -> str:
+    """The retention policy from the settings, e.g. `retention readings 90d, rejected 30d, ...`."""
     try:
+        from metrify.settings import format_duration, load_settings
+
+        s = load_settings().storage
+    except Exception as exc:  # noqa: BLE001 - a bad setting is reported by the command itself
+        return f"retention unknown ({exc})"
+    keep = {
+        "readings": s.retention_readings,
+        "rejected": s.retention_rejected,
+        "too-late": s.retention_too_late,
+        "aggregates": s.retention_aggregates,
+    }
+    text = ", ".join(f"{name} {format_duration(v) if v > 0 else 'forever'}" for name, v in keep.items())
+    if not partitions:
+        return f"retention {text} (rows older are deleted)"
+    return f"retention {text} (whole partitions dropped); partitions {s.partition_months_ahead} months ahead"
+
+
+def storage_features(url: str) -> str:
+    """The storage features in use: SQLite file, or PostgreSQL with native monthly partitions or
+    TimescaleDB hypertables, and the retention policy."""
+    if url.startswith("sqlite"):
+        return f"SQLite (WAL journal), single writer; no partitions; {_retention_text(partitions=False)}"
+    retention = _retention_text()
+    try:
+        from metrify.adapters.sqlalchemy.partitions import SqlAlchemyStorageMaintenance
+
         engine = create_engine(url, connect_args={"connect_timeout": int(_TIMEOUT)})
-        with engine.connect() as connection:
-            version = connection.execute(text("SHOW server_version")).scalar()
-            timescale = connection.execute(
-                text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
-            ).scalar()
-        engine.dispose()
+        try:
+            with engine.connect() as connection:
+                version = connection.execute(text("SHOW server_version")).scalar()
+                timescale = connection.execute(
+                    text("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+                ).scalar()
+            layout = SqlAlchemyStorageMaintenance(engine).features()
+        finally:
+            engine.dispose()
     except Exception as exc:
         return f"unknown (unreachable: {describe_database_error(exc) or exc})"
-    if timescale:
-        return f"PostgreSQL {version} with TimescaleDB {timescale}"
-    return f"PostgreSQL {version}"
+    server = f"PostgreSQL {version} with TimescaleDB {timescale}" if timescale else f"PostgreSQL {version}"
+    return f"{server}; {layout}; {retention}"
 
 
 def probe_kafka(bootstrap: str) -> str:

@@ -11,6 +11,14 @@ SQLite takes them through the driver's executemany. PostgreSQL takes them throug
 insert-or-ignore rows straight into their table while none of them is there yet, else (and for
 upserts) into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT per table.
 Small sets go through executemany, which psycopg pipelines.
+
+On PostgreSQL the time-series tables are partitioned by time (Alembic 0006), and a partitioned
+table's unique keys must hold its partition column. Insert-or-ignore therefore names no conflict
+target (any key met is a duplicate): too-late readings are keyed (partition, position, ts), the
+same for a repeated input position. Rejected readings are partitioned by the time they were
+stored, which differs between two writes of the same batch, so their key (partition, position)
+is kept by the writer: rows whose key is already stored are left out (NOT EXISTS). Before each
+batch the months its rows fall in get their partitions where missing (partitions.py).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import sqlalchemy as sa
 
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.codec import encode_raw, encode_state, extra_columns
+from metrify.adapters.sqlalchemy.partitions import ensure_partitions
 from metrify.application.outcomes import OutcomeBatch
 from metrify.application.ports import SourceProgress
 
@@ -39,9 +48,12 @@ class Target:
         key: Sequence[str],
         update: Sequence[str] = (),
         delete: bool = False,
+        time_column: str | None = None,
     ) -> None:
         self.name, self.table, self.columns, self.key = name, table, tuple(columns), tuple(key)
         self.update, self.delete = tuple(update), delete
+        # the column a partitioned table is split on (PostgreSQL), as an index into a row
+        self.time_index = None if time_column is None else self.columns.index(time_column)
 
     def sql(self, placeholder: str, width: int | None = None) -> str:
         """The per-row statement, with `placeholder` as the driver spells a parameter, for rows
@@ -55,8 +67,8 @@ class Target:
         return f"INSERT INTO {table} ({_cols(columns)}) VALUES ({values}) {self.conflict()}"
 
     def conflict(self) -> str:
-        if not self.update:
-            return f"ON CONFLICT ({_cols(self.key)}) DO NOTHING"
+        if not self.update:  # no target: a partitioned table's key may hold more than `key`
+            return "ON CONFLICT DO NOTHING"
         sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in self.update)
         return f"ON CONFLICT ({_cols(self.key)}) DO UPDATE SET {sets}"
 
@@ -82,12 +94,20 @@ def _runs(values: list[tuple[Any, ...]]) -> list[tuple[int, list[tuple[Any, ...]
     return runs
 
 
-READINGS = Target("readings", t.readings, [c.name for c in t.readings.columns], ["meter_id", "ts"])
+READINGS = Target("readings", t.readings, [c.name for c in t.readings.columns], ["meter_id", "ts"], time_column="ts")
 REJECTED = Target(
-    "rejected", t.rejected_readings, [c.name for c in t.rejected_readings.columns], ["partition", "position"]
+    "rejected",
+    t.rejected_readings,
+    [c.name for c in t.rejected_readings.columns],
+    ["partition", "position"],
+    time_column="received_at",
 )
 TOO_LATE = Target(
-    "too_late", t.too_late_readings, [c.name for c in t.too_late_readings.columns], ["partition", "position"]
+    "too_late",
+    t.too_late_readings,
+    [c.name for c in t.too_late_readings.columns],
+    ["partition", "position"],
+    time_column="ts",
 )
 GAP_DELETES = Target("gap_deletes", t.gaps, ["meter_id", "missing_from"], ["meter_id", "missing_from"], delete=True)
 GAP_UPSERTS = Target(
@@ -103,6 +123,7 @@ AGGREGATES = Target(
     [c.name for c in t.aggregates.columns],
     ["meter_id", "window_us", "window_start"],
     ["count", "sum_kwh", "min_kwh", "max_kwh"],
+    time_column="window_start",
 )
 PARTITIONS = Target(
     "partitions",
@@ -128,6 +149,7 @@ PROGRESS = Target(
 
 # Written in this order: gap deletes strictly before gap upserts.
 TARGETS = (READINGS, REJECTED, TOO_LATE, GAP_DELETES, GAP_UPSERTS, AGGREGATES, PARTITIONS, METER_STATES, PROGRESS)
+TIME_SERIES = tuple(target for target in TARGETS if target.time_index is not None)
 
 StateSave = tuple[str, int, int | None, int, dict[str, list[Any]]]
 
@@ -229,6 +251,7 @@ class PostgresWriter:
     def __init__(self, copy_threshold: int = 64) -> None:
         self.copy_threshold = copy_threshold
         self.types = {target: [_pg_type(target.table.c[c]) for c in target.columns] for target in TARGETS}
+        self.guarded = {REJECTED}  # keys the table cannot enforce once partitioned: kept here
 
     @staticmethod
     def stage(target: Target) -> str:
@@ -237,6 +260,9 @@ class PostgresWriter:
     def write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> None:
         if not rows:
             return
+        times = {x.table.name: [row[x.time_index] for row in rows[x]] for x in TIME_SERIES if rows.get(x)}
+        if times:
+            ensure_partitions(connection.engine, times)
         with _driver(connection).cursor() as cursor:
             large = [target for target in TARGETS if len(rows.get(target, ())) >= self.copy_threshold]
             if large:
@@ -250,6 +276,9 @@ class PostgresWriter:
             for target in TARGETS:
                 values = rows.get(target)
                 if not values:
+                    continue
+                if target in self.guarded and self.any_stored(cursor, target, values):
+                    self.insert_new(cursor, target, values)
                     continue
                 runs = _runs(values)
                 if len(values) < self.copy_threshold:
@@ -285,6 +314,38 @@ class PostgresWriter:
             return False
         cursor.execute("RELEASE SAVEPOINT metrify_copy")
         return True
+
+    def any_stored(self, cursor: Any, target: Target, values: list[tuple[Any, ...]]) -> bool:
+        """Whether a row may already hold one of these keys: (first key column, range of the
+        second), one probe of the key's index per value of the first (a batch's partitions)."""
+        spans: dict[Any, tuple[Any, Any]] = {}
+        for row in values:
+            head, tail = row[0], row[1]
+            low, high = spans.get(head, (tail, tail))
+            spans[head] = (min(low, tail), max(high, tail))
+        first, second = (_q(c) for c in target.key)
+        where = " OR ".join(f"({first} = %s AND {second} BETWEEN %s AND %s)" for _ in spans)
+        cursor.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {_q(target.table.name)} WHERE {where})",
+            [value for head, (low, high) in spans.items() for value in (head, low, high)],
+        )
+        return bool(cursor.fetchone()[0])
+
+    def insert_new(self, cursor: Any, target: Target, values: list[tuple[Any, ...]]) -> None:
+        """Through the stage: only rows whose key is not stored yet (nor earlier in `values`)."""
+        width = len(target.columns)
+        values = [row + (None,) * (width - len(row)) for row in values]
+        stage, table, cols = self.stage(target), _q(target.table.name), _cols(target.columns)
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {table} WITH NO DATA"
+        )
+        self.copy(cursor, stage, target, width, values)
+        key = _cols(target.key)
+        match = " AND ".join(f"t.{_q(c)} = s.{_q(c)}" for c in target.key)
+        cursor.execute(
+            f"INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage} AS s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {match}) ORDER BY {key}"
+        )
 
     def set_sql(self, target: Target, width: int | None = None) -> str:
         stage, table = self.stage(target), _q(target.table.name)

@@ -154,5 +154,6 @@ def _run_migration(action):  # noqa: ANN001, ANN202
 
 
 from metrify.entrypoints.cli import api as _api  # noqa: E402,F401  (registers `api` and `users`)
+from metrify.entrypoints.cli import db_maintenance as _db_maintenance  # noqa: E402,F401  (db partitions, retention)
 from metrify.entrypoints.cli import kafka as _kafka  # noqa: E402,F401  (registers topics, worker, sink)
 from metrify.entrypoints.cli import stream as _stream  # noqa: E402,F401  (registers the stream commands)
