@@ -11,9 +11,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.requests import Request
 from tests.support.api import Api, Fakes, api_settings, memory_container, running_api
 
+from metrify.adapters.files.readers import reading_from_mapping
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
 from metrify.adapters.system import SystemClock
 from metrify.application.serial import SerialPipeline
@@ -21,7 +24,7 @@ from metrify.application.stream import StreamPipeline
 from metrify.domain.readings import Meter, RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.users import Role
-from metrify.entrypoints.api.bodies import read_body
+from metrify.entrypoints.api.bodies import _reading, read_body
 from metrify.entrypoints.api.problems import ApiProblem
 from metrify.settings import ApiSettings
 
@@ -270,3 +273,16 @@ def test_a_body_without_a_length_is_refused_at_the_first_chunk_past_the_limit() 
     with pytest.raises(ApiProblem) as refused:
         asyncio.run(read_body(request, 10 * 1024))
     assert refused.value.status == 413 and received == 11
+
+
+KEYS = st.sampled_from(
+    ["meter_id", "timestamp", "consumption_kwh", "region", "voltage", "power_kw", "id", "kwh", "Meter_ID", " time", "x"]
+)
+VALUES = st.one_of(st.none(), st.text(max_size=5), st.integers(), st.floats(allow_nan=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.dictionaries(KEYS, VALUES, max_size=8), VALUES, st.lists(VALUES, max_size=2)))
+def test_the_json_shortcut_reads_every_item_as_files_do(item: object) -> None:
+    expected = reading_from_mapping(item) if isinstance(item, dict) else RawReading(None, None, None)
+    assert _reading(item) == expected

@@ -72,6 +72,24 @@ def parse_readings(content_type: str | None, body: bytes, max_readings: int) -> 
     return rows
 
 
+_EXTRAS = frozenset(EXTRA_COLUMNS)
+_PLAIN = frozenset(("meter_id", "timestamp", "consumption_kwh", *EXTRA_COLUMNS))
+
+
+def _reading(item: object) -> RawReading:
+    """`reading_from_mapping`, with a shortcut for the common case where the keys are the plain
+    lower-case names (then matching them case-insensitively, or by alias, changes nothing)."""
+    if type(item) is not dict:
+        return _UNREADABLE
+    if not item.keys() <= _PLAIN:
+        return reading_from_mapping(item)
+    get = item.get
+    extra = None
+    if len(item) > 3 or "meter_id" not in item or "timestamp" not in item or "consumption_kwh" not in item:
+        extra = {k: v for k, v in item.items() if k in _EXTRAS and v is not None} or None
+    return RawReading(get("meter_id"), get("timestamp"), get("consumption_kwh"), extra)
+
+
 def _json(body: bytes) -> list[RawReading]:
     try:
         document = orjson.loads(body)
@@ -80,7 +98,7 @@ def _json(body: bytes) -> list[RawReading]:
     items = document.get("readings") if isinstance(document, dict) else None
     if not isinstance(items, list):
         raise ApiProblem(422, "validation-error", 'the body must be a JSON object with a "readings" array')
-    return [reading_from_mapping(item) if isinstance(item, dict) else _UNREADABLE for item in items]
+    return [_reading(item) for item in items]
 
 
 def _ndjson(body: bytes) -> list[RawReading]:
@@ -93,7 +111,7 @@ def _ndjson(body: bytes) -> list[RawReading]:
         except orjson.JSONDecodeError:  # a line is a reading, as in a JSON-lines file: rejected, not fatal
             rows.append(_UNREADABLE)
             continue
-        rows.append(reading_from_mapping(item) if isinstance(item, dict) else _UNREADABLE)
+        rows.append(_reading(item))
     return rows
 
 

@@ -1,0 +1,217 @@
+"""How fast the API ingests: one `metrify api` process (uvicorn on 127.0.0.1, embedded profile,
+SQLite in a temporary folder), fed batches of readings over HTTP by a load generator in this process.
+
+The fleet reports every interval: batch k holds one reading of each of `--batch` meters for one
+interval (JSON `{"readings": [...]}` with meter_id, timestamp, consumption_kwh, voltage, region),
+the bodies encoded before the clock starts. `--clients` connections post concurrently (keep-alive);
+the run stops after `--batches` batches or `--seconds`, whichever comes first. The ingest key's rate
+limit is off (METRIFY_AUTH__INGEST_RATE_LIMIT=0): this measures the ingest path, not the limiter.
+Prints readings/s over the run, and p50/p99 of the time from sending a batch to its 202.
+
+    python benchmarks/bench_api_ingest.py [--batches 200] [--batch 1000] [--seconds 60] [--clients 4]
+
+Goal (issue 7): >= 50,000 readings/s with p99 < 50 ms per batch of 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+
+from metrify.domain.stream.grammar import format_timestamp  # noqa: E402
+
+T0 = 1_709_510_400  # 2024-03-04T00:00:00Z
+INTERVAL = 1800
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bodies(batches: int, size: int, meters: int) -> list[bytes]:
+    """Batch k: `size` meters' readings of one interval; the fleet's meters take turns."""
+    groups = max(1, meters // size)
+    out = []
+    for k in range(batches):
+        group, step = k % groups, k // groups
+        ts = format_timestamp((T0 + step * INTERVAL) * 1_000_000)
+        readings = [
+            {
+                "meter_id": f"MTR-{group * size + i:06d}",
+                "timestamp": ts,
+                "consumption_kwh": round(0.05 + (i * 37 + k) % 100 / 100, 3),
+                "voltage": 229.0 + (i % 5),
+                "region": f"REGION-{i % 4 + 1}",
+            }
+            for i in range(size)
+        ]
+        out.append(orjson.dumps({"readings": readings}))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def prepare(env: dict[str, str]) -> str:
+    """Schema, an ADMIN and an ingest key in the benchmark's database (before the server starts)."""
+    run = [sys.executable, "-m", "metrify"]
+    subprocess.run([*run, "db", "upgrade"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*run, "users", "create", "--email", "bench@example.com", "--role", "ADMIN"],
+        env=env,
+        input="benchmark password\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    return ""
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "metrify", "api", "--port", str(port)],
+        env={**env, "METRIFY_LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None:
+            raise SystemExit(f"the API exited: {server.stderr.read().decode() if server.stderr else ''}")
+        time.sleep(0.2)
+    server.kill()
+    raise SystemExit("the API did not become ready in 60 s")
+
+
+def ingest_key(base: str) -> str:
+    with httpx.Client(base_url=base, timeout=30) as client:
+        token = client.post(
+            "/api/v1/auth/token", data={"username": "bench@example.com", "password": "benchmark password"}
+        ).json()["access_token"]
+        created = client.post(
+            "/api/v1/ingest-keys",
+            json={"name": "bench", "all_regions": True},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return created.json()["token"]
+
+
+def load(base: str, key: str, payloads: list[bytes], clients: int, seconds: float) -> tuple[list[float], int, float]:
+    """Post the payloads from `clients` threads; (latency per batch, readings accepted, wall seconds)."""
+    latencies: list[float] = []
+    accepted = 0
+    lock = threading.Lock()
+    position = 0
+    stop_at = time.perf_counter() + seconds
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+
+    def worker() -> None:
+        nonlocal position, accepted
+        with httpx.Client(base_url=base, timeout=60) as client:
+            while time.perf_counter() < stop_at:
+                with lock:
+                    if position >= len(payloads):
+                        return
+                    body = payloads[position]
+                    position += 1
+                sent = time.perf_counter()
+                response = client.post("/api/v1/telemetry/batch", content=body, headers=headers)
+                took = time.perf_counter() - sent
+                if response.status_code != 202:
+                    raise SystemExit(f"batch refused: {response.status_code} {response.text[:300]}")
+                with lock:
+                    latencies.append(took)
+                    accepted += response.json()["accepted"]
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, accepted, time.perf_counter() - started
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=1000, help="readings per batch")
+    parser.add_argument("--meters", type=int, default=10_000, help="meters in the fleet")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--clients", type=int, default=4, help="concurrent connections")
+    parser.add_argument("--warmup", type=int, default=5, help="batches sent before the clock starts")
+    args = parser.parse_args()
+
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), Python {platform.python_version()}")
+    print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    payloads = bodies(args.warmup + args.batches, args.batch, args.meters)
+    print(
+        f"{args.batches} batches of {args.batch} readings ({len(payloads[-1]) / 1024:.0f} KiB each), "
+        f"{args.meters:,} meters, {args.clients} clients, at most {args.seconds:.0f} s"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METRIFY_")}
+        env.update(
+            METRIFY_DATA_DIR=folder,
+            METRIFY_LOG_FORMAT="json",
+            METRIFY_AUTH__INGEST_RATE_LIMIT="0",
+            PYTHONPATH=str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", ""),
+        )
+        prepare(env)
+        port = free_port()
+        server = start_server(env, port)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            key = ingest_key(base)
+            load(base, key, payloads[: args.warmup], 1, args.seconds)
+            latencies, accepted, wall = load(base, key, payloads[args.warmup :], args.clients, args.seconds)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    readings = len(latencies) * args.batch
+    print(
+        f"{len(latencies)} batches, {readings:,} readings ({accepted:,} accepted) in {wall:.2f} s: "
+        f"{readings / wall:,.0f} readings/s"
+    )
+    print(
+        f"per batch: p50 {percentile(latencies, 0.50) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms, "
+        f"mean {statistics.fmean(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
