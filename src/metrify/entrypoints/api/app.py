@@ -53,6 +53,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         try:
             yield
         finally:
+            close = getattr(services.ingest.producer, "close", None)
+            if close is not None:  # what is queued for Kafka goes out before the process ends
+                await run_in_threadpool(close)
             if owns_container:
                 container.shutdown_resources()
 

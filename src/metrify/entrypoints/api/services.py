@@ -13,6 +13,7 @@ from metrify.application.rate_limits import RateLimit
 from metrify.application.serial import BoundedBackoff, SerialPipeline
 from metrify.application.users import UserAdmin
 from metrify.container import Container
+from metrify.entrypoints.api.kafka_ingest import KafkaIngestProducer
 from metrify.settings import Settings
 
 
@@ -42,7 +43,7 @@ class ApiServices:
         auth = settings.auth
         pipeline: SerialPipeline | None = None
         if settings.kafka.bootstrap:
-            ingest = Ingest(container.meter_registry(), clock, producer=_raw_producer(container))
+            ingest = Ingest(container.meter_registry(), clock, producer=KafkaIngestProducer(container))
         else:
             pipeline = SerialPipeline(lambda: container.stream_pipeline(backoff=BoundedBackoff()))
             ingest = Ingest(container.meter_registry(), clock, pipeline=pipeline)
@@ -71,7 +72,3 @@ class ApiServices:
             user_limit=RateLimit(auth.user_rate_limit, auth.rate_window),
             ingest_limit=RateLimit(auth.ingest_rate_limit, auth.rate_window),
         )
-
-
-def _raw_producer(container: Container):  # noqa: ANN202
-    raise NotImplementedError("Kafka ingest waits for the Kafka adapters' raw-reading producer")

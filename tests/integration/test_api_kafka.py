@@ -1,0 +1,122 @@
+"""Ingest on the production profile: with Kafka configured, a batch only goes to the raw topic,
+keyed and partitioned by meter id exactly as the embedded profile partitions it."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer
+from tests.support.api import Api, api_settings, database_container, running_api
+
+from metrify.adapters.kafka.admin import create_topics, delete_topics
+from metrify.adapters.kafka.clients import TopicNames
+from metrify.adapters.sqlalchemy import migrations
+from metrify.domain.readings import Meter
+from metrify.domain.stream.partitioner import partition_for
+from metrify.settings import KafkaSettings
+
+pytestmark = pytest.mark.integration
+
+URL = "/api/v1/telemetry/batch"
+PARTITIONS = 3
+
+
+@pytest.fixture
+def bootstrap() -> str:
+    value = os.environ.get("METRIFY_KAFKA__BOOTSTRAP", "")
+    if not value:
+        pytest.fail('these tests need Kafka: run `eval "$(bash scripts/services.sh up)"`', pytrace=False)
+    return value
+
+
+@pytest.fixture
+def names(bootstrap: str) -> Iterator[TopicNames]:
+    names = TopicNames(f"test7-{uuid.uuid4().hex[:8]}.")
+    yield names
+    try:
+        delete_topics(bootstrap, names)
+    except Exception:  # noqa: BLE001 - nothing to clean when the broker is gone
+        pass
+
+
+@pytest.fixture
+def api(tmp_path: Path, bootstrap: str, names: TopicNames) -> Iterator[Api]:
+    settings = api_settings(tmp_path, kafka=KafkaSettings(bootstrap=bootstrap, topic_prefix=names.prefix))
+    migrations.upgrade(settings.resolved_database_url)
+    container = database_container(settings)
+    container.meter_registry().add(Meter("SOUTH-1", "south"), 0)
+    with running_api(container, settings) as api:
+        yield api
+    container.shutdown_resources()
+
+
+def raw_messages(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"test7-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    found = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                found.append(message)
+    finally:
+        consumer.close()
+    return found
+
+
+def test_a_batch_goes_to_the_raw_topic_keyed_and_partitioned_by_meter(api: Api, bootstrap: str, names) -> None:  # noqa: ANN001
+    missing = api.client.post(URL, json={"readings": []}, headers={"X-API-Key": api.ingest_key()})
+    assert missing.status_code == 202  # an empty batch needs no topic
+    readings = [
+        {
+            "meter_id": f" MTR-{n} ",
+            "timestamp": f"2024-03-04T10:{n:02d}:00Z",
+            "consumption_kwh": "0.5",
+            "region": "north",
+        }
+        for n in range(20)
+    ]
+    readings.append({"meter_id": "MTR-X", "timestamp": "not a time", "kwh": 1})
+    key = api.ingest_key()
+    absent = api.client.post(URL, json={"readings": readings}, headers={"X-API-Key": key})
+    assert absent.status_code == 503 and "metrify topics create" in absent.json()["detail"]
+
+    create_topics(bootstrap, names, PARTITIONS, 1)
+    response = api.client.post(URL, json={"readings": readings}, headers={"X-API-Key": key})
+    assert response.status_code == 202, response.text
+    out = response.json()
+    assert (out["processed"], out["queued"], out["accepted"], out["refused"]) == (False, 21, 0, [])
+
+    messages = raw_messages(bootstrap, names.raw, 21)
+    assert len(messages) == 21
+    for message in messages:
+        value = orjson.loads(message.value())
+        meter = value["meter_id"].strip()
+        assert message.key() == meter.encode()
+        assert message.partition() == partition_for(meter, PARTITIONS)
+    by_meter = {orjson.loads(m.value())["meter_id"]: orjson.loads(m.value()) for m in messages}
+    assert by_meter[" MTR-3 "] == readings[3]
+    assert by_meter["MTR-X"] == {"meter_id": "MTR-X", "timestamp": "not a time", "consumption_kwh": 1}
+    assert api.client.get("/readyz").json()["checks"]["kafka"] == "ok"
+
+
+def test_a_scoped_key_refuses_other_regions_before_anything_is_produced(api: Api, bootstrap: str, names) -> None:  # noqa: ANN001
+    create_topics(bootstrap, names, PARTITIONS, 1)
+    key = api.ingest_key(regions=["north"])
+    readings = [
+        {"meter_id": "SOUTH-1", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1, "region": "north"},
+        {"meter_id": "N-1", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1, "region": "north"},
+    ]
+    out = api.client.post(URL, json={"readings": readings}, headers={"X-API-Key": key}).json()
+    assert out["queued"] == 1 and out["refused"] == [{"index": 0, "reason": "region_not_allowed"}]
+    messages = raw_messages(bootstrap, names.raw, 1)
+    assert [m.key() for m in messages] == [b"N-1"]
