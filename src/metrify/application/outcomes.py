@@ -39,18 +39,22 @@ class OutcomeBatch:
 def fold_events(events: Iterable[Any]) -> OutcomeBatch:
     """Apply events in order; a gap event whose first slot moved retires its previous identity."""
     batch = OutcomeBatch()
+    readings_append = batch.readings.append
+    rejected_append = batch.rejected.append
+    too_late_append = batch.too_late.append
+    windows = batch.windows
     upserts = batch.gap_upserts
     deletes = batch.gap_deletes
     for event in events:
         kind = type(event)
         if kind is ReadingAccepted:
-            batch.readings.append(event)
+            readings_append(event)
         elif kind is WindowUpdated:
-            batch.windows[(event.meter_id, event.window, event.window_start)] = event
+            windows[event[:3]] = event  # by (meter_id, window, window_start)
         elif kind is ReadingRejected:
-            batch.rejected.append(event)
+            rejected_append(event)
         elif kind is ReadingTooLate:
-            batch.too_late.append(event)
+            too_late_append(event)
         elif kind is GapHealed:
             key = (event.meter_id, event.missing_from)
             upserts.pop(key, None)

@@ -3,8 +3,10 @@ outcomes, state changes and input position committed together in one unit of wor
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from metrify.application.ports import (
@@ -17,6 +19,25 @@ from metrify.domain.readings import RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
 from metrify.domain.stream.partitioner import partition_for
+
+_new: Any = tuple.__new__  # a RawReading from a ready tuple, without the NamedTuple's Python __new__
+_ROUTES_LIMIT = 1 << 20
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No automatic garbage collection inside: a batch allocates a few objects per reading, nearly
+    all short-lived and without cycles, and collections triggered every few hundred of them would
+    walk the whole heap (the meters' state, the process's modules) again and again. The collector
+    runs once, after the batch, if it is due."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class PartitionCountMismatch(Exception):
@@ -73,6 +94,7 @@ class StreamPipeline:
         self.backoff = backoff or Backoff()
         self.cores = [PartitionStream(config, p, intervals) for p in range(partitions)]
         self.next_offsets = [0] * partitions
+        self._routes: dict[str, int] = {}  # meter id as received -> partition
 
     def load(self) -> None:
         """Restore every partition from the store (a fresh store gives empty partitions)."""
@@ -96,11 +118,23 @@ class StreamPipeline:
     def split(self, rows: Sequence[RawReading]) -> list[list[RawReading]]:
         """Route rows to partitions by meter id (murmur2, as Kafka) and give each its offset."""
         count = self.partition_count
-        parts: list[list[RawReading]] = [[] for _ in range(count)]
         offsets = self.next_offsets
+        if count == 1:
+            start = offsets[0]
+            offsets[0] = start + len(rows)
+            return [[_new(RawReading, (*row[:4], start + i)) for i, row in enumerate(rows)]]
+        parts: list[list[RawReading]] = [[] for _ in range(count)]
+        routes = self._routes
         for row in rows:
-            p = partition_for(normalise_meter_id(row.meter_id), count) if count > 1 else 0
-            parts[p].append(row._replace(position=offsets[p]))
+            raw_id = row[0]
+            p = routes.get(raw_id) if type(raw_id) is str else None
+            if p is None:
+                p = partition_for(normalise_meter_id(raw_id), count)
+                if type(raw_id) is str:
+                    if len(routes) >= _ROUTES_LIMIT:
+                        routes.clear()
+                    routes[raw_id] = p
+            parts[p].append(_new(RawReading, (*row[:4], offsets[p])))
             offsets[p] += 1
         return parts
 
@@ -109,13 +143,14 @@ class StreamPipeline:
         now = self.clock.now_us()
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
-        for core, part in zip(self.cores, self.split(rows), strict=True):
-            if part:
-                events.extend(core.process(part, now))
-                touched.append((core, core.take_dirty()))
+        with gc_paused():
+            for core, part in zip(self.cores, self.split(rows), strict=True):
+                if part:
+                    events.extend(core.process(part, now))
+                    touched.append((core, core.take_dirty()))
 
         def write() -> None:
-            with self.uow_factory() as uow:
+            with gc_paused(), self.uow_factory() as uow:
                 uow.outcomes.add_events(events)
                 for core, dirty in touched:
                     uow.state.save(

@@ -107,6 +107,7 @@ class FileReadingSource:
     def _read_csv(self) -> Iterator[RawReading]:
         meter, time, kwh, extras = self._columns
         width = max(meter, time, kwh, *(index for _, index in extras)) + 1
+        new = tuple.__new__  # a RawReading from a ready tuple, without the NamedTuple's Python __new__
         with self._open_text() as handle:
             rows = csv.reader(handle)
             next(rows, None)
@@ -115,8 +116,11 @@ class FileReadingSource:
                     continue
                 if len(row) < width:
                     row = row + [None] * (width - len(row))  # type: ignore[list-item]
-                extra = {name: row[index] for name, index in extras if row[index] not in (None, "")} or None
-                yield RawReading(row[meter], row[time], row[kwh], extra)
+                if extras:
+                    extra = {name: row[index] for name, index in extras if row[index] not in (None, "")} or None
+                else:
+                    extra = None
+                yield new(RawReading, (row[meter], row[time], row[kwh], extra, 0))
 
     def _read_jsonl(self) -> Iterator[RawReading]:
         with self.path.open("rb") as handle:
