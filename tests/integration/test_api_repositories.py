@@ -1,0 +1,185 @@
+"""Contract tests of the API's ports: the in-memory fakes the unit tests use and the SQLAlchemy
+adapters on SQLite and PostgreSQL give the same answers, so the fakes stay true."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from tests.integration.conftest import empty_stream_tables
+
+from metrify.adapters.memory.api_queries import InMemoryFleetQueries
+from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
+from metrify.adapters.memory.users import InMemoryIngestKeyRepository, InMemoryMeterRegistry, InMemoryUserRepository
+from metrify.adapters.sqlalchemy import tables as t
+from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
+from metrify.adapters.sqlalchemy.engine import create_engine_for
+from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
+from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
+from metrify.adapters.sqlalchemy.users import SqlAlchemyIngestKeyRepository, SqlAlchemyUserRepository
+from metrify.adapters.system import SystemClock
+from metrify.application.errors import AlreadyExists
+from metrify.application.queries import Subjects, TimeRange
+from metrify.application.simulator import FleetProfile, fleet_rows, region_of
+from metrify.application.stream import StreamPipeline
+from metrify.domain.ingest_keys import IngestKey
+from metrify.domain.readings import Meter, RawReading
+from metrify.domain.stream.config import US, StreamConfig
+from metrify.domain.users import Role, Scope, User
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Ports:
+    users: Any
+    keys: Any
+    meters: Any
+    queries: Any
+    pipeline: StreamPipeline
+
+
+def memory_ports() -> Ports:
+    store = InMemoryStreamStore()
+    meters = InMemoryMeterRegistry()
+    pipeline = StreamPipeline(StreamConfig(), 2, lambda: InMemoryStreamUnitOfWork(store), SystemClock())
+    queries = InMemoryFleetQueries(store, meters)
+    return Ports(InMemoryUserRepository(), InMemoryIngestKeyRepository(), meters, queries, pipeline)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def ports(request: pytest.FixtureRequest) -> Iterator[Ports]:
+    if request.param == "memory":
+        yield memory_ports()
+        return
+    url = request.getfixturevalue("migrated_sqlite_url" if request.param == "sqlite" else "migrated_postgres_url")
+    empty_stream_tables(url)
+    engine = create_engine_for(url)
+    with engine.begin() as connection:
+        for table in (*t.API_TABLES, t.meters):
+            connection.execute(table.delete())
+    pipeline = StreamPipeline(StreamConfig(), 2, lambda: SqlAlchemyStreamUnitOfWork(engine), SystemClock())
+    yield Ports(
+        SqlAlchemyUserRepository(engine),
+        SqlAlchemyIngestKeyRepository(engine),
+        SqlAlchemyMeterRegistry(engine),
+        SqlAlchemyFleetQueries(engine),
+        pipeline,
+    )
+    engine.dispose()
+
+
+def user(n: int, role: Role = Role.USER, **kw: Any) -> User:
+    return User(f"id-{n}", f"user{n}@example.com", role, f"hash-{n}", created_at=n, **kw)
+
+
+def test_users_are_stored_found_changed_and_listed_alike(ports: Ports) -> None:
+    repo = ports.users
+    repo.add(user(1, Role.USER, meters=frozenset({"M1", "M2"})))
+    repo.add(user(2, Role.OPERATOR, regions=frozenset({"north"})))
+    repo.add(user(3, Role.ADMIN))
+    with pytest.raises(AlreadyExists):
+        repo.add(User("other", "user1@example.com", Role.ADMIN, "h"))
+    assert repo.get("id-1") == user(1, Role.USER, meters=frozenset({"M1", "M2"}))
+    assert repo.by_email("user2@example.com") == user(2, Role.OPERATOR, regions=frozenset({"north"}))
+    assert repo.get("nobody") is None and repo.by_email("nobody@example.com") is None
+    changed = repo.get("id-1").changed(role=Role.OPERATOR, regions=frozenset({"east", "west"}), active=False)
+    repo.save(changed)
+    assert repo.get("id-1") == changed
+    assert [u.email for u in repo.list(None, 2)] == ["user1@example.com", "user2@example.com"]
+    assert [u.email for u in repo.list("user2@example.com", 5)] == ["user3@example.com"]
+    assert repo.count_active_admins() == 1
+
+
+def test_ingest_keys_are_found_by_hash_and_revoked_alike(ports: Ports) -> None:
+    repo = ports.keys
+    scoped = IngestKey("k1", "gw", "h1", "mtk_ab", frozenset({"north", "south"}), False, "admin", 10)
+    everything = IngestKey("k2", "all", "h2", "mtk_cd", frozenset(), True, "admin", 20)
+    repo.add(everything)
+    repo.add(scoped)
+    assert repo.by_hash("h1") == scoped and repo.get("k2") == everything and repo.by_hash("nope") is None
+    repo.save(scoped.revoked(99))
+    assert repo.get("k1").revoked_at == 99 and not repo.get("k1").active
+    assert [k.key_id for k in repo.list()] == ["k1", "k2"]
+
+
+def test_the_meter_registry_lists_by_scope_and_registers_only_what_is_missing(ports: Ports) -> None:
+    registry = ports.meters
+    registry.add(Meter("A", "north", 1800), 1)
+    registry.add(Meter("B", "south"), 2)
+    registry.add(Meter("C", None), 3)
+    with pytest.raises(AlreadyExists):
+        registry.add(Meter("A", "east"), 4)
+    registry.register_missing({"A": "west", "D": "north", "E": None}, 5)
+    assert registry.get("A") == Meter("A", "north", 1800) and registry.get("D") == Meter("D", "north")
+    registry.save(Meter("B", "north", 900))
+    everything = Scope(everything=True)
+    assert [m.meter_id for m in registry.list(everything, None, None, 10)] == ["A", "B", "C", "D", "E"]
+    assert [m.meter_id for m in registry.list(everything, None, "B", 2)] == ["C", "D"]
+    assert [m.meter_id for m in registry.list(Scope(regions=frozenset({"north"})), None, None, 10)] == ["A", "B", "D"]
+    assert [m.meter_id for m in registry.list(Scope(meters=frozenset({"C", "Z"})), None, None, 10)] == ["C"]
+    assert [m.meter_id for m in registry.list(everything, "north", None, 10)] == ["A", "B", "D"]
+    assert registry.list(Scope(), None, None, 10) == []
+    assert registry.regions_of(["A", "C", "Z"]) == {"A": "north", "C": None}
+
+
+PROFILE = FleetProfile(meters=24, days=2, seed=5)
+
+
+def load_fleet(ports: Ports) -> None:
+    for index in range(PROFILE.meters):
+        ports.meters.add(Meter(f"MTR-{index:05d}", region_of(index, PROFILE)), 0)
+    rows = [RawReading(m, ts, kwh) for m, ts, kwh in fleet_rows(PROFILE)]
+    ports.pipeline.load()
+    for start in range(0, len(rows), 500):
+        ports.pipeline.process(rows[start : start + 500])
+
+
+def pages(fetch: Any, key: Any, size: int = 7) -> list:
+    """Every item, fetched a page of `size` at a time, each page after the previous page's last key."""
+    items, after = [], None
+    while True:
+        page = fetch(after, size)
+        items += page
+        if len(page) < size:
+            return items
+        after = key(page[-1])
+
+
+def read_side(ports: Ports) -> dict[str, Any]:
+    """Every query of the read side, with scopes, filters and pages, over the same fleet."""
+    load_fleet(ports)
+    q = ports.queries
+    day = 1_709_510_400 * US
+    when = TimeRange(day + 6 * 3600 * US, day + 30 * 3600 * US)
+    north = Subjects(Scope(regions=frozenset({"REGION-4"})))  # the meter silent for good is there
+    user = Subjects(Scope(meters=frozenset({"MTR-00003", "MTR-00007"})))
+    everyone = Subjects(Scope(everything=True))
+    late_key = lambda r: (r.meter_id, r.timestamp, r.partition, r.position)  # noqa: E731
+    gap_key = lambda g: (g.meter_id, g.missing_from)  # noqa: E731
+    arrival = lambda r: (r.partition, r.position)  # noqa: E731
+    return {
+        "readings": pages(lambda a, n: q.readings("MTR-00002", when, a, n), lambda r: r.timestamp),
+        "aggregates": pages(lambda a, n: q.aggregates("MTR-00002", 3600 * US, when, a, n), lambda w: w.window_start),
+        "region": pages(lambda a, n: q.region_aggregates("REGION-2", 3600 * US, when, a, n), lambda w: w.window_start),
+        "gaps": pages(lambda a, n: q.gaps(everyone, None, TimeRange(), a, n), gap_key),
+        "open gaps in north": pages(lambda a, n: q.gaps(north, "open", TimeRange(start=when.start), a, n), gap_key),
+        "late": pages(lambda a, n: q.too_late(everyone, TimeRange(), a, n), late_key),
+        "rejected": pages(lambda a, n: q.rejected(everyone, None, TimeRange(), a, n), arrival),
+        "duplicates of a user": pages(lambda a, n: q.rejected(user, "duplicate", TimeRange(), a, n), arrival),
+        "counts": q.rejected_counts(everyone, TimeRange()),
+        "counts in north": q.rejected_counts(north, when),
+        "summary": q.summary(),
+    }
+
+
+def test_the_read_side_gives_the_same_pages_as_the_fake(ports: Ports) -> None:
+    answers = read_side(ports)
+    assert answers["readings"] and answers["aggregates"] and answers["region"] and answers["gaps"]
+    assert answers["late"] and answers["rejected"] and answers["counts"] and answers["open gaps in north"]
+    assert all(w.meters == 6 for w in answers["region"][:-1])
+    expected = read_side(memory_ports())
+    for name, value in answers.items():
+        assert value == expected[name], name
