@@ -171,7 +171,7 @@ def _to_hypertable(table: str) -> None:
         _execute(f"ALTER TABLE {_q(table)} ADD CONSTRAINT {_q(f'pk_{table}')} PRIMARY KEY ({_cols(partitioned_key)})")
     _execute(
         f"SELECT create_hypertable('{table}', '{column}', chunk_time_interval => {CHUNK_US}::bigint, "
-        "migrate_data => true)"
+        "create_default_indexes => false, migrate_data => true)"  # the keys and indexes of 0002 serve
     )
     _execute(f"SELECT set_integer_now_func('{table}', 'metrify_now_us')")
     segment_by, order_by = COMPRESSION[table]
