@@ -8,7 +8,12 @@ the run stops after `--batches` batches or `--seconds`, whichever comes first. T
 limit is off (METRIFY_AUTH__INGEST_RATE_LIMIT=0): this measures the ingest path, not the limiter.
 Prints readings/s over the run, and p50/p99 of the time from sending a batch to its 202.
 
+With `--kafka` (METRIFY_KAFKA__BOOTSTRAP must name a broker) the API runs on the production ingest
+path instead: each batch only goes to the raw topic of a throw-away topic prefix, and `--workers N`
+uvicorn processes may serve it.
+
     python benchmarks/bench_api_ingest.py [--batches 200] [--batch 1000] [--seconds 60] [--clients 4]
+                                          [--kafka [--workers N]]
 
 Goal (issue 7): >= 50,000 readings/s with p99 < 50 ms per batch of 1,000.
 """
@@ -91,9 +96,9 @@ def prepare(env: dict[str, str]) -> str:
     return ""
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen:
     server = subprocess.Popen(
-        [sys.executable, "-m", "metrify", "api", "--port", str(port)],
+        [sys.executable, "-m", "metrify", "api", "--port", str(port), "--workers", str(workers)],
         env={**env, "METRIFY_LOG_LEVEL": "WARNING"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -174,7 +179,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=4, help="concurrent connections")
     parser.add_argument("--warmup", type=int, default=5, help="batches sent before the clock starts")
+    parser.add_argument("--kafka", action="store_true", help="production ingest: batches go to the raw topic")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn processes (more than 1 needs --kafka)")
     args = parser.parse_args()
+    bootstrap = os.environ.get("METRIFY_KAFKA__BOOTSTRAP", "")
+    if args.kafka and not bootstrap:
+        raise SystemExit('--kafka needs METRIFY_KAFKA__BOOTSTRAP (eval "$(bash scripts/services.sh up)")')
 
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), Python {platform.python_version()}")
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
@@ -191,9 +201,22 @@ def main() -> None:
             METRIFY_AUTH__INGEST_RATE_LIMIT="0",
             PYTHONPATH=str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", ""),
         )
+        if args.kafka:
+            env.update(
+                METRIFY_KAFKA__BOOTSTRAP=bootstrap,
+                METRIFY_KAFKA__TOPIC_PREFIX=f"bench-{os.getpid()}.",
+                METRIFY_AUTH__SECRET="benchmark-secret-0123456789abcdef0123",
+            )
+            subprocess.run(
+                [sys.executable, "-m", "metrify", "topics", "create", "--partitions", "4"], env=env, check=True
+            )
+        print(
+            f"ingest path: {'Kafka raw topic' if args.kafka else 'embedded stream pipeline into SQLite'}, "
+            f"{args.workers} API process(es)"
+        )
         prepare(env)
         port = free_port()
-        server = start_server(env, port)
+        server = start_server(env, port, args.workers)
         try:
             base = f"http://127.0.0.1:{port}"
             key = ingest_key(base)
@@ -202,6 +225,11 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
+            if args.kafka:
+                from metrify.adapters.kafka.admin import delete_topics
+                from metrify.adapters.kafka.clients import TopicNames
+
+                delete_topics(bootstrap, TopicNames(env["METRIFY_KAFKA__TOPIC_PREFIX"]))
     readings = len(latencies) * args.batch
     print(
         f"{len(latencies)} batches, {readings:,} readings ({accepted:,} accepted) in {wall:.2f} s: "

@@ -18,12 +18,15 @@ from tests.support.api import Api, Fakes, api_settings, memory_container, runnin
 
 from metrify.adapters.files.readers import reading_from_mapping
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
+from metrify.adapters.memory.users import InMemoryIngestKeyRepository
 from metrify.adapters.system import SystemClock
+from metrify.application.errors import AuthenticationFailed
+from metrify.application.ingest import KeyAdmin
 from metrify.application.serial import SerialPipeline
 from metrify.application.stream import StreamPipeline
 from metrify.domain.readings import Meter, RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
-from metrify.domain.users import Role
+from metrify.domain.users import Role, User
 from metrify.entrypoints.api.bodies import _reading, read_body
 from metrify.entrypoints.api.problems import ApiProblem
 from metrify.settings import ApiSettings
@@ -286,3 +289,27 @@ VALUES = st.one_of(st.none(), st.text(max_size=5), st.integers(), st.floats(allo
 def test_the_json_shortcut_reads_every_item_as_files_do(item: object) -> None:
     expected = reading_from_mapping(item) if isinstance(item, dict) else RawReading(None, None, None)
     assert _reading(item) == expected
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000_000_000
+
+    def now_us(self) -> int:
+        return self.now
+
+
+def test_a_key_revoked_elsewhere_stops_within_seconds_and_at_once_here() -> None:
+    clock = StepClock()
+    repo = InMemoryIngestKeyRepository()
+    here, elsewhere = KeyAdmin(repo, clock), KeyAdmin(repo, clock)
+    admin = User("a", "a@example.com", Role.ADMIN, "h")
+    key, token = here.create(admin, "gw", [], all_regions=True)
+    assert here.authenticate(token) == key and elsewhere.authenticate(token) == key
+    elsewhere.revoke(admin, key.key_id)
+    with pytest.raises(AuthenticationFailed):
+        elsewhere.authenticate(token)
+    assert here.authenticate(token) == key  # remembered for up to two seconds
+    clock.now += 2_000_001
+    with pytest.raises(AuthenticationFailed):
+        here.authenticate(token)

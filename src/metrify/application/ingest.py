@@ -48,11 +48,17 @@ class RawReadingProducer(Protocol):
 
 
 class KeyAdmin:
-    """ADMINs create, list and revoke ingest keys; the token is shown once, at creation."""
+    """ADMINs create, list and revoke ingest keys; the token is shown once, at creation.
 
-    def __init__(self, keys: IngestKeyRepository, clock: Clock) -> None:
+    A process remembers an active key for `remember_seconds` after looking it up (gateways post
+    many batches a second); a key revoked by this process stops at once, one revoked by another
+    API process within that time."""
+
+    def __init__(self, keys: IngestKeyRepository, clock: Clock, remember_seconds: float = 2.0) -> None:
         self.keys = keys
         self.clock = clock
+        self.remember_us = round(remember_seconds * 1_000_000)
+        self._known: dict[str, tuple[IngestKey, int]] = {}  # token hash -> (key, until)
 
     def create(self, actor: User, name: str, regions: Sequence[str], all_regions: bool) -> tuple[IngestKey, str]:
         actor.require(Role.ADMIN)
@@ -81,12 +87,24 @@ class KeyAdmin:
             raise NotFound(f"no ingest key {key_id!r}")
         revoked = key.revoked(self.clock.now_us())
         self.keys.save(revoked)
+        self._known.pop(key.key_hash, None)
         return revoked
 
     def authenticate(self, token: str) -> IngestKey:
-        key = self.keys.by_hash(hash_token(token.strip())) if token else None
-        if key is None or not key.active:
+        if not token:
             raise AuthenticationFailed("unknown or revoked ingest key")
+        digest = hash_token(token.strip())
+        now = self.clock.now_us()
+        known = self._known.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
+        key = self.keys.by_hash(digest)
+        if key is None or not key.active:
+            self._known.pop(digest, None)
+            raise AuthenticationFailed("unknown or revoked ingest key")
+        if len(self._known) >= 10_000:
+            self._known.clear()
+        self._known[digest] = (key, now + self.remember_us)
         return key
 
 

@@ -16,8 +16,10 @@ from metrify.domain.readings import RawReading
 
 
 class KafkaIngestProducer:
-    """The RawReadingProducer port over KafkaReadingPublisher; one batch at a time, so that a
-    delivery failure is reported to the request whose readings failed."""
+    """The RawReadingProducer port over KafkaReadingPublisher, shared by concurrent requests (their
+    waits for the broker overlap). A delivery failure while a batch is in flight fails that batch,
+    and possibly others in flight with it: a client's retry is then rejected as `duplicate` for
+    the readings that did arrive, never lost."""
 
     def __init__(self, container: Container, wait: float = 10.0) -> None:
         self.container = container
@@ -45,17 +47,17 @@ class KafkaIngestProducer:
     def produce(self, readings: Sequence[RawReading]) -> None:
         with self._lock:
             publisher = self._ready()
-            failed_before = publisher.failed
-            for reading in readings:
-                publisher.publish(reading)
-            waiting = publisher.producer.flush(self.wait)
-            if waiting:
-                raise Unavailable(
-                    f"Kafka has not taken {waiting} readings within {self.wait:.0f} s; they are still queued and "
-                    "may arrive (a repeat of the batch is then rejected as duplicate)"
-                )
-            if publisher.failed > failed_before:
-                raise Unavailable(f"Kafka refused {publisher.failed - failed_before} readings: {publisher.first_error}")
+        failed_before = publisher.failed
+        for reading in readings:
+            publisher.publish(reading)
+        waiting = publisher.producer.flush(self.wait)
+        if waiting:
+            raise Unavailable(
+                f"Kafka has not taken {waiting} readings within {self.wait:.0f} s; they are still queued and "
+                "may arrive (a repeat of the batch is then rejected as duplicate)"
+            )
+        if publisher.failed > failed_before:
+            raise Unavailable(f"Kafka refused {publisher.failed - failed_before} readings: {publisher.first_error}")
 
     def close(self) -> None:
         if self._publisher is not None:
