@@ -10,6 +10,9 @@ import jwt
 import pytest
 from tests.support.api import PASSWORD, SECRET, Api, Fakes, api_settings, memory_container, running_api
 
+from metrify.adapters.memory.bus import InMemoryCache
+from metrify.application.errors import RateLimited
+from metrify.application.rate_limits import RateLimit
 from metrify.domain.users import Role
 from metrify.settings import AuthSettings
 
@@ -154,3 +157,19 @@ def test_each_user_is_rate_limited_with_429_and_retry_after(api: Api) -> None:
     limited = api.client.get("/api/v1/auth/me", headers=headers)
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert api.client.get("/api/v1/auth/me", headers=api.headers(Role.ADMIN)).status_code == 200  # per user
+
+
+def test_a_rate_limit_window_opens_with_the_first_request_and_keeps_one_counter() -> None:
+    cache = InMemoryCache(clock=lambda: now[0] / 1e6)
+    now = [1_000_000_000]
+    limit = RateLimit(2, 60)
+    limit.check(cache, "u", now[0])
+    now[0] += 20_000_000
+    limit.check(cache, "u", now[0])
+    with pytest.raises(RateLimited) as refused:
+        limit.check(cache, "u", now[0] + 5_000_000)
+    assert refused.value.retry_after == 35
+    now[0] += 41_000_000  # the window has passed: a fresh one
+    limit.check(cache, "u", now[0])
+    assert len(cache._items) == 2  # the counter and its opening time, however many windows
+    RateLimit(0, 60).check(cache, "v", now[0])

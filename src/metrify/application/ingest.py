@@ -174,6 +174,8 @@ class Ingest:
                 report.too_late += 1
         if seen:
             self.meters.register_missing(seen, self.clock.now_us())
+            if len(self._registered) > 1_000_000:  # a memory of meters already registered, bounded
+                self._registered.clear()
             self._registered.update(seen)
         return report
 

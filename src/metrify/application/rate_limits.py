@@ -1,4 +1,9 @@
-"""Fixed-window rate limits over the Cache port (Redis in production, in-process embedded)."""
+"""Fixed-window rate limits over the Cache port (Redis in production, in-process embedded).
+
+A subject's window opens with its first request and lasts `window_seconds`; the counter is one
+cache key per subject that expires with its window, so counters never pile up however long the
+process runs. Its opening time is kept next to it, to tell a refused client when to come back.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +26,12 @@ class RateLimit:
         """Count one request of `subject`; raise RateLimited with the seconds left in the window when over."""
         if self.limit <= 0:
             return
-        window_us = round(self.window_seconds * US)
-        number, into = divmod(now_us, window_us)
-        count = cache.incr(f"rate:{subject}:{number}", self.window_seconds)
+        key = f"rate:{subject}"
+        count = cache.incr(key, self.window_seconds)
+        if count == 1:
+            cache.set(f"{key}:opened", str(now_us).encode(), self.window_seconds)
         if count > self.limit:
-            raise RateLimited(max(1, math.ceil((window_us - into) / US)))
+            opened = cache.get(f"{key}:opened")
+            window_us = round(self.window_seconds * US)
+            left = window_us - (now_us - int(opened)) if opened is not None else window_us
+            raise RateLimited(max(1, math.ceil(left / US)))
