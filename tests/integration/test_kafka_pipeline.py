@@ -212,6 +212,22 @@ class KafkaRun:
         sink_lag = sum(end - stored.get(key, 0) for key, end in ends.items())
         return worker_lag, sink_lag
 
+    def stored_readings(self) -> int:
+        engine = create_engine_for(self.database_url)
+        try:
+            with engine.connect() as connection:
+                if not sa.inspect(connection).has_table("readings"):
+                    return 0
+                return connection.execute(sa.text("SELECT count(*) FROM readings")).scalar_one()
+        finally:
+            engine.dispose()
+
+    def wait_stored(self, readings: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.stored_readings() < readings:
+            assert time.monotonic() < deadline, f"fewer than {readings} readings stored after {timeout}s"
+            time.sleep(0.2)
+
     def wait_settled(self, timeout: float = 240.0) -> None:
         """Until both lags are 0 on three checks in a row (the replay must have ended)."""
         deadline = time.monotonic() + timeout
@@ -318,10 +334,13 @@ def test_kafka_pipeline_rebalances_when_a_worker_joins_and_one_leaves(
     run.worker("w1")
     run.worker("w2")
     run.sink()
+    for name in ("w1", "w2", "sink"):
+        run.wait_ready(name)
     run.replay(paced=True)
     time.sleep(REPLAY_SECONDS / 3)
     run.worker("w3")
-    time.sleep(REPLAY_SECONDS / 3)
+    run.wait_ready("w3")  # it took partitions over, with their state
+    time.sleep(REPLAY_SECONDS / 4)
     assert run.stop("w1") == 0, run.log_of("w1")  # SIGTERM: drains, hands its partitions back
     _wait_replayed(run)
     run.wait_settled()
@@ -389,8 +408,10 @@ def test_kafka_pipeline_recovers_from_a_broker_restart_mid_stream(
         run.worker("w1")
         run.worker("w2")
         run.sink()
-        run.replay(paced=True)
-        time.sleep(REPLAY_SECONDS / 2)
+        for name in ("w1", "w2", "sink"):
+            run.wait_ready(name)
+        run.replay(paced=True, seconds=2 * REPLAY_SECONDS)
+        run.wait_stored(readings=500)  # mid-stream: workers and sink busy, most of the input still to come
         private_kafka.stop()
         time.sleep(3.0)
         private_kafka.start()

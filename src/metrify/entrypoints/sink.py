@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from metrify.adapters.kafka.admin import require_topics, wait_for_broker
+from metrify.adapters.kafka.admin import KafkaUnavailable, require_topics, wait_for_broker
 from metrify.adapters.kafka.clients import KafkaHealth
 from metrify.adapters.kafka.metrics import PrometheusSinkMetrics, serve
 from metrify.application.kafka_stream import OutcomeSink, RunTotals
 from metrify.application.stream import Backoff
 from metrify.container import Container
-from metrify.entrypoints.worker import _waiting, stop_on_signals
+from metrify.entrypoints.worker import Stopper, _waiting, stop_on_signals
 from metrify.settings import Settings
 
 log = logging.getLogger("metrify.sink")
@@ -32,29 +32,37 @@ class SinkOptions:
 
 
 def run_sink(settings: Settings, container: Container, options: SinkOptions) -> RunTotals:
-    names = container.kafka_topics()
-    admin = wait_for_broker(settings.kafka.bootstrap, on_wait=_waiting("sink start"))
-    require_topics(admin, names)
-    metrics = PrometheusSinkMetrics()
-    serve(metrics.registry, options.metrics_port)
+    with stop_on_signals(Stopper()) as stopper:
+        names = container.kafka_topics()
+        try:
+            admin = wait_for_broker(
+                settings.kafka.bootstrap, on_wait=_waiting("sink start", log), stopped=lambda: stopper.requested
+            )
+        except KafkaUnavailable:
+            if stopper.requested:
+                return RunTotals()
+            raise
+        require_topics(admin, names)
+        metrics = PrometheusSinkMetrics()
+        serve(metrics.registry, options.metrics_port)
 
-    def on_retry(attempt: int, delay: float, error: Exception) -> None:
-        metrics.store_retry()
-        log.warning("database unreachable (attempt %s), retrying in %.1fs: %s", attempt, delay, error)
+        def on_retry(attempt: int, delay: float, error: Exception) -> None:
+            metrics.store_retry()
+            log.warning("database unreachable (attempt %s), retrying in %.1fs: %s", attempt, delay, error)
 
-    health = KafkaHealth("sink", on_change=metrics.kafka_up.setter("sink"))
-    feed = container.kafka_outcome_feed(health=health, session_timeout=options.session_timeout)
-    sink = OutcomeSink(
-        feed,
-        container.sink_uow,
-        settings.kafka.sink_group_id,
-        metrics,
-        backoff=Backoff(on_retry=on_retry, cap=5.0),
-        max_batch=options.batch_size,
-        max_wait=options.batch_wait,
-    )
-    log.info("sink joining group %s on %s output topics", settings.kafka.sink_group_id, len(names.outputs))
-    with stop_on_signals(sink.stop):
+        health = KafkaHealth("sink", on_change=metrics.kafka_up.setter("sink"))
+        feed = container.kafka_outcome_feed(health=health, session_timeout=options.session_timeout)
+        sink = OutcomeSink(
+            feed,
+            container.sink_uow,
+            settings.kafka.sink_group_id,
+            metrics,
+            backoff=Backoff(on_retry=on_retry, cap=5.0),
+            max_batch=options.batch_size,
+            max_wait=options.batch_wait,
+        )
+        stopper.bind(sink.stop)
+        log.info("sink joining group %s on %s output topics", settings.kafka.sink_group_id, len(names.outputs))
         try:
             totals = sink.run(options.stop_when_idle)
         finally:

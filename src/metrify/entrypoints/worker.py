@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from metrify.adapters.kafka.admin import require_topics, wait_for_broker
+from metrify.adapters.kafka.admin import KafkaUnavailable, require_topics, wait_for_broker
 from metrify.adapters.kafka.clients import KafkaHealth
 from metrify.adapters.kafka.metrics import PrometheusWorkerMetrics, serve
 from metrify.application.kafka_stream import RunTotals, StreamWorker
@@ -37,17 +37,35 @@ class WorkerOptions:
     stop_when_idle: float | None = None
 
 
+class Stopper:
+    """SIGTERM / SIGINT: a flag from the first moment, then the running loop's stop()."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.target: Callable[[], None] | None = None
+
+    def stop(self) -> None:
+        self.requested = True
+        if self.target is not None:
+            self.target()
+
+    def bind(self, target: Callable[[], None]) -> None:
+        self.target = target
+        if self.requested:
+            target()
+
+
 @contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+def stop_on_signals(stopper: Stopper) -> Iterator[Stopper]:
     """SIGTERM and SIGINT ask the loop to stop after the batch in hand (a second one too)."""
 
     def handler(signum: int, _frame: object) -> None:
         log.info("%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name)
-        stop()
+        stopper.stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stopper
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -57,42 +75,52 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _waiting(what: str) -> Callable[[str, float], None]:
+def _waiting(what: str, logger: logging.Logger = log) -> Callable[[str, float], None]:
     def on_wait(reason: str, delay: float) -> None:
-        log.warning("%s: kafka unreachable (%s); retrying in %.1fs", what, reason, delay)
+        logger.warning("%s: kafka unreachable (%s); retrying in %.1fs", what, reason, delay)
 
     return on_wait
 
 
 def run_worker(settings: Settings, container: Container, options: WorkerOptions) -> RunTotals:
     """Join the group and process until stopped; returns what was done."""
-    names = container.kafka_topics()
-    bootstrap = settings.kafka.bootstrap
-    admin = wait_for_broker(bootstrap, on_wait=_waiting("worker start"))
-    partitions = require_topics(admin, names)
-    metrics = PrometheusWorkerMetrics()
-    serve(metrics.registry, options.metrics_port)
-    instance = options.instance_id or default_instance_id()
-    health = KafkaHealth(f"worker {instance}", on_change=metrics.kafka_up.setter("worker"))
-    stream_log = container.kafka_stream_log(
-        transactional_id=f"{names.prefix}{settings.kafka.group_id}.{instance}",
-        health=health,
-        session_timeout=options.session_timeout,
-        transaction_timeout=options.transaction_timeout,
-        instance=instance,
-    )
-    worker = StreamWorker(
-        settings.stream.to_config(),
-        stream_log,
-        container.clock(),
-        metrics,
-        max_batch=options.batch_size,
-        max_wait=options.batch_wait,
-    )
-    log.info(
-        "worker %s joining group %s on %s (%s partitions)", instance, settings.kafka.group_id, names.raw, partitions
-    )
-    with stop_on_signals(worker.stop):
+    with stop_on_signals(Stopper()) as stopper:
+        names = container.kafka_topics()
+        bootstrap = settings.kafka.bootstrap
+        try:
+            admin = wait_for_broker(bootstrap, on_wait=_waiting("worker start"), stopped=lambda: stopper.requested)
+        except KafkaUnavailable:
+            if stopper.requested:
+                return RunTotals()
+            raise
+        partitions = require_topics(admin, names)
+        metrics = PrometheusWorkerMetrics()
+        serve(metrics.registry, options.metrics_port)
+        instance = options.instance_id or default_instance_id()
+        health = KafkaHealth(f"worker {instance}", on_change=metrics.kafka_up.setter("worker"))
+        stream_log = container.kafka_stream_log(
+            transactional_id=f"{names.prefix}{settings.kafka.group_id}.{instance}",
+            health=health,
+            session_timeout=options.session_timeout,
+            transaction_timeout=options.transaction_timeout,
+            instance=instance,
+        )
+        worker = StreamWorker(
+            settings.stream.to_config(),
+            stream_log,
+            container.clock(),
+            metrics,
+            max_batch=options.batch_size,
+            max_wait=options.batch_wait,
+        )
+        stopper.bind(worker.stop)
+        log.info(
+            "worker %s joining group %s on %s (%s partitions)",
+            instance,
+            settings.kafka.group_id,
+            names.raw,
+            partitions,
+        )
         try:
             totals = worker.run(options.stop_when_idle)
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -62,8 +62,14 @@ def topic_partitions(admin: AdminClient, timeout: float = 10.0) -> dict[str, tup
     return out
 
 
-def wait_for_broker(bootstrap: str, timeout: float | None = None, on_wait=None) -> AdminClient:  # noqa: ANN001
-    """An admin client once the broker answers; retries with backoff (forever without timeout)."""
+def wait_for_broker(
+    bootstrap: str,
+    timeout: float | None = None,
+    on_wait: Callable[[str, float], None] | None = None,
+    stopped: Callable[[], bool] | None = None,
+) -> AdminClient:
+    """An admin client once the broker answers; retries with backoff (forever without timeout,
+    or until `stopped()` says so)."""
     admin = admin_client(bootstrap)
     started = time.monotonic()
     delay = 0.5
@@ -73,6 +79,8 @@ def wait_for_broker(bootstrap: str, timeout: float | None = None, on_wait=None) 
             return admin
         except KafkaUnavailable as exc:
             if timeout is not None and time.monotonic() - started >= timeout:
+                raise
+            if stopped is not None and stopped():
                 raise
             if on_wait is not None:
                 on_wait(str(exc), delay)

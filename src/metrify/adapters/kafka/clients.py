@@ -133,10 +133,10 @@ class KafkaHealth:
 def common_config(bootstrap: str, health: KafkaHealth | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
-        "reconnect.backoff.ms": 100,
+        "reconnect.backoff.ms": 250,
         "reconnect.backoff.max.ms": 5000,
         "logger": logging.getLogger("metrify.kafka.librdkafka"),  # librdkafka's own log, through ours
-        "log_level": 4,  # warnings and worse
+        "log_level": 3,  # errors only: a broker that is away is reported once, by KafkaHealth
     }
     if health is not None:
         config["error_cb"] = health.error
@@ -188,15 +188,6 @@ def transactional_producer_config(
         "partitioner": "murmur2_random",
         **extra,
     }
-
-
-def fatal_or_fenced(error: KafkaError) -> bool:
-    return error.fatal() or error.code() in (
-        KafkaError._FENCED,
-        KafkaError.PRODUCER_FENCED,
-        KafkaError.INVALID_PRODUCER_EPOCH,
-        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-    )
 
 
 def error_of(exc: BaseException) -> KafkaError | None:

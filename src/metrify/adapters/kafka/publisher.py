@@ -39,7 +39,7 @@ class KafkaReadingPublisher:
                     "delivery.report.only.error": True,
                     "queue.buffering.max.messages": 1_000_000,
                     "logger": logging.getLogger("metrify.kafka.librdkafka"),
-                    "log_level": 4,
+                    "log_level": 3,
                 },
             )
         )

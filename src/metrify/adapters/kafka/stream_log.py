@@ -11,6 +11,7 @@ commit fails and its transaction is aborted, so none of its writes become visibl
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -33,7 +34,6 @@ from metrify.adapters.kafka.clients import (
     common_config,
     consumer_config,
     error_of,
-    fatal_or_fenced,
     transactional_producer_config,
 )
 from metrify.application.kafka_stream import PartitionListener, PolledPartition, TransactionAborted
@@ -47,6 +47,33 @@ ENVELOPE_RECORDS = 500  # records per output message (a few tens of kB)
 
 class ProducerFenced(Exception):
     """Another worker runs with this worker's transactional id (the same --instance-id)."""
+
+
+class ProducerHung(Exception):
+    """A transactional call did not return in time (seen with librdkafka after a broker restart:
+    the call waits on the producer's main thread forever, whatever timeout it was given)."""
+
+
+def bounded(what: str, action: Callable[[], T], seconds: float) -> T:
+    """Run a blocking client call on a helper thread; ProducerHung if it has not returned in
+    `seconds` (the thread is abandoned: a daemon, blocked inside a producer we stop using)."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["result"] = action()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
+    if not done.wait(seconds):
+        raise ProducerHung(f"{what} did not return within {seconds:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 class KafkaStreamLog:
@@ -69,6 +96,9 @@ class KafkaStreamLog:
         self.health = health or KafkaHealth("worker")
         self.transactional_id = transactional_id
         self.transaction_timeout = transaction_timeout
+        self.call_timeout = 30.0  # a transactional call that has not returned by then is given up
+        self.fences: list[float] = []
+        self.retired: list[Producer] = []  # producers given up on: kept, never destroyed while stuck
         self.consumer = Consumer(consumer_config(bootstrap, group_id, self.health, session_timeout=session_timeout))
         self.restorer = Consumer(
             consumer_config(
@@ -85,7 +115,6 @@ class KafkaStreamLog:
         self.committed: dict[int, int] = {}
         self.in_transaction = False
         self.revoked_during_transaction = False
-        self.fences: list[float] = []
 
     # -- producer life cycle ---------------------------------------------------------------------
 
@@ -96,7 +125,12 @@ class KafkaStreamLog:
             )
         )
         # Aborts whatever an earlier process with this transactional id left open, and fences it.
-        self._retrying("init_transactions", lambda: producer.init_transactions(10.0))
+        try:
+            self._retrying("init_transactions", lambda: bounded("init_transactions", producer.init_transactions, 60.0))
+        except ProducerHung as exc:
+            log.warning("%s: starting another producer", exc)
+            self.retired.append(producer)
+            return self._new_producer()
         return producer
 
     def _retrying(self, what: str, action: Callable[[], T]) -> T:
@@ -116,22 +150,40 @@ class KafkaStreamLog:
                 delay = min(delay * 2, 5.0)
 
     def _transactional(self, what: str, action: Callable[[], T]) -> T:
-        """A transactional call: retriable errors retried, abortable ones abort the transaction,
-        fatal ones replace the producer; both of the latter raise TransactionAborted."""
+        """A transactional call. Any failure ends the transaction: abortable errors by aborting it,
+        anything else (timeouts while the broker is away, fatal errors, a failed abort) by
+        replacing the producer, whose init_transactions aborts the open transaction on the broker.
+        Either way TransactionAborted: the caller restores the partitions from the changelog, which
+        is right whatever the broker made of the transaction (committed or not)."""
         try:
-            return self._retrying(what, action)
+            result = bounded(what, action, self.call_timeout)
+        except ProducerHung as exc:
+            log.warning("%s: replacing the producer", exc)
+            self.in_transaction = False
+            self._replace_producer(hung=True)
+            raise TransactionAborted(str(exc)) from None
         except KafkaException as exc:
             error = error_of(exc)
             if error is None:
                 raise
-            self._recover(what, error)
+            log.warning("%s failed: %s", what, error.str())
+            self._end_transaction(what, error)
             raise TransactionAborted(f"{what}: {error.str()}") from None
+        self.health.ok()
+        return result
 
-    def _recover(self, what: str, error: KafkaError) -> None:
-        if fatal_or_fenced(error):
-            # A fatal error, or fenced: by the broker's transaction timeout (a long outage), or by
-            # another process with our transactional id. A new producer takes the id back; if that
-            # keeps happening, two workers share one --instance-id: stop instead of fencing forever.
+    def _end_transaction(self, what: str, error: KafkaError) -> None:
+        self.in_transaction = False
+        if error.txn_requires_abort() and not error.fatal():
+            try:
+                bounded("abort_transaction", lambda: self.producer.abort_transaction(20.0), self.call_timeout)
+                return
+            except (KafkaException, ProducerHung) as exc:
+                failed = error_of(exc)
+                log.warning("abort_transaction failed (%s): replacing the producer", failed.str() if failed else exc)
+        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
+            # Fenced: by the broker after a long outage, or by another process with our
+            # transactional id. If that keeps happening, two workers share one --instance-id.
             now = time.monotonic()
             self.fences = [t for t in self.fences if now - t < 60.0] + [now]
             if len(self.fences) >= 3:
@@ -139,24 +191,31 @@ class KafkaStreamLog:
                     f"{what}: {error.str()}: fenced 3 times in a minute; another worker probably uses the "
                     f"transactional id {self.transactional_id!r} (give each worker its own --instance-id)"
                 )
-            log.error("%s: fatal producer error (%s): starting a new producer", what, error.str())
-            self.in_transaction = False
-            self.producer = self._new_producer()
-            return
-        self._abort()
+        self._replace_producer()
+
+    def _replace_producer(self, hung: bool = False) -> None:
+        log.warning("starting a new transactional producer (%s)", self.transactional_id)
+        old = self.producer
+        if not hung:
+            try:
+                old.purge()
+            except KafkaException:
+                pass
+        self.retired.append(old)  # never destroyed on this path: that can block while the broker is away
+        del self.retired[:-3]
+        self.producer = self._new_producer()
 
     def _abort(self) -> None:
+        """Abort the open transaction, if any (used when partitions go during one)."""
         if not self.in_transaction:
             return
         self.in_transaction = False
         try:
-            self._retrying("abort_transaction", lambda: self.producer.abort_transaction(30.0))
-        except KafkaException as exc:
+            bounded("abort_transaction", lambda: self.producer.abort_transaction(20.0), self.call_timeout)
+        except (KafkaException, ProducerHung) as exc:
             error = error_of(exc)
-            if error is not None and fatal_or_fenced(error):
-                self._recover("abort_transaction", error)
-            else:
-                raise
+            log.warning("abort_transaction failed (%s): replacing the producer", error.str() if error else exc)
+            self._replace_producer(hung=isinstance(exc, ProducerHung))
 
     # -- group membership --------------------------------------------------------------------------
 
@@ -271,6 +330,8 @@ class KafkaStreamLog:
                     error.str() if error else exc,
                     delay,
                 )
+                # A fresh client: after a broker restart the old one may keep stale leader epochs.
+                self.admin = AdminClient(common_config(self.bootstrap))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -338,7 +399,8 @@ class KafkaStreamLog:
                 error = error_of(exc)
                 if error is None:
                     raise
-                self._recover("produce", error)
+                log.warning("produce failed: %s", error.str())
+                self._end_transaction("produce", error)
                 raise TransactionAborted(f"produce: {error.str()}") from None
 
     def write(self, partition: int, events: list[Any], state: PartitionState, inputs: int) -> None:
@@ -378,9 +440,9 @@ class KafkaStreamLog:
         positions = [TopicPartition(self.names.raw, p, o) for p, o in offsets.items()]
         self._transactional(
             "send_offsets_to_transaction",
-            lambda: self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 30.0),
+            lambda: self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 20.0),
         )
-        self._transactional("commit_transaction", lambda: self.producer.commit_transaction(60.0))
+        self._transactional("commit_transaction", lambda: self.producer.commit_transaction(20.0))
         self.in_transaction = False
         self.committed.update(offsets)
 
