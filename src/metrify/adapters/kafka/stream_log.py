@@ -96,7 +96,7 @@ class KafkaStreamLog:
         self.health = health or KafkaHealth("worker")
         self.transactional_id = transactional_id
         self.transaction_timeout = transaction_timeout
-        self.call_timeout = 30.0  # a transactional call that has not returned by then is given up
+        self.call_timeout = 15.0  # a transactional call that has not returned by then is given up
         self.fences: list[float] = []
         self.retired: list[Producer] = []  # producers given up on: kept, never destroyed while stuck
         self.consumer = Consumer(consumer_config(bootstrap, group_id, self.health, session_timeout=session_timeout))
@@ -126,7 +126,8 @@ class KafkaStreamLog:
         )
         # Aborts whatever an earlier process with this transactional id left open, and fences it.
         try:
-            self._retrying("init_transactions", lambda: bounded("init_transactions", producer.init_transactions, 60.0))
+            start = lambda: producer.init_transactions(10.0)  # noqa: E731
+            self._retrying("init_transactions", lambda: bounded("init_transactions", start, 15.0))
         except ProducerHung as exc:
             log.warning("%s: starting another producer", exc)
             self.retired.append(producer)
@@ -176,7 +177,7 @@ class KafkaStreamLog:
         self.in_transaction = False
         if error.txn_requires_abort() and not error.fatal():
             try:
-                bounded("abort_transaction", lambda: self.producer.abort_transaction(20.0), self.call_timeout)
+                bounded("abort_transaction", lambda: self.producer.abort_transaction(10.0), self.call_timeout)
                 return
             except (KafkaException, ProducerHung) as exc:
                 failed = error_of(exc)
@@ -211,7 +212,7 @@ class KafkaStreamLog:
             return
         self.in_transaction = False
         try:
-            bounded("abort_transaction", lambda: self.producer.abort_transaction(20.0), self.call_timeout)
+            bounded("abort_transaction", lambda: self.producer.abort_transaction(10.0), self.call_timeout)
         except (KafkaException, ProducerHung) as exc:
             error = error_of(exc)
             log.warning("abort_transaction failed (%s): replacing the producer", error.str() if error else exc)
@@ -440,9 +441,9 @@ class KafkaStreamLog:
         positions = [TopicPartition(self.names.raw, p, o) for p, o in offsets.items()]
         self._transactional(
             "send_offsets_to_transaction",
-            lambda: self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 20.0),
+            lambda: self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 10.0),
         )
-        self._transactional("commit_transaction", lambda: self.producer.commit_transaction(20.0))
+        self._transactional("commit_transaction", lambda: self.producer.commit_transaction(10.0))
         self.in_transaction = False
         self.committed.update(offsets)
 
