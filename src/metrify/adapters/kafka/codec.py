@@ -45,6 +45,7 @@ from metrify.domain.stream.events import (
 )
 
 HEADER_KEY = b""
+_NOT_ORJSON = object()
 _LONG_DIGITS = re.compile(rb"\d{19}")
 _STR_OR_NONE = (str, type(None))
 
@@ -97,9 +98,22 @@ def decode_raw(key: bytes | None, value: bytes | None, position: int) -> RawRead
     if value is None:
         return Malformed(_key_text(key), position, "the message has no value")
     try:
-        item = _loads_exact(value)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        return Malformed(_key_text(key), position, f"not JSON: {str(exc)[:120]}")
+        item = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        item = _NOT_ORJSON
+    if type(item) is dict and len(item) == 3:
+        # The common case, as `replay --to-kafka` and the ingest write it: three strings.
+        meter_id = item.get("meter_id", _NOT_ORJSON)
+        timestamp = item.get("timestamp", _NOT_ORJSON)
+        kwh = item.get("consumption_kwh", _NOT_ORJSON)
+        if type(meter_id) in _STR_OR_NONE and type(timestamp) in _STR_OR_NONE and type(kwh) in _STR_OR_NONE:
+            return RawReading(meter_id, timestamp, kwh, None, position)
+    if item is _NOT_ORJSON or _LONG_DIGITS.search(value) is not None:
+        # NaN, lone surrogates, or integers beyond 64 bits (orjson reads those as floats): exactly.
+        try:
+            item = json.loads(value)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return Malformed(_key_text(key), position, f"not JSON: {str(exc)[:120]}")
     if type(item) is not dict:
         return Malformed(_key_text(key), position, f"a JSON {type(item).__name__}, not an object")
     if len(item) == 3 and "meter_id" in item and "timestamp" in item and "consumption_kwh" in item:
@@ -152,22 +166,16 @@ def split_events(events: Iterable[Any]) -> dict[str, list[Any]]:
     return out
 
 
-def _as_list(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
 def encode_records(kind: str, events: list[Any]) -> bytes:
     """One envelope: the JSON array of records of one kind."""
+    if kind == REJECTED:  # raw values: exact (big integers, NaN) whatever they are
+        return _exact_dumps(events)
     if kind == GAPS:
         records: list[Any] = [(_GAP_NAMES[type(e)], *e) for e in events]
     else:
-        records = events
-    if kind == REJECTED:  # raw values: exact (big integers, NaN) whatever they are
-        return _exact_dumps(records)
+        records = list(map(tuple, events))  # orjson takes tuples, not their NamedTuple subclasses
     try:
-        return orjson.dumps(records, default=_as_list)
+        return orjson.dumps(records)
     except (orjson.JSONEncodeError, TypeError):
         return _exact_dumps(records)
 

@@ -38,6 +38,7 @@ from metrify.adapters.kafka.clients import (
 )
 from metrify.application.kafka_stream import PartitionListener, PolledPartition, TransactionAborted
 from metrify.application.ports import PartitionState
+from metrify.domain.readings import RawReading
 
 log = logging.getLogger("metrify.worker")
 T = TypeVar("T")
@@ -264,34 +265,34 @@ class KafkaStreamLog:
         messages = self.consumer.consume(max_records, timeout)
         if not messages:
             return {}
-        by_partition: dict[int, list[Any]] = {}
+        readings: dict[int, list[Any]] = {}
+        malformed: dict[int, list[Any]] = {}
+        last: dict[int, int] = {}
+        decode = codec.decode_raw
+        reading_type = RawReading
         for message in messages:
-            error = message.error()
-            if error is not None:
+            if message.error() is not None:
+                error = message.error()
                 if error.code() != KafkaError._PARTITION_EOF:
                     self.health.error(error)
                 continue
             number = message.partition()
-            bucket = by_partition.get(number)
-            if bucket is None:
-                by_partition[number] = [message]
-            else:
-                bucket.append(message)
-        out = {}
-        decode = codec.decode_raw
-        malformed_type = codec.Malformed
-        for number, bucket in by_partition.items():
-            readings = []
-            malformed = []
-            for message in bucket:
-                record = decode(message.key(), message.value(), message.offset())
-                if type(record) is malformed_type:
-                    malformed.append(record)
+            offset = message.offset()
+            record = decode(message.key(), message.value(), offset)
+            if type(record) is reading_type:
+                bucket = readings.get(number)
+                if bucket is None:
+                    readings[number] = [record]
                 else:
-                    readings.append(record)
-            out[number] = PolledPartition(readings, malformed, bucket[-1].offset() + 1)
+                    bucket.append(record)
+            else:
+                malformed.setdefault(number, []).append(record)
+            last[number] = offset
         self.health.ok()
-        return out
+        return {
+            number: PolledPartition(readings.get(number, []), malformed.get(number, []), offset + 1)
+            for number, offset in last.items()
+        }
 
     def lag(self) -> dict[int, int]:
         lags = {}
