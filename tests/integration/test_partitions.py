@@ -179,6 +179,10 @@ def test_the_cli_lists_creates_and_applies_retention(db: Db, tmp_path: Any) -> N
     assert "dropped" in done and "readings_p20200201" in done
     assert "readings_p20200201" not in db.months("readings")
     assert "nothing to drop" in metrify(["db", "retention"], env).stdout
+    maintained = metrify(["db", "maintain", "--dry-run"], env).stdout
+    assert "created 0 partition(s)" in maintained and "nothing to drop (dry run)" in maintained
+    sqlite = metrify_env(tmp_path / "lite")
+    assert "run `metrify db upgrade` first" in metrify(["db", "partitions"], sqlite, check=False).stderr
 
 
 def test_info_names_the_storage_features(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,6 +312,45 @@ def store_of(db: Db) -> Any:
         queries = db.queries
 
     return Store()
+
+
+# ------------------------------------------------------------------------------------- reorder
+
+
+def test_reorder_rewrites_a_month_that_is_over_in_meter_order_once(db: Db) -> None:
+    meters = [f"M{m:02d}" for m in range(20)]
+    may = at(2023, 5, 1)
+    batch: list[Any] = [reading(m, may + i * 1800 * US, i / 8) for i in range(96) for m in meters]  # as they arrive
+    batch += [WindowUpdated(m, HOUR, may + i * HOUR, 2, 0.5, 0.2, 0.3) for i in range(48) for m in meters]
+    db.write(batch)
+    before, listed = everything_of(db), [(p.name, p.lower, p.upper) for p in db.storage.partitions()]
+
+    assert db.storage.reorder(at(2023, 6, 1)) == []  # May is not over for a day yet
+    done = db.storage.reorder(at(2023, 6, 2))
+    assert sorted(p.name for p in done) == [
+        f"{PARTITION_SCHEMA}.aggregates_p20230501",
+        f"{PARTITION_SCHEMA}.readings_p20230501",
+    ]
+    stored = db.rows(f"SELECT meter_id, ts FROM ONLY {PARTITION_SCHEMA}.readings_p20230501 ORDER BY ctid")
+    assert stored == sorted(stored) and len(stored) == len(meters) * 96
+    assert everything_of(db) == before
+    assert [(p.name, p.lower, p.upper) for p in db.storage.partitions()] == listed
+    # the copy took the place of the month in every way: its key, its indexes, still writable
+    parents = db.rows(
+        "SELECT i.indexrelid::regclass::text, p.inhparent::regclass::text FROM pg_index i "
+        "JOIN pg_inherits p ON p.inhrelid = i.indexrelid "
+        f"WHERE i.indrelid = '{PARTITION_SCHEMA}.aggregates_p20230501'::regclass ORDER BY 1"
+    )
+    assert parents == [
+        (
+            f"{PARTITION_SCHEMA}.aggregates_p20230501_ordered_window_us_window_start_idx",
+            "ix_aggregates_window_us_window_start",
+        ),
+        (f"{PARTITION_SCHEMA}.aggregates_p20230501_pkey", "pk_aggregates"),
+    ]
+    db.write(batch + [reading("M99", may + HOUR)])
+    assert len(everything_of(db)["readings"]) == len(before["readings"]) + 1
+    assert db.storage.reorder(at(2023, 6, 2)) == []  # once
 
 
 # ------------------------------------------------------------------------------------ retention

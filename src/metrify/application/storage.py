@@ -80,6 +80,12 @@ class StorageMaintenance(Protocol):
         """Drop (or with dry_run only list) what is older than each table's cut-off."""
         ...
 
+    def reorder(self, now_us: int) -> list[PartitionInfo]:
+        """Rewrite the partitions of months that are over in key order (meter, then time), once, so
+        that reading one meter's history touches few pages; nothing where the database has no
+        partitions or orders them itself. Returns the partitions rewritten."""
+        ...
+
 
 @dataclass
 class MaintenanceReport:
@@ -88,6 +94,7 @@ class MaintenanceReport:
     dry_run: bool
     created: list[PartitionInfo] = field(default_factory=list)
     dropped: list[PartitionInfo] = field(default_factory=list)
+    reordered: list[PartitionInfo] = field(default_factory=list)
 
 
 def run_storage_maintenance(
@@ -96,13 +103,18 @@ def run_storage_maintenance(
     now_us: int,
     months_ahead: int | None = None,
     dry_run: bool = False,
+    reorder: bool = False,
 ) -> MaintenanceReport:
-    """The scheduled job: partitions ahead (when `months_ahead` is given), then retention. Creating
-    first moves any rows out of DEFAULT partitions into months of their own, which retention can
-    then drop whole. A dry run changes nothing and reports what retention would drop."""
+    """The scheduled job: partitions ahead (when `months_ahead` is given), then retention, then
+    (with `reorder`) the months that are over rewritten in key order. Creating first moves any
+    rows out of DEFAULT partitions into months of their own, which retention can then drop whole;
+    reordering last spends no work on months retention drops. A dry run changes nothing and
+    reports what retention would drop."""
     cutoffs = policy.cutoffs(now_us)
     report = MaintenanceReport(storage.layout(), cutoffs, dry_run)
     if months_ahead is not None and not dry_run:
         report.created = storage.create_ahead(months_ahead, now_us)
     report.dropped = storage.expire(cutoffs, dry_run)
+    if reorder and not dry_run:
+        report.reordered = storage.reorder(now_us)
     return report

@@ -147,6 +147,12 @@ def _print_created(created: Sequence[PartitionInfo]) -> None:
         console.print(f"  {p.name}  {_moment(p.lower)} .. {_moment(p.upper)}")
 
 
+def _print_reordered(reordered: Sequence[PartitionInfo]) -> None:
+    console.print(f"reordered {len(reordered)} partition(s)")
+    for p in reordered:
+        console.print(f"  {p.name}  {_moment(p.lower)} .. {_moment(p.upper)}")
+
+
 def _warn_default(storage: Any) -> None:
     waiting = [p for p in storage.partitions() if p.kind == "default" and p.rows]
     for p in waiting:
@@ -172,6 +178,14 @@ def db_partitions(
             "month with rows in a DEFAULT partition (the rows move there).",
         ),
     ] = None,
+    reorder: Annotated[
+        bool,
+        typer.Option(
+            "--reorder",
+            help="First rewrite the readings and aggregates of months that are over in meter order, once "
+            "(online; a meter's history then reads from a few pages).",
+        ),
+    ] = False,
     table: Annotated[str | None, typer.Option(help="Only this table (readings, rejected_readings, ...).")] = None,
 ) -> None:
     """List the time partitions of readings, rejected and too-late readings and aggregates."""
@@ -180,6 +194,8 @@ def db_partitions(
         if create_ahead is not None:
             created = _guarded(lambda: storage.create_ahead(create_ahead, _now_us()))
             _print_created(created)
+        if reorder:
+            _print_reordered(_guarded(lambda: storage.reorder(_now_us())))
         layout = _guarded(storage.layout)
         partitions = _guarded(storage.partitions)
     finally:
@@ -216,7 +232,8 @@ def db_retention(
 def db_maintain(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Create nothing, drop nothing; show the drops.")] = False,
 ) -> None:
-    """The scheduled job: partitions ahead (METRIFY_STORAGE__PARTITION_MONTHS_AHEAD), then retention."""
+    """The scheduled job: partitions ahead (METRIFY_STORAGE__PARTITION_MONTHS_AHEAD), retention, then
+    the months that are over rewritten in meter order (once each)."""
     from metrify.application.storage import run_storage_maintenance
 
     assert state.settings is not None
@@ -224,9 +241,13 @@ def db_maintain(
     storage = _storage()
     try:
         report = _guarded(
-            lambda: run_storage_maintenance(storage, _policy(), _now_us(), months_ahead=ahead, dry_run=dry_run)
+            lambda: run_storage_maintenance(
+                storage, _policy(), _now_us(), months_ahead=ahead, dry_run=dry_run, reorder=True
+            )
         )
         _print_created(report.created)
         _print_dropped(report)
+        if not dry_run:
+            _print_reordered(report.reordered)
     finally:
         storage.engine.dispose()
