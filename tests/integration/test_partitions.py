@@ -26,6 +26,7 @@ from metrify.adapters.sqlalchemy import (
 from metrify.adapters.sqlalchemy.partitions import (
     PARTITION_SCHEMA,
     SqlAlchemyStorageMaintenance,
+    StorageBusyError,
     ensure_partitions,
     month_bounds,
     to_us,
@@ -351,6 +352,23 @@ def test_reorder_rewrites_a_month_that_is_over_in_meter_order_once(db: Db) -> No
     db.write(batch + [reading("M99", may + HOUR)])
     assert len(everything_of(db)["readings"]) == len(before["readings"]) + 1
     assert db.storage.reorder(at(2023, 6, 2)) == []  # once
+
+
+def test_reorder_gives_way_to_long_queries_and_leaves_everything_as_it_was(db: Db) -> None:
+    db.write([reading(f"M{m}", at(2023, 5, 1) + i * 1800 * US) for i in range(10) for m in range(5)])
+    before = everything_of(db)
+    reader = db.engine.connect()
+    try:
+        reader.execute(sa.text("SELECT count(*) FROM readings"))  # a long export, say: holds the table
+        with pytest.raises(StorageBusyError):
+            SqlAlchemyStorageMaintenance(db.engine, lock_timeout=0.1).reorder(at(2023, 7, 1))
+    finally:
+        reader.rollback()
+        reader.close()
+    assert everything_of(db) == before
+    assert db.scalar("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_ordered%'") == 0
+    assert [p.name for p in db.storage.reorder(at(2023, 7, 1))] == [f"{PARTITION_SCHEMA}.readings_p20230501"]
+    assert everything_of(db) == before
 
 
 # ------------------------------------------------------------------------------------ retention

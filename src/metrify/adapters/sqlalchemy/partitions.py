@@ -290,6 +290,12 @@ def _is_lock_timeout(exc: BaseException) -> bool:
     return isinstance(getattr(exc, "orig", exc), psycopg.errors.LockNotAvailable)
 
 
+def _is_deadlock(exc: BaseException) -> bool:
+    import psycopg
+
+    return isinstance(getattr(exc, "orig", exc), psycopg.errors.DeadlockDetected)
+
+
 def _create_month_partitions(
     connection: sa.Connection, table: str, lower: int, upper: int, lock_timeout: float
 ) -> list[PartitionInfo]:
@@ -351,7 +357,7 @@ def _default_months(connection: sa.Connection, table: str, default: str) -> list
 class SqlAlchemyStorageMaintenance:
     """StorageMaintenance on PostgreSQL (native partitions or TimescaleDB) and SQLite."""
 
-    def __init__(self, engine: sa.Engine, lock_timeout: float = 10.0) -> None:
+    def __init__(self, engine: sa.Engine, lock_timeout: float = 3.0) -> None:
         self.engine = engine
         self.lock_timeout = lock_timeout
 
@@ -570,12 +576,14 @@ class SqlAlchemyStorageMaintenance:
                         connection.execute(sa.text(f"ALTER TABLE {_q(table)} DETACH PARTITION {old}"))
                     break
                 except sa.exc.DBAPIError as exc:
-                    if not _is_lock_timeout(exc):
+                    # A writer of this table waiting for the month we hold is a deadlock: let it go on.
+                    deadlock = _is_deadlock(exc)
+                    if not deadlock and not _is_lock_timeout(exc):
                         raise
-                    if attempt == DROP_ATTEMPTS:
+                    if deadlock or attempt == DROP_ATTEMPTS:
                         raise StorageBusyError(
                             f"could not swap {p.name} for its ordered copy: no lock on {table} (long-running "
-                            "queries?); try again"
+                            "queries, or a write into that month); try again"
                         ) from None
                     time.sleep(attempt)
             connection.execute(
