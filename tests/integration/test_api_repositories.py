@@ -182,4 +182,4 @@ def test_the_read_side_gives_the_same_pages_as_the_fake(ports: Ports) -> None:
     assert all(w.meters == 6 for w in answers["region"][:-1])
     expected = read_side(memory_ports())
     for name, value in answers.items():
-        assert value == expected[name], name
+        assert value == expected[name], (name, value, expected[name])
