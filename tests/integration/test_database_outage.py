@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from tests.integration.cli import export_all, metrify, metrify_env
 
 from metrify.adapters.files.writers import write_fleet_csv
+from metrify.adapters.sqlalchemy.engine import create_engine_for
 from metrify.application.simulator import FleetProfile
 
 pytestmark = pytest.mark.integration
@@ -57,6 +59,22 @@ class PrivatePostgres:
         self._run("stop")
 
 
+def _wait_for_committed_rows(url: str, replay: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the replay has committed its first batches: the outage must fall in its middle."""
+    engine = create_engine_for(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and replay.poll() is None:
+            with engine.connect() as connection:
+                done = connection.execute(sa.text("SELECT max(rows_done) FROM replay_progress")).scalar()
+            if done and done >= 1000:
+                return
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+    raise AssertionError("the replay committed nothing in time")
+
+
 @pytest.fixture
 def private_postgres():
     # Not under pytest's tmp folder: PostgreSQL runs as its own OS user, who cannot enter it.
@@ -90,7 +108,7 @@ def test_a_replay_waits_out_a_database_outage_and_ends_exactly_as_without_it(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(5)
+    _wait_for_committed_rows(private_postgres.url, replay)
     assert replay.poll() is None, "the replay ended before the outage"
     private_postgres.stop()
     time.sleep(OUTAGE_SECONDS)
