@@ -31,7 +31,7 @@ from metrify.domain.stream.grammar import (
     parse_timestamp,
     parse_timestamp_text,
 )
-from metrify.domain.stream.meter_state import MeterState, Partial
+from metrify.domain.stream.meter_state import WINDOW_KEYS, WINDOW_KEYS_LIMIT, MeterState, Partial, slots_in_window
 
 _NO_WATERMARK = -(1 << 62)  # W before any valid reading: below every real event time
 # Builds an event from a ready tuple without the NamedTuple's Python-level __new__ (hot path).
@@ -120,6 +120,9 @@ class PartitionStream:
         windows_spec = self._windows
         timestamps = TIMESTAMPS
         consumptions = CONSUMPTIONS
+        window_keys = WINDOW_KEYS
+        if len(window_keys) > WINDOW_KEYS_LIMIT:
+            window_keys.clear()
         max_event_time = self.max_event_time
         watermark = self.watermark
         late_from = watermark - lateness
@@ -197,6 +200,7 @@ class PartitionStream:
                 key = (number << 3) | index
                 partial = windows.get(key)
                 if partial is None:
+                    key = window_keys.setdefault(key, key)  # one int object per window, not per meter
                     windows[key] = partial = Partial(1, kwh, kwh, kwh)
                     end = number * size + size
                     if end > watermark:
@@ -353,6 +357,10 @@ class PartitionStream:
                                     (meter_id, size, start, partial.count, partial.total, partial.low, partial.high),
                                 )
                             )
+                            interval = state.interval  # type: ignore[union-attr]
+                            if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
+                                # Every slot filled: it cannot change again (see MeterState.prune).
+                                del state.windows[key]  # type: ignore[union-attr]
         dues = self._timer_dues
         if not dues or dues[0] > watermark:
             return

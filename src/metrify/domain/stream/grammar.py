@@ -117,11 +117,12 @@ def _parse_timestamp_text(text: str) -> int | None:
 def parse_timestamp_text(text: str) -> int | None:
     """`YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]`, surrounding whitespace ignored, UTC when
     no zone; the fraction is kept to the microsecond. A date or time that does not exist is None.
-    Valid texts are remembered in TIMESTAMPS (bounded): fleets send the same instants again and again."""
+    Texts of whole seconds are remembered in TIMESTAMPS (bounded): fleets send the same instants
+    again and again (every meter at :00 and :30), while sub-second clock jitter never repeats."""
     value = TIMESTAMPS.get(text)
     if value is None:
         value = _parse_timestamp_text(text)
-        if value is not None:
+        if value is not None and value % 1_000_000 == 0:
             if len(TIMESTAMPS) >= _CACHE_LIMIT:
                 TIMESTAMPS.clear()
             TIMESTAMPS[text] = value

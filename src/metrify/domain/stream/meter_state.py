@@ -19,6 +19,11 @@ class Partial:
         self.high = high
 
 
+# Window keys, one int object per window for all meters (a process-wide memo, cleared when large).
+WINDOW_KEYS: dict[int, int] = {}
+WINDOW_KEYS_LIMIT = 1 << 16
+
+
 def slots_in_window(start: int, size: int, interval: int) -> int:
     """How many slots (multiples of the interval) the window [start, start + size) holds."""
     return (-start) // interval - (-(start + size)) // interval
@@ -94,8 +99,12 @@ class MeterState:
                 size = sizes[key & 7]
                 start = (key >> 3) * size
                 end = start + size
-                if end <= horizon or (end <= watermark and partial.count == slots_in_window(start, size, interval)):
+                if end <= horizon:
                     done.append(key)
+                elif end <= watermark:
+                    # A window no longer than the interval holds one slot at most.
+                    if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
+                        done.append(key)
             for key in done:
                 del windows[key]
 
@@ -113,8 +122,16 @@ class MeterState:
         gaps, windows = data[5], data[6]
         if gaps:
             state.gaps = {gaps[i]: gaps[i + 1] for i in range(0, len(gaps), 2)}
-        state.windows = {
-            windows[i]: Partial(windows[i + 1], windows[i + 2], windows[i + 3], windows[i + 4])
-            for i in range(0, len(windows), 5)
-        }
+        keys = WINDOW_KEYS
+        for i in range(0, len(windows), 5):
+            total, low, high = windows[i + 2], windows[i + 3], windows[i + 4]
+            # One float object for equal values, as a running aggregate shares them.
+            if low == total:
+                low = total
+            if high == total:
+                high = total
+            elif high == low:
+                high = low
+            key = windows[i]
+            state.windows[keys.setdefault(key, key)] = Partial(windows[i + 1], total, low, high)
         return state
