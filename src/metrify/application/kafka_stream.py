@@ -139,6 +139,23 @@ class RunTotals:
     aborted: int = 0
     first_record_at: float | None = None
     last_commit_at: float | None = None
+    first_record_cpu: float | None = None  # process CPU time (all threads), same two moments
+    last_commit_cpu: float | None = None
+
+    def started(self, now: float) -> None:
+        if self.first_record_at is None:
+            self.first_record_at = now
+            self.first_record_cpu = time.process_time()
+
+    def committed(self) -> None:
+        self.last_commit_at = time.monotonic()
+        self.last_commit_cpu = time.process_time()
+
+    @property
+    def busy_cpu_seconds(self) -> float:
+        if self.first_record_cpu is None or self.last_commit_cpu is None:
+            return 0.0
+        return max(self.last_commit_cpu - self.first_record_cpu, 0.0)
 
     @property
     def busy_seconds(self) -> float:
@@ -247,8 +264,7 @@ class StreamWorker:
             self.metrics.lag(self.log.lag())
         if not polled:
             return 0
-        if self.totals.first_record_at is None:
-            self.totals.first_record_at = now_mono
+        self.totals.started(now_mono)
         work = []
         for partition, batch in polled.items():
             core = self.cores.get(partition)
@@ -298,7 +314,7 @@ class StreamWorker:
         self.expected.update(offsets)
         self.totals.records += count
         self.totals.batches += 1
-        self.totals.last_commit_at = time.monotonic()
+        self.totals.committed()
         self.metrics.batch_done(count, time.perf_counter() - started)
         return count
 
@@ -491,8 +507,8 @@ class OutcomeSink:
                     moves[source] = end
         if not moves:
             return 0
-        if messages and self.totals.first_record_at is None:
-            self.totals.first_record_at = now_mono
+        if messages:
+            self.totals.started(now_mono)
         started = time.perf_counter()
         transitions = {source: (expected[source], new) for source, new in moves.items()}
 
@@ -515,7 +531,7 @@ class OutcomeSink:
         self.feed.acknowledge(moves)
         self.totals.records += len(events)
         self.totals.batches += 1
-        self.totals.last_commit_at = time.monotonic()
+        self.totals.committed()
         self.metrics.batch_done(messages, len(events), time.perf_counter() - started)
         return messages or 1
 

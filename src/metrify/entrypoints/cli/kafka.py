@@ -240,6 +240,7 @@ def worker(
         "batches": totals.batches,
         "aborted": totals.aborted,
         "busy_seconds": round(totals.busy_seconds, 3),
+        "busy_cpu_seconds": round(totals.busy_cpu_seconds, 3),
         "readings_per_second": round(totals.rate, 1),
     }
     print(orjson.dumps({"worker": summary}).decode())
