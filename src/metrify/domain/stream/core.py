@@ -193,15 +193,20 @@ class PartitionStream:
                     self._advance(watermark, events)
                 continue
             emit(_new(ReadingAccepted, (meter_id, t, slot, kwh, status, partition, raw[3])))
-            # Tumbling windows by slot (§3.6), inline: one dict look-up per window.
+            # Tumbling windows by slot (§3.6), inline.
             windows = state.windows
             for index, size, closing, ends in windows_spec:
                 number = slot // size
                 key = (number << 3) | index
-                partial = windows.get(key)
+                partial: Partial | None = None
+                for candidate in windows:
+                    if candidate.key == key:
+                        partial = candidate
+                        break
                 if partial is None:
                     key = window_keys.setdefault(key, key)  # one int object per window, not per meter
-                    windows[key] = partial = Partial(1, kwh, kwh, kwh)
+                    partial = Partial(key, 1, kwh, kwh, kwh)
+                    windows.append(partial)
                     end = number * size + size
                     if end > watermark:
                         bucket = closing.get(end)
@@ -349,18 +354,30 @@ class PartitionStream:
                     key = ((end // size - 1) << 3) | index
                     for meter_id in closing.pop(end):
                         state = meters.get(meter_id)
-                        partial = state.windows.get(key) if state is not None else None
-                        if partial is not None:
-                            events.append(
-                                _new(
-                                    WindowUpdated,
-                                    (meter_id, size, start, partial.count, partial.total, partial.low, partial.high),
+                        if state is None:
+                            continue
+                        windows = state.windows
+                        for position, partial in enumerate(windows):
+                            if partial.key == key:
+                                events.append(
+                                    _new(
+                                        WindowUpdated,
+                                        (
+                                            meter_id,
+                                            size,
+                                            start,
+                                            partial.count,
+                                            partial.total,
+                                            partial.low,
+                                            partial.high,
+                                        ),
+                                    )
                                 )
-                            )
-                            interval = state.interval  # type: ignore[union-attr]
-                            if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
-                                # Every slot filled: it cannot change again (see MeterState.prune).
-                                del state.windows[key]  # type: ignore[union-attr]
+                                interval = state.interval
+                                if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
+                                    # Every slot filled: it cannot change again (see MeterState.prune).
+                                    del windows[position]
+                                break
         dues = self._timer_dues
         if not dues or dues[0] > watermark:
             return
@@ -422,7 +439,8 @@ class PartitionStream:
         for meter_id, state in self.meters.items():
             if state.last is not None:
                 self._set_timer(state.last + (state.open_count + 1) * state.interval + grace, meter_id)
-            for key in state.windows:
+            for partial in state.windows:
+                key = partial.key
                 index = key & 7
                 end = ((key >> 3) + 1) * sizes[index]
                 if end > watermark:

@@ -8,11 +8,13 @@ from metrify.domain.stream.config import StreamConfig
 
 
 class Partial:
-    """A tumbling window's running aggregate: count, sum, min and max of its readings' kWh."""
+    """A tumbling window's running aggregate: count, sum, min and max of its readings' kWh, under
+    its key (`window number << 3 | window index`, number = start // size)."""
 
-    __slots__ = ("count", "total", "low", "high")
+    __slots__ = ("key", "count", "total", "low", "high")
 
-    def __init__(self, count: int, total: float, low: float, high: float) -> None:
+    def __init__(self, key: int, count: int, total: float, low: float, high: float) -> None:
+        self.key = key
         self.count = count
         self.total = total
         self.low = low
@@ -32,8 +34,8 @@ def slots_in_window(start: int, size: int, interval: int) -> int:
 class MeterState:
     """Filled slots as a bit mask counted back from the last filled slot (bit k = slot
     `last - k*interval`), the closed gaps still in reach, the open gap's length, and the window
-    partials that can still change, keyed by `window number << 3 | window index` (number =
-    start // size). Slots, gaps and windows at or before W - L - I are final and dropped."""
+    partials that can still change: a short list (three or four), searched by key, which costs a
+    third of a dict's memory. Slots, gaps and windows at or before W - L - I are final and dropped."""
 
     __slots__ = ("interval", "first", "last", "mask", "open_count", "gaps", "windows")
 
@@ -44,7 +46,7 @@ class MeterState:
         self.mask = 0
         self.open_count = 0  # slots in the open gap, which starts at last + interval
         self.gaps: dict[int, int] | None = None  # closed gaps: missing_from -> missing_to
-        self.windows: dict[int, Partial] = {}
+        self.windows: list[Partial] = []
 
     def shift_to(self, slot: int, reach: int) -> None:
         """Make `slot` the last filled slot, keeping only the bits a valid reading can reach:
@@ -83,7 +85,7 @@ class MeterState:
         interval = self.interval
         horizon = watermark - config.allowed_lateness - interval
         if self.last is not None and watermark - self.last > config.state_ttl:
-            self.windows = {}
+            self.windows = []
             self.gaps = None
             self.mask = 1
             return
@@ -94,25 +96,34 @@ class MeterState:
         windows = self.windows
         if windows:
             sizes = config.windows
-            done: list[int] = []
-            for key, partial in windows.items():
+            kept: list[Partial] = []
+            for partial in windows:
+                key = partial.key
                 size = sizes[key & 7]
                 start = (key >> 3) * size
                 end = start + size
                 if end <= horizon:
-                    done.append(key)
-                elif end <= watermark:
-                    # A window no longer than the interval holds one slot at most.
-                    if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
-                        done.append(key)
-            for key in done:
-                del windows[key]
+                    continue
+                # A window no longer than the interval holds one slot at most.
+                if end <= watermark and partial.count == (
+                    1 if size <= interval else slots_in_window(start, size, interval)
+                ):
+                    continue
+                kept.append(partial)
+            if len(kept) < len(windows):
+                self.windows = kept
+
+    def window(self, key: int) -> Partial | None:
+        for partial in self.windows:
+            if partial.key == key:
+                return partial
+        return None
 
     def to_data(self) -> list[Any]:
         gaps = [value for pair in self.gaps.items() for value in pair] if self.gaps else []
         windows: list[Any] = []
-        for key, p in self.windows.items():
-            windows += (key, p.count, p.total, p.low, p.high)
+        for p in self.windows:
+            windows += (p.key, p.count, p.total, p.low, p.high)
         return [self.interval, self.first, self.last, self.mask, self.open_count, gaps, windows]
 
     @classmethod
@@ -133,5 +144,5 @@ class MeterState:
             elif high == low:
                 high = low
             key = windows[i]
-            state.windows[keys.setdefault(key, key)] = Partial(windows[i + 1], total, low, high)
+            state.windows.append(Partial(keys.setdefault(key, key), windows[i + 1], total, low, high))
         return state
