@@ -307,7 +307,9 @@ def _create_month_partitions(
         _set_lock_timeout(connection, lock_timeout)
         _advisory_lock(connection, table)  # one creator per table at a time, in any process
         existing = _native_partitions(connection, table)  # read again, under the lock
-        taken = [(p.lower, p.upper) for p in existing if p.kind == "month" and p.lower is not None and p.upper]
+        taken = [
+            (p.lower, p.upper) for p in existing if p.kind == "month" and p.lower is not None and p.upper is not None
+        ]
         default = next((p.name for p in existing if p.kind == "default"), None)
         for a, b in free_ranges(lower, upper, taken):  # type: ignore[arg-type]
             moment = from_us(a)
