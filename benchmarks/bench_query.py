@@ -194,21 +194,29 @@ def load(url: str, meters: int, days: int, workers: int) -> dict[str, float]:
     return timings
 
 
-def server_cpu(engine: sa.Engine) -> float:
-    """CPU seconds used so far by the server backends of this database (a server on this machine;
-    0 elsewhere): with the client's own CPU time, what a query costs whatever else runs here."""
+def server_cpu(engine: sa.Engine) -> dict[int, float]:
+    """CPU seconds used so far by each client backend of this database (a server on this machine;
+    nothing elsewhere): with the client's own CPU time, what a query costs whatever else runs here."""
     with engine.connect() as connection:
         pids = connection.execute(
-            sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            sa.text(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE datname = current_database() AND backend_type = 'client backend'"
+            )
         ).scalars()
-        ticks = 0
+        used = {}
         for pid in pids:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return used
+
+
+def server_cpu_since(engine: sa.Engine, before: dict[int, float]) -> float:
+    """CPU seconds the client backends used since `before` (a backend started since counts whole)."""
+    return sum(used - before.get(pid, 0.0) for pid, used in server_cpu(engine).items())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -245,7 +253,7 @@ def measure(url: str, meters: int, days: int, queries: int, span_days: int, seed
                 rows.append(query(meter, t))
                 times.append((time.perf_counter() - t0) * 1000)
             client = (time.process_time() - cpu0) * 1000 / len(picks)
-            server = (server_cpu(engine) - server0) * 1000 / len(picks)
+            server = server_cpu_since(engine, server0) * 1000 / len(picks)
             print(
                 f"    {name:24s} rows/query {statistics.mean(rows):5.0f}   p50 {percentile(times, 50):6.1f} ms   "
                 f"p99 {percentile(times, 99):6.1f} ms   max {max(times):6.1f} ms   "
@@ -327,6 +335,19 @@ def main() -> None:
         else:
             print("reusing the database loaded before")
         volume(url)
+        if not fresh:
+            engine = create_engine_for(url)
+            with engine.connect() as connection:
+                ordered = connection.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_inherits i WHERE i.inhparent = 'readings'::regclass "
+                        "AND obj_description(i.inhrelid, 'pg_class') IS NOT NULL"
+                    )
+                ).scalar()
+            engine.dispose()
+            print(f"\nthe database as it was left ({ordered} month partitions of readings reordered):")
+            measure(url, meters, args.days, args.queries, args.span_days, args.seed + 2)
+            return
         print("\nas ingested (each meter's rows spread over its months, one page per reading):")
         measure(url, meters, args.days, args.queries, args.span_days, args.seed)
         if not args.no_reorder:
