@@ -21,11 +21,13 @@ import argparse
 import os
 import platform
 import random
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -135,6 +137,34 @@ def wait_for(log: Path, text: str, timeout: float = 120.0) -> None:
     raise SystemExit(f"timed out waiting for {text!r} in {log}:\n{log.read_text(errors='replace')[-2000:]}")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def batch_figures(port: int, name: str) -> str:
+    """Mean and histogram-estimated p99 of a process's batch time, from its /metrics."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError as exc:
+        return f"{name}: metrics unavailable ({exc})"
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1])))
+        elif line.startswith(f"{name}_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    if not count:
+        return f"{name}: no batches"
+    p99 = next((bound for bound, seen in buckets if seen >= 0.99 * count), float("inf"))
+    return f"{name}: {int(count)} batches, mean {total / count * 1000:.0f} ms, p99 <= {p99 * 1000:.0f} ms"
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -174,8 +204,9 @@ def main() -> None:
     )
     processes = []
     try:
-        processes.append(start(["worker", "--metrics-port", "0"], env, work / "worker.log"))
-        processes.append(start(["sink", "--metrics-port", "0"], env, work / "sink.log"))
+        worker_port, sink_port = free_port(), free_port()
+        processes.append(start(["worker", "--metrics-port", str(worker_port)], env, work / "worker.log"))
+        processes.append(start(["sink", "--metrics-port", str(sink_port)], env, work / "sink.log"))
         wait_for(work / "worker.log", "restored from the changelog")
         wait_for(work / "sink.log", "output partitions from the offsets")
         print(
@@ -220,6 +251,8 @@ def main() -> None:
             f"p99 {percentile(latencies, 0.99):.0f} ms, max {max(latencies):.0f} ms, "
             f"mean {statistics.fmean(latencies):.0f} ms"
         )
+        print(batch_figures(worker_port, "metrify_worker_batch_seconds"), "(process + transaction)")
+        print(batch_figures(sink_port, "metrify_sink_batch_seconds"), "(database transaction)")
         print("goal: p99 < 500 ms at 5,000 readings/s")
     finally:
         for process in processes:

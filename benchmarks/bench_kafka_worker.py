@@ -1,7 +1,7 @@
 """How fast ONE `metrify worker` process runs the stream on Kafka, exactly-once, and how that
 compares with the same pipeline written with Quix Streams 3 on the same topic data.
 
-The simulator's fleet (1,000 meters x 5 days of half-hourly readings by default, with its late,
+The simulator's fleet (1,000 meters x 3 days of half-hourly readings by default, with its late,
 duplicate and invalid rows) is produced to a fresh raw topic first (not timed). Then one worker
 process (`metrify worker --stop-when-idle`) processes it all: the figure is readings / (last
 committed transaction - first record consumed), as the worker itself reports. Then the Quix
@@ -10,7 +10,7 @@ older confluent-kafka) runs on the same raw topic and is timed the same way. Bro
 topics get a fresh prefix and are deleted afterwards.
 
     eval "$(bash scripts/services.sh up)"
-    python benchmarks/bench_kafka_worker.py [--meters 1000] [--days 5] [--partitions 4]
+    python benchmarks/bench_kafka_worker.py [--meters 1000] [--days 3] [--partitions 4]
         [--batch-size 10000] [--quix-python PATH | --no-quix]
 
 Without --quix-python it uses .cache/bench-quix-venv (created with `pip install quixstreams>=3,<4`
@@ -165,7 +165,7 @@ def quix_cleanup(bootstrap: str, prefix: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--meters", type=int, default=1000)
-    parser.add_argument("--days", type=int, default=5)
+    parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--quix-python", default=None)

@@ -167,6 +167,7 @@ def consumer_config(
         "heartbeat.interval.ms": max(500, int(session_timeout * 1000) // 5),
         "enable.partition.eof": eof,
         "allow.auto.create.topics": False,
+        "fetch.wait.max.ms": 100,  # an idle fetch comes back soon: new data is never far off
         **extra,
     }
 
@@ -188,6 +189,19 @@ def transactional_producer_config(
         "partitioner": "murmur2_random",
         **extra,
     }
+
+
+def take_batch(consumer: Any, max_messages: int, timeout: float) -> list[Any]:
+    """What is queued now, up to `max_messages`, without waiting to fill the batch; only when
+    nothing is queued, wait up to `timeout` for the first message. Batches grow by themselves
+    while the previous one is processed and committed, and nothing is held back for company."""
+    messages = consumer.consume(max_messages, 0)
+    if messages:
+        return messages
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
 def error_of(exc: BaseException) -> KafkaError | None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from metrify.adapters.kafka import codec
-from metrify.adapters.kafka.clients import KafkaHealth, TopicNames, consumer_config
+from metrify.adapters.kafka.clients import KafkaHealth, TopicNames, consumer_config, take_batch
 from metrify.application.kafka_stream import FeedBatch, FeedMessage, Source, SourceListener
 
 log = logging.getLogger("metrify.sink")
@@ -84,7 +84,7 @@ class KafkaOutcomeFeed:
     def poll(self, max_messages: int, timeout: float) -> FeedBatch:
         messages: list[FeedMessage] = []
         ends: dict[Source, int] = {}
-        batch = self.consumer.consume(max_messages, timeout)
+        batch = take_batch(self.consumer, max_messages, timeout)
         kinds = self.kinds
         for message in batch:
             error = message.error()

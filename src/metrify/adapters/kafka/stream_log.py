@@ -11,6 +11,7 @@ commit fails and its transaction is aborted, so none of its writes become visibl
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from metrify.adapters.kafka.clients import (
     common_config,
     consumer_config,
     error_of,
+    take_batch,
     transactional_producer_config,
 )
 from metrify.application.kafka_stream import PartitionListener, PolledPartition, TransactionAborted
@@ -55,26 +57,57 @@ class ProducerHung(Exception):
     the call waits on the producer's main thread forever, whatever timeout it was given)."""
 
 
+class _Caller:
+    """One long-lived helper thread that runs blocking client calls for the main thread, so that
+    the main thread can give up on a call that never returns (the helper is then abandoned: a
+    daemon, blocked inside a producer nobody uses any more, and a new helper takes over)."""
+
+    def __init__(self) -> None:
+        self.requests: queue.SimpleQueue[tuple[Callable[[], Any], dict[str, Any], threading.Event]] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._serve, name="kafka-calls", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            action, box, done = self.requests.get()
+            try:
+                box["result"] = action()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+    def call(self, action: Callable[[], T], seconds: float) -> T | _Pending:
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self.requests.put((action, box, done))
+        if not done.wait(seconds):
+            return _PENDING
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+
+class _Pending:
+    pass
+
+
+_PENDING = _Pending()
+_caller: _Caller | None = None
+
+
 def bounded(what: str, action: Callable[[], T], seconds: float) -> T:
-    """Run a blocking client call on a helper thread; ProducerHung if it has not returned in
-    `seconds` (the thread is abandoned: a daemon, blocked inside a producer we stop using)."""
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            box["result"] = action()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
-    if not done.wait(seconds):
+    """Run a blocking client call on the helper thread; ProducerHung if it has not returned in
+    `seconds`."""
+    global _caller
+    if _caller is None:
+        _caller = _Caller()
+    result = _caller.call(action, seconds)
+    if result is _PENDING:
+        _caller = None  # that helper is stuck for good: the next call gets a new one
         raise ProducerHung(f"{what} did not return within {seconds:.0f}s")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    return result  # type: ignore[return-value]
 
 
 class KafkaStreamLog:
@@ -151,14 +184,14 @@ class KafkaStreamLog:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _transactional(self, what: str, action: Callable[[], T]) -> T:
+    def _transactional(self, what: str, action: Callable[[], T], direct: bool = False) -> T:
         """A transactional call. Any failure ends the transaction: abortable errors by aborting it,
         anything else (timeouts while the broker is away, fatal errors, a failed abort) by
         replacing the producer, whose init_transactions aborts the open transaction on the broker.
         Either way TransactionAborted: the caller restores the partitions from the changelog, which
         is right whatever the broker made of the transaction (committed or not)."""
         try:
-            result = bounded(what, action, self.call_timeout)
+            result = action() if direct else bounded(what, action, self.call_timeout)
         except ProducerHung as exc:
             log.warning("%s: replacing the producer", exc)
             self.in_transaction = False
@@ -262,7 +295,7 @@ class KafkaStreamLog:
     # -- reading ---------------------------------------------------------------------------------------
 
     def poll(self, max_records: int, timeout: float) -> dict[int, PolledPartition]:
-        messages = self.consumer.consume(max_records, timeout)
+        messages = take_batch(self.consumer, max_records, timeout)
         if not messages:
             return {}
         readings: dict[int, list[Any]] = {}
@@ -386,7 +419,8 @@ class KafkaStreamLog:
 
     def begin(self) -> None:
         self.revoked_during_transaction = False
-        self._transactional("begin_transaction", self.producer.begin_transaction)
+        # A local state change (no request to the broker): called directly, not via the helper.
+        self._transactional("begin_transaction", self.producer.begin_transaction, direct=True)
         self.in_transaction = True
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, partition: int) -> None:
@@ -440,11 +474,14 @@ class KafkaStreamLog:
         if self.revoked_during_transaction:
             raise TransactionAborted("partitions were revoked during the transaction")
         positions = [TopicPartition(self.names.raw, p, o) for p, o in offsets.items()]
-        self._transactional(
-            "send_offsets_to_transaction",
-            lambda: self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 10.0),
-        )
-        self._transactional("commit_transaction", lambda: self.producer.commit_transaction(10.0))
+        metadata = self.consumer.consumer_group_metadata()
+        producer = self.producer
+
+        def finish() -> None:  # both calls in one trip to the helper thread
+            producer.send_offsets_to_transaction(positions, metadata, 10.0)
+            producer.commit_transaction(10.0)
+
+        self._transactional("send_offsets_to_transaction + commit_transaction", finish)
         self.in_transaction = False
         self.committed.update(offsets)
 

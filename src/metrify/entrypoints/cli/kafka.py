@@ -196,7 +196,8 @@ def _rows(rows: dict[tuple[str, int], tuple[int | None, int]]) -> list[dict[str,
 def worker(
     batch_size: Annotated[int, typer.Option(min=1, max=1_000_000, help="Most readings per transaction.")] = 5000,
     batch_wait: Annotated[
-        float, typer.Option(min=0.001, max=60, help="Longest wait, in seconds, to fill a batch (latency bound).")
+        float,
+        typer.Option(min=0.001, max=60, help="Seconds a poll waits when nothing is queued (no batch waits to fill)."),
     ] = 0.1,
     metrics_port: Annotated[int, typer.Option(min=0, max=65535, help="Prometheus metrics port (0: none).")] = 9464,
     instance_id: Annotated[
