@@ -1,0 +1,255 @@
+"""The Kafka worker and sink use cases (application/kafka_stream.py) against in-memory fakes of
+their ports: the edge cases the process-level tests reach only by chance. No services needed."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import pytest
+
+from metrify.application.kafka_stream import (
+    FeedBatch,
+    FeedMessage,
+    Malformed,
+    OutcomeSink,
+    PolledPartition,
+    StaleSinkOffsets,
+    StreamWorker,
+    TransactionAborted,
+)
+from metrify.application.ports import PartitionState
+from metrify.application.stream import Backoff
+from metrify.domain.readings import RawReading
+from metrify.domain.stream.config import StreamConfig
+from metrify.domain.stream.core import PartitionStream
+from metrify.domain.stream.events import ReadingAccepted, ReadingRejected
+
+NOW = 1_800_000_000_000_000
+
+
+class Clock:
+    def now_us(self) -> int:
+        return NOW
+
+
+def reading(meter: str, hour: int, offset: int) -> RawReading:
+    return RawReading(meter, f"2024-03-04T{hour:02d}:00:00Z", "0.5", None, offset)
+
+
+class FakeLog:
+    """A log with a changelog that only committed transactions reach."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[int, PolledPartition]] = []
+        self.changelog: dict[int, PartitionState] = {}
+        self.outputs: list[Any] = []
+        self.staged: list[tuple[int, list[Any], PartitionState]] = []
+        self.fail_next_commit = False
+        self.rewinds: list[tuple[int, int]] = []
+        self.listener: Any = None
+
+    def start(self, listener: Any) -> None:
+        self.listener = listener
+
+    def poll(self, max_records: int, timeout: float) -> dict[int, PolledPartition]:
+        return self.batches.pop(0) if self.batches else {}
+
+    def restore(self, partition: int) -> PartitionState:
+        return self.changelog.get(partition, PartitionState(partition, None, 0, {}))
+
+    def begin(self) -> None:
+        self.staged = []
+
+    def write(self, partition: int, events: list[Any], state: PartitionState, inputs: int) -> None:
+        self.staged.append((partition, events, state))
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        if self.fail_next_commit:
+            self.fail_next_commit = False
+            raise TransactionAborted("injected")
+        for partition, events, state in self.staged:
+            self.outputs.extend(events)
+            saved = self.changelog.get(partition, PartitionState(partition, None, 0, {}))
+            self.changelog[partition] = PartitionState(
+                partition, state.max_event_time, state.next_offset, {**saved.meters, **state.meters}
+            )
+
+    def rewind(self, partition: int, offset: int) -> None:
+        self.rewinds.append((partition, offset))
+
+    def lag(self) -> dict[int, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def worker_with(log: FakeLog, partitions: list[int]) -> StreamWorker:
+    worker = StreamWorker(StreamConfig(), log, Clock())
+    log.start(worker)
+    assert worker.partitions_assigned(partitions) == {p: log.restore(p).next_offset for p in partitions}
+    return worker
+
+
+def test_a_batch_commits_outputs_state_and_offsets_together() -> None:
+    log = FakeLog()
+    worker = worker_with(log, [0])
+    log.batches.append({0: PolledPartition([reading("M", 10, 0), reading("M", 11, 1)], [], 2)})
+    assert worker.run_once() == 2
+    assert [type(e) for e in log.outputs].count(ReadingAccepted) == 2
+    assert log.changelog[0].next_offset == 2 and "M" in log.changelog[0].meters
+    assert worker.expected[0] == 2
+
+
+def test_an_aborted_transaction_restores_the_partition_and_rewinds_the_input() -> None:
+    log = FakeLog()
+    worker = worker_with(log, [0])
+    log.batches.append({0: PolledPartition([reading("M", 10, 0)], [], 1)})
+    worker.run_once()
+    log.fail_next_commit = True
+    log.batches.append({0: PolledPartition([reading("M", 11, 1)], [], 2)})
+    assert worker.run_once() == 0
+    assert log.rewinds == [(0, 1)] and worker.expected[0] == 1
+    # The core forgot the aborted reading: the same reading again is accepted, not a duplicate.
+    log.batches.append({0: PolledPartition([reading("M", 11, 1)], [], 2)})
+    worker.run_once()
+    assert [e.status for e in log.outputs if type(e) is ReadingAccepted] == ["ON_TIME", "ON_TIME"]
+
+
+def test_records_of_revoked_partitions_and_records_already_processed_are_skipped() -> None:
+    log = FakeLog()
+    worker = worker_with(log, [0, 1])
+    log.batches.append({0: PolledPartition([reading("M", 10, 0), reading("M", 11, 1)], [], 2)})
+    worker.run_once()
+    worker.partitions_revoked([1])
+    stale = PolledPartition([reading("M", 11, 1), reading("M", 12, 2)], [], 3)
+    log.batches.append({0: stale, 1: PolledPartition([reading("N", 10, 0)], [], 1)})
+    assert worker.run_once() == 1  # only offset 2 of partition 0
+    assert not any(e.meter_id == "N" for e in log.outputs)
+    assert worker.expected == {0: 3}
+
+
+def test_poison_becomes_a_malformed_message_reject_and_moves_the_offset() -> None:
+    log = FakeLog()
+    worker = worker_with(log, [2])
+    log.batches.append({2: PolledPartition([reading("M", 10, 0)], [Malformed("K", 1, "not JSON")], 2)})
+    worker.run_once()
+    rejects = [e for e in log.outputs if type(e) is ReadingRejected]
+    assert [(r.meter_id, r.reason, r.partition, r.position) for r in rejects] == [("K", "malformed_message", 2, 1)]
+    assert log.changelog[2].next_offset == 2
+
+
+def test_restoring_from_the_changelog_gives_the_same_core_as_never_stopping() -> None:
+    log = FakeLog()
+    worker = worker_with(log, [0])
+    rows = [reading(f"M{i % 3}", 8 + i // 3, i) for i in range(12)]
+    log.batches.append({0: PolledPartition(rows[:6], [], 6)})
+    worker.run_once()
+    second = worker_with(log, [0])  # the partition moved to another worker
+    log.batches.append({0: PolledPartition(rows[6:], [], 12)})
+    second.run_once()
+    reference = PartitionStream(StreamConfig(), 0)
+    expected = reference.process(rows[:6], NOW) + reference.process(rows[6:], NOW)
+    assert log.outputs == expected
+
+
+class FakeFeed:
+    def __init__(self) -> None:
+        self.batches: list[FeedBatch] = []
+        self.rewinds: list[tuple[Any, int | None]] = []
+        self.acknowledged: list[Mapping[Any, int]] = []
+
+    def start(self, listener: Any) -> None:
+        pass
+
+    def poll(self, max_messages: int, timeout: float) -> FeedBatch:
+        return self.batches.pop(0) if self.batches else FeedBatch([], {})
+
+    def rewind(self, source: Any, offset: int | None) -> None:
+        self.rewinds.append((source, offset))
+
+    def acknowledge(self, offsets: Mapping[Any, int]) -> None:
+        self.acknowledged.append(dict(offsets))
+
+    def lag(self) -> dict[Any, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class Store:
+    def __init__(self) -> None:
+        self.offsets: dict[Any, int] = {}
+        self.events: list[Any] = []
+
+
+class FakeSinkUow:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.outcomes = self
+        self.offsets = self
+        self.staged: list[Any] = []
+        self.moves: dict[Any, int] = {}
+
+    def __enter__(self) -> FakeSinkUow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.staged, self.moves = [], {}
+
+    def add_events(self, events: list[Any]) -> None:
+        self.staged.extend(events)
+
+    def load(self, consumer: str, sources: Collection[Any]) -> dict[Any, int]:
+        return {s: o for s, o in self.store.offsets.items() if s in sources}
+
+    def advance(self, consumer: str, moves: Mapping[Any, tuple[int | None, int]]) -> None:
+        for source, (expected, new) in moves.items():
+            if self.store.offsets.get(source) != expected:
+                raise StaleSinkOffsets(str(source))
+            self.moves[source] = new
+
+    def commit(self) -> None:
+        self.store.events.extend(self.staged)
+        self.store.offsets.update(self.moves)
+
+
+def sink_with(feed: FakeFeed, store: Store, sources: list[Any]) -> OutcomeSink:
+    sink = OutcomeSink(feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: None))
+    sink.sources_assigned(sources)
+    return sink
+
+
+def test_the_sink_stores_rows_and_offsets_together_and_skips_what_it_has() -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("readings", 0)
+    sink = sink_with(feed, store, [a])
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"]), FeedMessage(a, 1, ["e1"])], {a: 3}))
+    sink.run_once()
+    assert store.events == ["e0", "e1"] and store.offsets == {a: 3}  # 3: past the commit marker
+    feed.batches.append(FeedBatch([FeedMessage(a, 1, ["e1"]), FeedMessage(a, 3, ["e3"])], {}))
+    sink.run_once()
+    assert store.events == ["e0", "e1", "e3"] and store.offsets == {a: 4}
+    assert feed.acknowledged == [{a: 3}, {a: 4}]
+
+
+def test_a_sink_whose_offsets_moved_behind_its_back_writes_nothing_and_rereads() -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("gaps", 1)
+    sink = sink_with(feed, store, [a])
+    store.offsets[a] = 7  # another sink took the partition over and wrote meanwhile
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["old"])], {}))
+    assert sink.run_once() == 0
+    assert store.events == [] and feed.rewinds == [(a, 7)] and sink.expected[a] == 7
+
+
+@pytest.mark.parametrize("end", [0, 5])
+def test_the_end_of_an_empty_partition_is_stored_only_when_it_moved(end: int) -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("aggregates", 2)
+    sink = sink_with(feed, store, [a])
+    feed.batches.append(FeedBatch([], {a: end}))
+    sink.run_once()
+    assert store.offsets == ({a: 5} if end else {})
