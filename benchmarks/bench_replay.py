@@ -1,0 +1,127 @@
+"""How fast a whole `metrify replay` runs: the real CLI in a subprocess, CSV in, SQLite out.
+
+The file is the simulator's fleet (1,500 meters x 7 days of half-hourly readings by default, with
+jitter, late, too-late, duplicate and invalid rows), written once as CSV into the temp folder
+(kept, keyed by profile and simulator source). Each run starts `python -m metrify replay FILE`
+with a fresh, empty METRIFY_DATA_DIR (so an embedded SQLite database that the replay creates and
+migrates) and every other METRIFY_ variable removed; the time is the whole process, start-up,
+schema creation and all. Rows per second are the file's rows over that time.
+
+    PYTHONPATH=src python benchmarks/bench_replay.py [--meters 1500] [--days 7] [--runs 3]
+
+Goal (stream-core issue): >= 80,000 readings/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import inspect
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from metrify.application import simulator  # noqa: E402
+from metrify.application.simulator import FleetProfile, fleet_rows  # noqa: E402
+
+GOAL = 80_000
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fleet_csv(meters: int, days: int) -> tuple[Path, int]:
+    """The simulator's fleet as CSV in the temp folder (made once), and its number of rows."""
+    source = hashlib.sha256(inspect.getsource(simulator).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"metrify-bench-fleet-{meters}x{days}-{source}.csv"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        with partial.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["meter_id", "timestamp", "consumption_kwh"])
+            writer.writerows(fleet_rows(FleetProfile(meters=meters, days=days)))
+        partial.replace(path)
+    with path.open("rb") as handle:
+        rows = sum(1 for _ in handle) - 1
+    return path, rows
+
+
+def child_environment(data_dir: Path) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("METRIFY_")}
+    env["METRIFY_DATA_DIR"] = str(data_dir)
+    src = str(ROOT / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def replay_once(path: Path, extra: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds of one whole `metrify replay` into a fresh data folder."""
+    data_dir = Path(tempfile.mkdtemp(prefix="metrify-bench-replay-"))
+    try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "metrify", "replay", str(path), *extra],
+            env=child_environment(data_dir),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode != 0:
+            raise SystemExit(f"metrify replay failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return wall, cpu
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meters", type=int, default=1500)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("replay_args", nargs="*", help="more arguments for `metrify replay` (after --)")
+    args = parser.parse_args()
+
+    print(f"cpu: {cpu_model()} ({os.cpu_count()} logical CPUs)")
+    print(f"python: {platform.python_implementation()} {platform.python_version()}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    path, rows = fleet_csv(args.meters, args.days)
+    print(f"file: {path} ({rows:,} rows, {path.stat().st_size / 2**20:.1f} MiB); {args.runs} runs", flush=True)
+    walls, cpus = [], []
+    for run in range(args.runs):
+        wall, cpu = replay_once(path, args.replay_args)
+        walls.append(wall)
+        cpus.append(cpu)
+        print(f"  run {run + 1}: {rows:,} rows, {wall:.2f} s, {rows / wall:,.0f} rows/s (CPU {cpu:.2f} s)", flush=True)
+    best, median = min(walls), statistics.median(walls)
+    print(
+        f"rows {rows:,}; best {best:.2f} s = {rows / best:,.0f} rows/s; median {median:.2f} s = "
+        f"{rows / median:,.0f} rows/s; CPU time best {min(cpus):.2f} s = {rows / min(cpus):,.0f} rows/CPU-s"
+    )
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"goal >= {GOAL:,} rows/s (best run): {'met' if rows / best >= GOAL else 'not met'}")
+
+
+if __name__ == "__main__":
+    main()
