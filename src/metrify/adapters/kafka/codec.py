@@ -182,13 +182,16 @@ def encode_records(kind: str, events: list[Any]) -> bytes:
 
 def decode_records(kind: str, value: bytes) -> list[Any]:
     """The events of one envelope, in order."""
-    records = _loads_exact(value) if kind in (REJECTED, READINGS) else orjson.loads(value)
+    if kind == REJECTED:
+        return [ReadingRejected(*r) for r in _loads_exact(value)]
+    records = orjson.loads(value)
     if kind == READINGS:
+        # Only a reading's extras can hold an integer beyond 64 bits (that orjson reads inexactly).
+        if any(r[6] is not None for r in records) and _LONG_DIGITS.search(value) is not None:
+            records = json.loads(value)
         return [ReadingAccepted(*r) for r in records]
     if kind == AGGREGATES:
         return [WindowUpdated(*r) for r in records]
-    if kind == REJECTED:
-        return [ReadingRejected(*r) for r in records]
     if kind == TOO_LATE:
         return [ReadingTooLate(*r) for r in records]
     if kind == GAPS:
