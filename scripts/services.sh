@@ -107,10 +107,32 @@ wait_for() {
 				log "$what did not answer within ${TIMEOUT}s; last lines of $logfile:"
 			fi
 			tail -n 30 "$logfile" 2>/dev/null | sed 's/^/    /' >&2 || true
+			if [ -s "${logfile%.log}.out" ] && [ "${logfile%.log}.out" != "$logfile" ]; then
+				log "and of ${logfile%.log}.out:"
+				tail -n 30 "${logfile%.log}.out" | sed 's/^/    /' >&2 || true
+			fi
 			die "$what is not ready"
 		fi
 		sleep 0.3
 	done
+}
+
+# Start a server in its own session, detached from this script, with its output in OUTFILE and
+# its pid in PIDFILE. The pid is written by the process that becomes the server (it `exec`s), not
+# taken from `$!`: setsid forks when it is started as a process-group leader (a runner with job
+# control), and `$!` is then a parent that exits at once while the server goes on.
+spawn() { # pidfile outfile command [args...]
+	local pidfile=$1 outfile=$2 i
+	shift 2
+	rm -f "$pidfile"
+	# shellcheck disable=SC2016 # $$ and $0 belong to the inner shell
+	setsid sh -c 'echo $$ >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" \
+		</dev/null >>"$outfile" 2>&1 9>&- &
+	for ((i = 0; i < 100; i++)); do
+		[ -s "$pidfile" ] && return 0
+		sleep 0.05
+	done
+	die "$1 did not start (nothing wrote $pidfile within 5s; see $outfile)"
 }
 
 stop_pid() { # name pid [seconds]
@@ -333,11 +355,11 @@ redis_up() {
 		log "redis: starting on $HOST:$REDIS_PORT"
 		rm -f "$REDIS_DIR/redis.pid"
 		# no persistence: a cache and a task broker for tests
-		setsid redis-server --bind "$HOST" --port "$REDIS_PORT" --protected-mode yes \
-			--save '' --appendonly no --dir "$REDIS_DIR" --pidfile "$REDIS_DIR/redis.pid" \
-			--logfile "$REDIS_DIR/redis.log" --daemonize no \
-			</dev/null >>"$REDIS_DIR/redis.out" 2>&1 9>&- &
-		echo $! >"$REDIS_DIR/redis.pid"
+		: >"$REDIS_DIR/redis.out"
+		spawn "$REDIS_DIR/redis.pid" "$REDIS_DIR/redis.out" \
+			redis-server --bind "$HOST" --port "$REDIS_PORT" --protected-mode yes \
+			--save '' --appendonly no --dir "$REDIS_DIR" \
+			--logfile "$REDIS_DIR/redis.log" --daemonize no
 	fi
 	wait_for "redis on $HOST:$REDIS_PORT" "$REDIS_DIR/redis.log" redis_started
 }
@@ -443,11 +465,11 @@ kafka_up() {
 		log "kafka: starting on $HOST:$KAFKA_PORT (controller $HOST:$KAFKA_CONTROLLER_PORT)"
 		[ -f "$KAFKA_DIR/kafka.log" ] && mv -f "$KAFKA_DIR/kafka.log" "$KAFKA_DIR/kafka.log.1"
 		# shellcheck disable=SC2086 # KAFKA_HEAP is a list of JVM options
-		setsid java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+		: >"$KAFKA_DIR/kafka.log"
+		spawn "$KAFKA_DIR/kafka.pid" "$KAFKA_DIR/kafka.log" \
+			java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
 			-Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.xml" -cp "$KAFKA_LIB/*" \
-			kafka.Kafka "$KAFKA_DIR/server.properties" \
-			</dev/null >"$KAFKA_DIR/kafka.log" 2>&1 9>&- &
-		echo $! >"$KAFKA_DIR/kafka.pid"
+			kafka.Kafka "$KAFKA_DIR/server.properties"
 	fi
 	wait_for "kafka on $HOST:$KAFKA_PORT" "$KAFKA_DIR/kafka.log" kafka_listening
 	# Once per broker process: metadata, group coordinators and transactions, with the real Java
