@@ -175,7 +175,10 @@ class PartitionStream:
             if state is None:
                 state = self._new_meter(meter_id)
             interval = state.interval
-            slot = (2 * t + interval) // (2 * interval) * interval
+            # The nearest slot, halves rounding up: floor((t + I/2) / I) * I, written with a
+            # remainder because a product of operands >= 2**31 leaves mypyc's fast integer path.
+            slot = t + (interval >> 1)
+            slot -= slot % interval
             last = state.last
             if last is not None and slot - last == interval and state.open_count == 0:
                 # The common case: the slot right after the last filled one, no open gap.
@@ -196,8 +199,9 @@ class PartitionStream:
             # Tumbling windows by slot (§3.6), inline.
             windows = state.windows
             for index, size, closing, ends in windows_spec:
-                number = slot // size
-                key = (number << 3) | index
+                start = slot - slot % size
+                end = start + size
+                key = ((start // size) << 3) | index
                 partial: Partial | None = None
                 for candidate in windows:
                     if candidate.key == key:
@@ -207,7 +211,6 @@ class PartitionStream:
                     key = window_keys.setdefault(key, key)  # one int object per window, not per meter
                     partial = Partial(key, 1, kwh, kwh, kwh)
                     windows.append(partial)
-                    end = number * size + size
                     if end > watermark:
                         bucket = closing.get(end)
                         if bucket is None:
@@ -223,13 +226,13 @@ class PartitionStream:
                         partial.low = kwh
                     if kwh > partial.high:
                         partial.high = kwh
-                    if number * size + size > watermark:
+                    if end > watermark:
                         continue
                 # The window is already closed: emit it now (first reading after close, or a change).
                 emit(
                     _new(
                         WindowUpdated,
-                        (meter_id, size, number * size, partial.count, partial.total, partial.low, partial.high),
+                        (meter_id, size, start, partial.count, partial.total, partial.low, partial.high),
                     )
                 )
             dirty.add(meter_id)

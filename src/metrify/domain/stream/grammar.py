@@ -17,10 +17,10 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _EPOCH_MS_ABOVE = 10**11
 _SMALLEST = 5e-324
-_SECOND_OF = {f"{second:02d}": second for second in range(60)}
+_MICROS_OF_SECOND = {f"{second:02d}": second * 1_000_000 for second in range(60)}
 _CACHE_LIMIT = 1 << 16
 # Bounded memories of valid texts (cleared when full), shared by every caller in the process:
-# whole timestamp texts -> microseconds, `YYYY-MM-DD?HH:MM` heads -> seconds, consumption -> kWh.
+# whole timestamp texts -> microseconds, `YYYY-MM-DD?HH:MM` heads -> microseconds, consumption -> kWh.
 TIMESTAMPS: dict[str, int] = {}
 _MINUTES: dict[str, int] = {}
 CONSUMPTIONS: dict[str, float] = {}
@@ -61,18 +61,20 @@ def _day_seconds(year: int, month: int, day: int, hour: int, minute: int) -> int
     return days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60
 
 
-def _minute_seconds(head: str) -> int | None:
-    """`YYYY-MM-DD[T ]HH:MM` (16 characters) as seconds since the epoch, remembered when valid."""
+def _minute_micros(head: str) -> int | None:
+    """`YYYY-MM-DD[T ]HH:MM` (16 characters) as microseconds since the epoch, remembered when valid."""
     match = _MINUTE.fullmatch(head)
     if match is None:
         return None
     ys, mos, ds, hs, mis = match.groups()
     seconds = _day_seconds(int(ys), int(mos), int(ds), int(hs), int(mis))
-    if seconds is not None:
-        if len(_MINUTES) >= _CACHE_LIMIT:
-            _MINUTES.clear()
-        _MINUTES[head] = seconds
-    return seconds
+    if seconds is None:
+        return None
+    micros = seconds * 1_000_000
+    if len(_MINUTES) >= _CACHE_LIMIT:
+        _MINUTES.clear()
+    _MINUTES[head] = micros
+    return micros
 
 
 def _parse_timestamp_text(text: str) -> int | None:
@@ -80,19 +82,31 @@ def _parse_timestamp_text(text: str) -> int | None:
     # The canonical shapes (`...SS`, `...SSZ`, `...SS.fff`, `...SS.fffZ`) by slicing, with the
     # minute's seconds remembered; every other shape, and anything invalid, takes the full grammar.
     if len(s) >= 19 and s[16] == ":" and s.isascii():
-        base = _MINUTES.get(s[:16])
+        head = s[:16]
+        base = _MINUTES.get(head)
         if base is None:
-            base = _minute_seconds(s[:16])
-        second = _SECOND_OF.get(s[17:19])
+            base = _minute_micros(head)
+        second = _MICROS_OF_SECOND.get(s[17:19])
         if base is not None and second is not None:
-            tail = s[19:]
-            if not tail or tail == "Z":
-                return (base + second) * 1_000_000
-            if tail[0] == ".":
-                digits = tail[1:-1] if tail[-1] == "Z" else tail[1:]
-                if digits.isdigit():  # ASCII (checked above): [0-9]+
-                    micros = int(digits) if len(digits) == 6 else int(digits[:6].ljust(6, "0"))
-                    return (base + second) * 1_000_000 + micros
+            size = len(s)
+            if size == 19 or size == 20 and s[19] == "Z":
+                return base + second
+            if s[19] == ".":
+                # the fraction's digits, to the microsecond, without slicing or int()
+                end = size - 1 if s[size - 1] == "Z" else size
+                if end > 20:
+                    micros = 0
+                    scale = 100_000
+                    index = 20
+                    while index < end:
+                        digit = ord(s[index]) - 48
+                        if digit < 0 or digit > 9:
+                            break
+                        micros += digit * scale
+                        scale //= 10
+                        index += 1
+                    else:
+                        return base + second + micros
     match = _TIMESTAMP.fullmatch(s)
     if match is None:
         return None
