@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metrify.domain.stream.grammar import format_timestamp, parse_consumption, parse_timestamp
 
@@ -238,3 +240,44 @@ def test_a_negative_number_too_small_for_a_float_is_still_negative(text):
     # negative number, so it is negative_consumption (as -1e-320, a subnormal, already is).
     assert parse_consumption("-1e-320") < 0
     assert parse_consumption(text) < 0
+
+
+# The digit-by-digit reading of the canonical shapes agrees with the calendar
+
+
+def _calendar_reading(text: str) -> int | None:
+    """An independent reading of `YYYY-MM-DD[T ]HH:MM:SS[.f+][Z]` through datetime."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    match = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?Z?", text.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    try:
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
+    fraction = match.group(7) or ""
+    seconds = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(seconds=1)
+    return seconds * US + int((fraction + "000000")[:6])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.tuples(
+        st.integers(0, 9999),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.integers(0, 25),
+        st.integers(0, 61),
+        st.integers(0, 61),
+        st.sampled_from(["", ".", ".5", ".123456", ".1234567", ".00x", ".9999999999"]),
+        st.sampled_from(["", "Z", "z", "+", " "]),
+        st.sampled_from(["T", " ", "t"]),
+    )
+)
+def test_canonical_timestamps_read_digit_by_digit_agree_with_the_calendar(parts) -> None:
+    year, month, day, hour, minute, second, fraction, zone, separator = parts
+    text = f"{year:04d}-{month:02d}-{day:02d}{separator}{hour:02d}:{minute:02d}:{second:02d}{fraction}{zone}"
+    assert parse_timestamp(text) == _calendar_reading(text), text

@@ -29,13 +29,26 @@ from metrify.domain.stream.grammar import (
     TIMESTAMPS,
     parse_consumption,
     parse_timestamp,
-    parse_timestamp_text,
+    parse_unseen_timestamp_text,
 )
 from metrify.domain.stream.meter_state import WINDOW_KEYS, WINDOW_KEYS_LIMIT, MeterState, Partial, slots_in_window
 
+_COMPILED = not __file__.endswith(".py")  # this module runs compiled by mypyc (build_native.sh)
 _NO_WATERMARK = -(1 << 62)  # W before any valid reading: below every real event time
 # Builds an event from a ready tuple without the NamedTuple's Python-level __new__ (hot path).
 _new: Any = tuple.__new__
+
+
+def _due(state: MeterState, grace: int) -> int:
+    """When the meter's next slot goes missing: last + (open + 1) * I + G (§3.5). The product is
+    only taken when a gap is open: a product of operands >= 2**31 leaves mypyc's fast path."""
+    last = state.last
+    if last is None:
+        raise InconsistentStreamState("a timer for a meter that has no slot")
+    count = state.open_count
+    if count == 0:
+        return last + state.interval + grace
+    return last + (count + 1) * state.interval + grace
 
 
 class InconsistentStreamState(Exception):
@@ -143,7 +156,7 @@ class PartitionStream:
             if isinstance(text, str):
                 t = timestamps.get(text)
                 if t is None:
-                    t = parse_timestamp_text(text)
+                    t = parse_unseen_timestamp_text(text)
             else:
                 t = parse_timestamp(text)
             if t is None:
@@ -208,7 +221,8 @@ class PartitionStream:
                         partial = candidate
                         break
                 if partial is None:
-                    key = window_keys.setdefault(key, key)  # one int object per window, not per meter
+                    if not _COMPILED:  # compiled, a Partial holds its key as a machine integer
+                        key = window_keys.setdefault(key, key)  # one int object per window, not per meter
                     partial = Partial(key, 1, kwh, kwh, kwh)
                     windows.append(partial)
                     if end > watermark:
@@ -379,7 +393,7 @@ class PartitionStream:
                                 interval = state.interval
                                 if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
                                     # Every slot filled: it cannot change again (see MeterState.prune).
-                                    del windows[position]
+                                    windows.pop(position)
                                 break
         dues = self._timer_dues
         if not dues or dues[0] > watermark:
@@ -392,7 +406,7 @@ class PartitionStream:
             due = heappop(dues)
             for meter_id in timer_at.pop(due):
                 state = meters[meter_id]
-                real_due = state.last + (state.open_count + 1) * state.interval + grace  # type: ignore[operator]
+                real_due = _due(state, grace)
                 if real_due <= watermark:
                     fired.append((due, meter_id))
                 else:

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import re
 
+try:  # compiled by mypyc, a machine integer; in plain Python, an int
+    from mypy_extensions import i64
+except ImportError:  # pragma: no cover - mypy's extensions are not installed
+    i64 = int  # type: ignore[misc,assignment]
+
 _TIMESTAMP = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})?"
 )
-_MINUTE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2})")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _EPOCH_MS_ABOVE = 10**11
 _SMALLEST = 5e-324
-_MICROS_OF_SECOND = {f"{second:02d}": second * 1_000_000 for second in range(60)}
 _CACHE_LIMIT = 1 << 16
 # Bounded memories of valid texts (cleared when full), shared by every caller in the process:
-# whole timestamp texts -> microseconds, `YYYY-MM-DD?HH:MM` heads -> microseconds, consumption -> kWh.
+# whole timestamp texts -> microseconds, consumption -> kWh.
 TIMESTAMPS: dict[str, int] = {}
-_MINUTES: dict[str, int] = {}
 CONSUMPTIONS: dict[str, float] = {}
 
 
@@ -53,60 +54,71 @@ def _day_seconds(year: int, month: int, day: int, hour: int, minute: int) -> int
     """Seconds since the epoch of a date and an hour:minute, or None when they do not exist."""
     if year == 0 or not 1 <= month <= 12 or day < 1 or hour > 23 or minute > 59:
         return None
-    limit = _DAYS_IN_MONTH[month]
-    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
-        limit = 29
+    if month == 2:
+        limit = 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    else:
+        limit = 30 + ((month ^ (month >> 3)) & 1)  # 31 for Jan, Mar, May, Jul, Aug, Oct, Dec
     if day > limit:
         return None
     return days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60
 
 
-def _minute_micros(head: str) -> int | None:
-    """`YYYY-MM-DD[T ]HH:MM` (16 characters) as microseconds since the epoch, remembered when valid."""
-    match = _MINUTE.fullmatch(head)
-    if match is None:
+def _two_digits(s: str, index: int) -> int:
+    """The number written by the two ASCII digits at `index`, or -1 when one is not a digit."""
+    tens = ord(s[index]) - 48
+    ones = ord(s[index + 1]) - 48
+    if 0 <= tens <= 9 and 0 <= ones <= 9:
+        return tens * 10 + ones
+    return -1
+
+
+def _canonical_micros(s: str) -> int | None:
+    """`YYYY-MM-DD[T ]HH:MM:SS[.f+][Z]` read digit by digit (no slices, no regular expression);
+    None for any other shape or a date that does not exist, for the full grammar to decide."""
+    size = len(s)
+    if size < 19 or s[4] != "-" or s[7] != "-" or s[13] != ":" or s[16] != ":":
         return None
-    ys, mos, ds, hs, mis = match.groups()
-    seconds = _day_seconds(int(ys), int(mos), int(ds), int(hs), int(mis))
+    separator = s[10]
+    if separator != "T" and separator != " ":
+        return None
+    century = _two_digits(s, 0)
+    year = _two_digits(s, 2)
+    month = _two_digits(s, 5)
+    day = _two_digits(s, 8)
+    hour = _two_digits(s, 11)
+    minute = _two_digits(s, 14)
+    second = _two_digits(s, 17)
+    if century < 0 or year < 0 or month < 0 or day < 0 or hour < 0 or minute < 0 or second < 0 or second > 59:
+        return None
+    year += century * 100
+    micros = 0
+    if size > 19:
+        end = size - 1 if s[size - 1] == "Z" else size
+        if end > 19:
+            if s[19] != "." or end == 20:
+                return None
+            scale = 100_000
+            for index in range(20, end):
+                digit = ord(s[index]) - 48
+                if digit < 0 or digit > 9:
+                    return None
+                micros += digit * scale
+                scale //= 10
+    seconds = _day_seconds(year, month, day, hour, minute)
     if seconds is None:
         return None
-    micros = seconds * 1_000_000
-    if len(_MINUTES) >= _CACHE_LIMIT:
-        _MINUTES.clear()
-    _MINUTES[head] = micros
-    return micros
+    # |seconds| < 2**38 for years 1-9999: the product fits 64 bits, and compiled it stays one
+    whole: i64 = seconds + second
+    return whole * 1_000_000 + micros
 
 
 def _parse_timestamp_text(text: str) -> int | None:
     s = text.strip()
-    # The canonical shapes (`...SS`, `...SSZ`, `...SS.fff`, `...SS.fffZ`) by slicing, with the
-    # minute's seconds remembered; every other shape, and anything invalid, takes the full grammar.
-    if len(s) >= 19 and s[16] == ":" and s.isascii():
-        head = s[:16]
-        base = _MINUTES.get(head)
-        if base is None:
-            base = _minute_micros(head)
-        second = _MICROS_OF_SECOND.get(s[17:19])
-        if base is not None and second is not None:
-            size = len(s)
-            if size == 19 or size == 20 and s[19] == "Z":
-                return base + second
-            if s[19] == ".":
-                # the fraction's digits, to the microsecond, without slicing or int()
-                end = size - 1 if s[size - 1] == "Z" else size
-                if end > 20:
-                    micros = 0
-                    scale = 100_000
-                    index = 20
-                    while index < end:
-                        digit = ord(s[index]) - 48
-                        if digit < 0 or digit > 9:
-                            break
-                        micros += digit * scale
-                        scale //= 10
-                        index += 1
-                    else:
-                        return base + second + micros
+    # The canonical shapes (`...SS`, `...SSZ`, `...SS.fff`, `...SS.fffZ`) digit by digit; every
+    # other shape (zones, odd fractions), and anything invalid, takes the full grammar.
+    value = _canonical_micros(s)
+    if value is not None:
+        return value
     match = _TIMESTAMP.fullmatch(s)
     if match is None:
         return None
@@ -135,11 +147,17 @@ def parse_timestamp_text(text: str) -> int | None:
     again and again (every meter at :00 and :30), while sub-second clock jitter never repeats."""
     value = TIMESTAMPS.get(text)
     if value is None:
-        value = _parse_timestamp_text(text)
-        if value is not None and value % 1_000_000 == 0:
-            if len(TIMESTAMPS) >= _CACHE_LIMIT:
-                TIMESTAMPS.clear()
-            TIMESTAMPS[text] = value
+        value = parse_unseen_timestamp_text(text)
+    return value
+
+
+def parse_unseen_timestamp_text(text: str) -> int | None:
+    """parse_timestamp_text for a text the caller already looked up in TIMESTAMPS."""
+    value = _parse_timestamp_text(text)
+    if value is not None and value % 1_000_000 == 0:
+        if len(TIMESTAMPS) >= _CACHE_LIMIT:
+            TIMESTAMPS.clear()
+        TIMESTAMPS[text] = value
     return value
 
 
