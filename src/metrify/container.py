@@ -16,6 +16,7 @@ from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
 from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
 from metrify.adapters.sqlalchemy.engine import create_engine_for
 from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
+from metrify.adapters.sqlalchemy.partitions import SqlAlchemyStorageMaintenance
 from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
 from metrify.adapters.sqlalchemy.users import SqlAlchemyIngestKeyRepository, SqlAlchemyUserRepository
@@ -158,6 +159,7 @@ class Container(containers.DeclarativeContainer):
         _kafka_reading_publisher, bootstrap=settings.provided.kafka.bootstrap
     )
     sink_uow = providers.Factory(_sink_uow, engine=engine)
+    storage_maintenance = providers.Factory(SqlAlchemyStorageMaintenance, engine=engine)
 
 
     # -- the REST API (issue 7): users, ingest keys, the meter registry, the read side ------------

@@ -155,6 +155,7 @@ class StorageSettings(BaseModel):
     retention_too_late: Duration = 30 * 86400.0
     retention_aggregates: Duration = 730 * 86400.0
     partition_months_ahead: int = Field(3, ge=0, le=120)
+    maintenance_every: Duration = 3600.0  # how often Celery beat runs the maintenance job
 
 
 class Settings(BaseSettings):
