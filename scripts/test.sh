@@ -6,8 +6,9 @@
 # On a fresh clone with only python3 (>= 3.11) present it creates .venv, installs the package
 # with its dev extras, starts the real services (PostgreSQL, Redis, Kafka: scripts/services.sh,
 # left running for the next run; `bash scripts/services.sh down` stops them), then runs
-# ruff, import-linter and the whole pytest suite (unit and integration) against them.
-# Exits non-zero when any of the three fails, or when pytest collected no test at all.
+# ruff, import-linter and the whole pytest suite (unit and integration) against them, then
+# builds the stream core with mypyc and runs the unit tests against the compiled modules too.
+# Exits non-zero when any of these fails, or when pytest collected no test at all.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,6 +58,21 @@ if [ $rc -eq 5 ]; then
 	failed+=("pytest (no tests collected)")
 elif [ $rc -ne 0 ]; then
 	failed+=("pytest (exit $rc)")
+fi
+
+# --- the optional native build of the stream core (scripts/build_native.sh): built, the unit tests
+# run against the compiled modules, then removed again unless it was there before ----------------
+if [ "${METRIFY_TEST_NATIVE:-1}" = 1 ]; then
+	log "stream core compiled with mypyc: tests/unit against it (METRIFY_TEST_NATIVE=0 skips this)"
+	had_native=0
+	[ -f src/metrify/domain/stream/_native.stamp ] && had_native=1
+	if PYTHON="$PWD/$VENV/bin/python" bash scripts/build_native.sh &&
+		"$VENV/bin/python" -c 'import metrify.domain.stream as s, sys; sys.exit(not s.COMPILED)'; then
+		"$VENV/bin/python" -m pytest tests/unit -q || failed+=("pytest tests/unit (compiled stream core)")
+	else
+		failed+=("native build of the stream core")
+	fi
+	[ $had_native = 1 ] || bash scripts/build_native.sh --clean >/dev/null
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
