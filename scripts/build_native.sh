@@ -20,6 +20,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 stream="$root/src/metrify/domain/stream"
 python="${PYTHON:-python3}"
+if [[ "$python" == */* ]]; then # a path: made absolute (the build runs from src/), not resolved (a venv's link)
+  python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")"
+fi
 
 clean() {
   rm -f "$stream"/*.so "$stream/_native.stamp"
