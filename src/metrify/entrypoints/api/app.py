@@ -20,6 +20,7 @@ from metrify.entrypoints.api.readiness import check_services
 from metrify.entrypoints.api.routers import auth, health, keys, meters, outcomes, telemetry, users
 from metrify.entrypoints.api.schemas import BatchIn
 from metrify.entrypoints.api.services import ApiServices
+from metrify.entrypoints.process import freeze_startup_heap
 from metrify.settings import Settings, load_settings
 
 log = logging.getLogger("metrify.api")
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                 await run_in_threadpool(services.pipeline.load)
             except Exception as exc:  # noqa: BLE001 - the API still serves what it can
                 log.warning("stream state not loaded at start: %s", exc)
+        freeze_startup_heap()
         try:
             yield
         finally:
