@@ -16,6 +16,7 @@ from metrify.adapters.kafka.metrics import PrometheusSinkMetrics, serve
 from metrify.application.kafka_stream import OutcomeSink, RunTotals
 from metrify.application.stream import Backoff
 from metrify.container import Container
+from metrify.entrypoints.process import freeze_startup_heap
 from metrify.entrypoints.worker import Stopper, _waiting, stop_on_signals
 from metrify.settings import Settings
 
@@ -63,6 +64,7 @@ def run_sink(settings: Settings, container: Container, options: SinkOptions) -> 
         )
         stopper.bind(sink.stop)
         log.info("sink joining group %s on %s output topics", settings.kafka.sink_group_id, len(names.outputs))
+        freeze_startup_heap()  # full collections would walk start-up's objects in every batch
         try:
             totals = sink.run(options.stop_when_idle)
         finally:

@@ -21,6 +21,7 @@ from metrify.adapters.kafka.clients import KafkaHealth
 from metrify.adapters.kafka.metrics import PrometheusWorkerMetrics, serve
 from metrify.application.kafka_stream import RunTotals, StreamWorker
 from metrify.container import Container
+from metrify.entrypoints.process import freeze_startup_heap
 from metrify.settings import Settings
 
 log = logging.getLogger("metrify.worker")
@@ -121,6 +122,7 @@ def run_worker(settings: Settings, container: Container, options: WorkerOptions)
             names.raw,
             partitions,
         )
+        freeze_startup_heap()  # full collections would walk start-up's objects in every batch
         try:
             totals = worker.run(options.stop_when_idle)
         finally:
