@@ -94,7 +94,7 @@ def run_slot(core: PartitionStream, rows: list[RawReading], batch: int, now: int
 def memo_bytes() -> int:
     """Traced size of the grammar's process-wide memos (their dicts, keys and values)."""
     total = 0
-    for memo in (grammar.TIMESTAMPS, grammar.CONSUMPTIONS):
+    for memo in (grammar.TIMESTAMPS, grammar.CONSUMPTIONS, grammar.MINUTES):
         total += sys.getsizeof(memo) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in memo.items())
     return total
 
@@ -139,7 +139,7 @@ def main() -> None:
     gc.collect()
     with_memos = tracemalloc.get_traced_memory()[0]
     memos = memo_bytes()
-    for memo in (grammar.TIMESTAMPS, grammar.CONSUMPTIONS):
+    for memo in (grammar.TIMESTAMPS, grammar.CONSUMPTIONS, grammar.MINUTES):
         memo.clear()
     gc.collect()
     retained = tracemalloc.get_traced_memory()[0]

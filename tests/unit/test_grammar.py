@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metrify.domain.stream import grammar
 from metrify.domain.stream.grammar import format_timestamp, parse_consumption, parse_timestamp
 
 US = 1_000_000
@@ -280,4 +281,12 @@ def _calendar_reading(text: str) -> int | None:
 def test_canonical_timestamps_read_digit_by_digit_agree_with_the_calendar(parts) -> None:
     year, month, day, hour, minute, second, fraction, zone, separator = parts
     text = f"{year:04d}-{month:02d}-{day:02d}{separator}{hour:02d}:{minute:02d}:{second:02d}{fraction}{zone}"
-    assert parse_timestamp(text) == _calendar_reading(text), text
+    expected = _calendar_reading(text)
+    assert parse_timestamp(text) == expected, text
+    # both fast readings (compiled and interpreted), whichever this process runs: each one either
+    # leaves the text to the full grammar (None) or agrees with the calendar
+    for fast in (grammar._canonical_micros, grammar._sliced_micros):
+        value = fast(text.strip())
+        assert value is None or value == expected, (fast.__name__, text)
+    if expected is not None and separator != "t" and zone in ("", "Z", " ") and fraction != ".":
+        assert grammar._canonical_micros(text.strip()) == expected, text
