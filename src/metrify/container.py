@@ -155,12 +155,9 @@ class Container(containers.DeclarativeContainer):
         names=kafka_topics,
         group_id=settings.provided.kafka.sink_group_id,
     )
-    kafka_reading_publisher = providers.Factory(
-        _kafka_reading_publisher, bootstrap=settings.provided.kafka.bootstrap
-    )
+    kafka_reading_publisher = providers.Factory(_kafka_reading_publisher, bootstrap=settings.provided.kafka.bootstrap)
     sink_uow = providers.Factory(_sink_uow, engine=engine)
     storage_maintenance = providers.Factory(SqlAlchemyStorageMaintenance, engine=engine)
-
 
     # -- the REST API (issue 7): users, ingest keys, the meter registry, the read side ------------
     password_hasher = providers.Singleton(Argon2PasswordHasher)
@@ -169,6 +166,7 @@ class Container(containers.DeclarativeContainer):
     ingest_key_repository = providers.Singleton(SqlAlchemyIngestKeyRepository, engine=engine)
     meter_registry = providers.Singleton(SqlAlchemyMeterRegistry, engine=engine)
     fleet_queries = providers.Singleton(SqlAlchemyFleetQueries, engine=engine)
+
 
 def build_container(settings: Settings) -> Container:
     container = Container(settings=settings)
