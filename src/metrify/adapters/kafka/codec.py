@@ -48,6 +48,7 @@ HEADER_KEY = b""
 _NOT_ORJSON = object()
 _LONG_DIGITS = re.compile(rb"\d{19}")
 _STR_OR_NONE = (str, type(None))
+_new: Any = tuple.__new__  # a NamedTuple from a ready tuple, without its Python-level __new__
 
 # -- raw readings ---------------------------------------------------------------------------------
 
@@ -93,21 +94,36 @@ def _loads_exact(data: bytes) -> Any:
     return json.loads(data)
 
 
+def decode_raw_common(value: bytes | None, position: int) -> RawReading | None:
+    """The common case of decode_raw, as `replay --to-kafka` and the ingest write it: an object
+    of three strings (or nulls). None for anything else, which decode_raw then reads in full."""
+    if value is None:
+        return None
+    try:
+        item = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(item) is dict and len(item) == 3:
+        get = item.get
+        meter_id = get("meter_id", _NOT_ORJSON)
+        timestamp = get("timestamp", _NOT_ORJSON)
+        kwh = get("consumption_kwh", _NOT_ORJSON)
+        if type(meter_id) in _STR_OR_NONE and type(timestamp) in _STR_OR_NONE and type(kwh) in _STR_OR_NONE:
+            return _new(RawReading, (meter_id, timestamp, kwh, None, position))  # type: ignore[no-any-return]
+    return None
+
+
 def decode_raw(key: bytes | None, value: bytes | None, position: int) -> RawReading | Malformed:
     """One raw message as a RawReading (position = its offset), or Malformed when it is poison."""
     if value is None:
         return Malformed(_key_text(key), position, "the message has no value")
+    common = decode_raw_common(value, position)
+    if common is not None:
+        return common
     try:
         item = orjson.loads(value)
     except orjson.JSONDecodeError:
         item = _NOT_ORJSON
-    if type(item) is dict and len(item) == 3:
-        # The common case, as `replay --to-kafka` and the ingest write it: three strings.
-        meter_id = item.get("meter_id", _NOT_ORJSON)
-        timestamp = item.get("timestamp", _NOT_ORJSON)
-        kwh = item.get("consumption_kwh", _NOT_ORJSON)
-        if type(meter_id) in _STR_OR_NONE and type(timestamp) in _STR_OR_NONE and type(kwh) in _STR_OR_NONE:
-            return RawReading(meter_id, timestamp, kwh, None, position)
     if item is _NOT_ORJSON or _LONG_DIGITS.search(value) is not None:
         # NaN, lone surrogates, or integers beyond 64 bits (orjson reads those as floats): exactly.
         try:

@@ -302,16 +302,20 @@ class KafkaStreamLog:
         malformed: dict[int, list[Any]] = {}
         last: dict[int, int] = {}
         decode = codec.decode_raw
+        common = codec.decode_raw_common
         reading_type = RawReading
         for message in messages:
-            if message.error() is not None:
-                error = message.error()
+            error = message.error()
+            if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
                     self.health.error(error)
                 continue
             number = message.partition()
             offset = message.offset()
-            record = decode(message.key(), message.value(), offset)
+            value = message.value()
+            record = common(value, offset)
+            if record is None:
+                record = decode(message.key(), value, offset)
             if type(record) is reading_type:
                 bucket = readings.get(number)
                 if bucket is None:
