@@ -211,6 +211,18 @@ def test_celery_roles_run_the_celery_app_and_the_rest_run_metrify(compose: dict)
     assert compose["services"]["migrate"]["restart"] == "no"
 
 
+def test_the_celery_app_the_roles_name_exists_and_beat_has_jobs(compose: dict) -> None:
+    import importlib
+
+    apps = {s["entrypoint"][2] for name, s in metrify_roles(compose).items() if name.startswith("celery")}
+    for module_name in apps:
+        module = importlib.import_module(module_name)
+        assert callable(module.create_celery), module_name  # what `app` is built with
+        app = module.create_celery(Settings(database_url="sqlite://", redis_url="redis://127.0.0.1:1/0"))
+        assert app.conf.beat_schedule, module_name
+        assert {entry["task"] for entry in app.conf.beat_schedule.values()} <= set(app.tasks)
+
+
 def test_kafka_is_kraft_and_the_database_is_timescale(compose: dict) -> None:
     kafka = compose["services"]["kafka"]
     assert kafka["image"].startswith("apache/kafka:4.")
