@@ -49,7 +49,22 @@ KAFKA_CACHE=$CACHE_DIR/kafka
 KAFKA_LIB=$KAFKA_CACHE/lib
 KAFKA_CLASSES=$KAFKA_CACHE/classes
 
+# As root, PostgreSQL runs as the `postgres` OS user, which must reach its folder through every
+# parent. A run folder under a closed one (a home of mode 700, a mktemp folder) keeps the cluster
+# in /var/tmp instead, under a name derived from the run folder's path, so every command finds it.
+others_reach() { # every existing folder on the way to $1 lets others through
+	local dir=$1
+	while [ ! -e "$dir" ]; do dir=$(dirname "$dir"); done
+	while :; do
+		[ $((0$(stat -c %a "$dir") & 1)) -eq 1 ] || return 1
+		[ "$dir" = / ] && return 0
+		dir=$(dirname "$dir")
+	done
+}
 PG_DIR=$RUN_DIR/postgres
+if [ "$(id -u)" -eq 0 ] && ! others_reach "$RUN_DIR"; then
+	PG_DIR=/var/tmp/metrify-services-$(printf '%s' "$RUN_DIR" | sha256sum | cut -c1-12)/postgres
+fi
 REDIS_DIR=$RUN_DIR/redis
 KAFKA_DIR=$RUN_DIR/kafka
 
@@ -552,7 +567,7 @@ cmd_status() {
 		echo "kafka     stopped"
 		rc=3
 	fi
-	echo "run folder: $RUN_DIR   cache: $CACHE_DIR"
+	echo "run folder: $RUN_DIR   cache: $CACHE_DIR$([ "${PG_DIR#"$RUN_DIR"/}" = "$PG_DIR" ] && echo "   postgres: $PG_DIR")"
 	return $rc
 }
 
@@ -560,6 +575,10 @@ cmd_clean() {
 	cmd_down
 	log "deleting $RUN_DIR"
 	rm -rf "$RUN_DIR"
+	case "$PG_DIR" in
+	"$RUN_DIR"/*) ;;
+	*) rm -rf "$(dirname "$PG_DIR")" ;;
+	esac
 }
 
 # One service at a time, for failure tests: `stop postgres` ... `start postgres`.

@@ -58,6 +58,9 @@ class PrivatePostgres:
     def stop(self) -> None:
         self._run("stop")
 
+    def clean(self) -> None:
+        self._run("clean")
+
 
 def _wait_for_committed_rows(url: str, replay: subprocess.Popen, timeout: float = 120) -> None:
     """Until the replay has committed its first batches: the outage must fall in its middle."""
@@ -85,6 +88,7 @@ def private_postgres():
     server.start()
     yield server
     server.stop()
+    server.clean()  # its folder, and the cluster's own folder when services.sh kept it elsewhere
     shutil.rmtree(folder, ignore_errors=True)
 
 
