@@ -37,21 +37,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 from metrify.domain.stream.grammar import format_timestamp  # noqa: E402
 
 T0 = 1_709_510_400  # 2024-03-04T00:00:00Z
 INTERVAL = 1800
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bodies(batches: int, size: int, meters: int) -> list[bytes]:

@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _machine import cpu_model, load_average  # noqa: E402
+
 from metrify.application import simulator  # noqa: E402
 from metrify.application.simulator import FleetProfile, fleet_rows  # noqa: E402
 from metrify.application.stream import gc_paused  # noqa: E402
@@ -43,23 +45,6 @@ from metrify.domain.stream.config import StreamConfig  # noqa: E402
 from metrify.domain.stream.core import PartitionStream  # noqa: E402
 
 GOAL = 200_000
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def fleet(meters: int, days: int, jitter: float) -> list[RawReading]:

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import sqlalchemy as sa  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 from metrify.adapters.kafka.admin import create_topics, delete_topics  # noqa: E402
 from metrify.adapters.kafka.clients import TopicNames  # noqa: E402
@@ -48,16 +49,8 @@ US = 1_000_000
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0]
-    return f"CPU: {model} x {os.cpu_count()}, load average {load:.1f}, Python {platform.python_version()}"
+    return f"CPU: {cpu_model()} x {os.cpu_count()}, load average {load:.1f}, Python {platform.python_version()}"
 
 
 def fresh_database(server_url: str) -> tuple[str, str]:

@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _machine import cpu_model  # noqa: E402
+
 from metrify.adapters.kafka.admin import create_topics, delete_topics  # noqa: E402
 from metrify.adapters.kafka.clients import TopicNames  # noqa: E402
 from metrify.adapters.kafka.publisher import KafkaReadingPublisher  # noqa: E402
@@ -40,16 +42,6 @@ from metrify.application.simulator import FleetProfile, fleet_rows  # noqa: E402
 from metrify.domain.readings import RawReading  # noqa: E402
 
 QUIX_VENV = ROOT / ".cache" / "bench-quix-venv"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import sys
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import sqlalchemy as sa  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 from metrify.adapters.sqlalchemy import migrations  # noqa: E402
 from metrify.adapters.sqlalchemy.engine import create_engine_for, mask_url, normalise_url  # noqa: E402
@@ -56,16 +56,6 @@ US = 1_000_000
 INTERVAL = 1800 * US
 WINDOWS = {"15m": 900 * US, "1h": 3600 * US, "1d": 86400 * US}
 START = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def meter_id(n: int) -> str:

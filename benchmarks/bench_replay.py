@@ -32,20 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _machine import cpu_model, load_average  # noqa: E402
+
 from metrify.application import simulator  # noqa: E402
 from metrify.application.simulator import FleetProfile, fleet_rows  # noqa: E402
 
 GOAL = 80_000
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fleet_csv(meters: int, days: int) -> tuple[Path, int]:
@@ -105,7 +97,7 @@ def main() -> None:
 
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical CPUs)")
     print(f"python: {platform.python_implementation()} {platform.python_version()}")
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(f"load average at start: {load_average()}", flush=True)
     path, rows = fleet_csv(args.meters, args.days)
     print(f"file: {path} ({rows:,} rows, {path.stat().st_size / 2**20:.1f} MiB); {args.runs} runs", flush=True)
     walls, cpus = [], []
@@ -119,7 +111,7 @@ def main() -> None:
         f"rows {rows:,}; best {best:.2f} s = {rows / best:,.0f} rows/s; median {median:.2f} s = "
         f"{rows / median:,.0f} rows/s; CPU time best {min(cpus):.2f} s = {rows / min(cpus):,.0f} rows/CPU-s"
     )
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at end: {load_average()}")
     print(f"goal >= {GOAL:,} rows/s (best run): {'met' if rows / best >= GOAL else 'not met'}")
 
 

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import sqlalchemy as sa  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 from metrify.adapters.sqlalchemy import migrations  # noqa: E402
 from metrify.adapters.sqlalchemy.engine import create_engine_for, mask_url, normalise_url  # noqa: E402
@@ -33,16 +34,6 @@ from metrify.domain.stream.events import ReadingAccepted  # noqa: E402
 US = 1_000_000
 T0 = 1_709_589_600 * US
 INTERVAL = 1800 * US
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_events(rows: int, meters: int, extras: bool) -> list[ReadingAccepted]:

@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _machine import cpu_model, load_average  # noqa: E402
+
 from metrify.application.stream import gc_paused  # noqa: E402
 from metrify.domain.readings import RawReading  # noqa: E402
 from metrify.domain.stream import core as core_module  # noqa: E402
@@ -46,16 +48,6 @@ GOAL = 1024
 US = 1_000_000
 START = 1_709_510_400 * US  # 2024-03-04T00:00:00Z
 STEP = 1800 * US
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Fleet:
@@ -110,7 +102,7 @@ def main() -> None:
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical CPUs)")
     print(f"python: {platform.python_implementation()} {platform.python_version()}")
     print(f"core: {'compiled (mypyc)' if compiled else 'pure Python'}")
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(f"load average at start: {load_average()}", flush=True)
     started = time.perf_counter()
     now = time.time_ns() // 1000
     config = StreamConfig()
