@@ -21,6 +21,7 @@ from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
 from metrify.adapters.sqlalchemy.users import SqlAlchemyIngestKeyRepository, SqlAlchemyUserRepository
 from metrify.adapters.system import SystemClock
+from metrify.application.storage import RetentionPolicy
 from metrify.application.stream import Backoff, StreamPipeline
 from metrify.settings import Settings, SettingsError
 
@@ -158,6 +159,13 @@ class Container(containers.DeclarativeContainer):
     kafka_reading_publisher = providers.Factory(_kafka_reading_publisher, bootstrap=settings.provided.kafka.bootstrap)
     sink_uow = providers.Factory(_sink_uow, engine=engine)
     storage_maintenance = providers.Factory(SqlAlchemyStorageMaintenance, engine=engine)
+    retention_policy = providers.Factory(
+        RetentionPolicy,
+        settings.provided.storage.retention_readings,
+        settings.provided.storage.retention_rejected,
+        settings.provided.storage.retention_too_late,
+        settings.provided.storage.retention_aggregates,
+    )
 
     # -- the REST API (issue 7): users, ingest keys, the meter registry, the read side ------------
     password_hasher = providers.Singleton(Argon2PasswordHasher)

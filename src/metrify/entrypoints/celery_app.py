@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from celery import Celery, Task, shared_task
 
-from metrify.application.storage import RetentionPolicy, run_storage_maintenance
+from metrify.application.storage import run_storage_maintenance
 from metrify.container import Container, build_container
 from metrify.entrypoints.logs import configure_logging
 from metrify.settings import Settings, SettingsError, load_settings
@@ -34,15 +34,11 @@ def maintain_storage(task: Task) -> dict[str, Any]:
     what it did. Idempotent: run twice, the second run finds nothing to do."""
     settings: Settings = task.app.conf.metrify_settings
     container: Container = task.app.conf.metrify_container
-    storage = settings.storage
-    policy = RetentionPolicy(
-        storage.retention_readings, storage.retention_rejected, storage.retention_too_late, storage.retention_aggregates
-    )
     report = run_storage_maintenance(
         container.storage_maintenance(),
-        policy,
+        container.retention_policy(),
         container.clock().now_us(),
-        months_ahead=storage.partition_months_ahead,
+        months_ahead=settings.storage.partition_months_ahead,
         reorder=True,
     )
     summary = {

@@ -13,6 +13,7 @@ from heapq import heappop, heappush
 from typing import Any
 
 from metrify.domain.readings import RawReading
+from metrify.domain.stream import COMPILED  # this process runs the mypyc build (build_native.sh)
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.events import (
     GapChanged,
@@ -33,7 +34,6 @@ from metrify.domain.stream.grammar import (
 )
 from metrify.domain.stream.meter_state import WINDOW_KEYS, WINDOW_KEYS_LIMIT, MeterState, Partial, slots_in_window
 
-_COMPILED = not __file__.endswith(".py")  # this module runs compiled by mypyc (build_native.sh)
 _NO_WATERMARK = -(1 << 62)  # W before any valid reading: below every real event time
 # Builds an event from a ready tuple without the NamedTuple's Python-level __new__ (hot path).
 _new: Any = tuple.__new__
@@ -221,7 +221,7 @@ class PartitionStream:
                         partial = candidate
                         break
                 if partial is None:
-                    if not _COMPILED:  # compiled, a Partial holds its key as a machine integer
+                    if not COMPILED:  # compiled, a Partial holds its key as a machine integer
                         key = window_keys.setdefault(key, key)  # one int object per window, not per meter
                     partial = Partial(key, 1, kwh, kwh, kwh)
                     windows.append(partial)
@@ -289,7 +289,7 @@ class PartitionStream:
                 # A meter first heard through a LATE reading may already be silent after it.
                 state.open_count = (watermark - grace - slot) // interval
                 events.append(GapOpened(meter_id, slot + interval, None, state.open_count))
-            self._set_timer(slot + (state.open_count + 1) * interval + grace, meter_id)
+            self._set_timer(_due(state, grace), meter_id)
             return True
         last = state.last
         if slot > last:
@@ -426,7 +426,7 @@ class PartitionStream:
                 events.append(GapOpened(meter_id, last + interval, None, count))
             else:
                 events.append(GapChanged(meter_id, last + interval, None, count, None))
-            self._set_timer(last + (count + 1) * interval + grace, meter_id)
+            self._set_timer(_due(state, grace), meter_id)
 
     # -- bounded state (§3.7) --------------------------------------------------------------------
 
@@ -455,7 +455,7 @@ class PartitionStream:
         self._reset_timers()
         for meter_id, state in self.meters.items():
             if state.last is not None:
-                self._set_timer(state.last + (state.open_count + 1) * state.interval + grace, meter_id)
+                self._set_timer(_due(state, grace), meter_id)
             for partial in state.windows:
                 key = partial.key
                 index = key & 7

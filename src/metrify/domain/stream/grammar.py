@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from metrify.domain.stream import COMPILED  # this process runs the mypyc build (build_native.sh)
+
 try:  # compiled by mypyc, a machine integer; in plain Python, an int
     from mypy_extensions import i64
 except ImportError:  # pragma: no cover - mypy's extensions are not installed
@@ -17,7 +19,6 @@ _TIMESTAMP = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})?"
 )
-_COMPILED = not __file__.endswith(".py")  # compiled by mypyc (scripts/build_native.sh)
 _MINUTE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2})")
 _MICROS_OF_SECOND = {f"{second:02d}": second * 1_000_000 for second in range(60)}
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -160,7 +161,7 @@ def _parse_timestamp_text(text: str) -> int | None:
     # The canonical shapes (`...SS`, `...SSZ`, `...SS.fff`, `...SS.fffZ`) first, the way that is
     # fastest for how this module runs; every other shape (zones), and anything invalid, takes
     # the full grammar.
-    value = _canonical_micros(s) if _COMPILED else _sliced_micros(s)
+    value = _canonical_micros(s) if COMPILED else _sliced_micros(s)
     if value is not None:
         return value
     match = _TIMESTAMP.fullmatch(s)

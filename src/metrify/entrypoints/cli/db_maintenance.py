@@ -58,11 +58,7 @@ def _rows(p: PartitionInfo) -> str:
 
 
 def _policy() -> RetentionPolicy:
-    from metrify.application.storage import RetentionPolicy
-
-    assert state.settings is not None
-    s = state.settings.storage
-    return RetentionPolicy(s.retention_readings, s.retention_rejected, s.retention_too_late, s.retention_aggregates)
+    return state.get_container().retention_policy()
 
 
 def _storage() -> Any:
