@@ -94,15 +94,9 @@ def _loads_exact(data: bytes) -> Any:
     return json.loads(data)
 
 
-def decode_raw_common(value: bytes | None, position: int) -> RawReading | None:
-    """The common case of decode_raw, as `replay --to-kafka` and the ingest write it: an object
-    of three strings (or nulls). None for anything else, which decode_raw then reads in full."""
-    if value is None:
-        return None
-    try:
-        item = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
+def _common_reading(item: Any, position: int) -> RawReading | None:
+    """The common raw message, as `replay --to-kafka` and the ingest write it: an object of three
+    strings (or nulls). None for anything else."""
     if type(item) is dict and len(item) == 3:
         get = item.get
         meter_id = get("meter_id", _NOT_ORJSON)
@@ -113,17 +107,29 @@ def decode_raw_common(value: bytes | None, position: int) -> RawReading | None:
     return None
 
 
+def decode_raw_common(value: bytes | None, position: int) -> RawReading | None:
+    """decode_raw for the common message only (no key needed); None for anything else, which
+    decode_raw then reads in full."""
+    if value is None:
+        return None
+    try:
+        item = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return _common_reading(item, position)
+
+
 def decode_raw(key: bytes | None, value: bytes | None, position: int) -> RawReading | Malformed:
     """One raw message as a RawReading (position = its offset), or Malformed when it is poison."""
     if value is None:
         return Malformed(_key_text(key), position, "the message has no value")
-    common = decode_raw_common(value, position)
-    if common is not None:
-        return common
     try:
         item = orjson.loads(value)
     except orjson.JSONDecodeError:
         item = _NOT_ORJSON
+    common = _common_reading(item, position)
+    if common is not None:
+        return common
     if item is _NOT_ORJSON or _LONG_DIGITS.search(value) is not None:
         # NaN, lone surrogates, or integers beyond 64 bits (orjson reads those as floats): exactly.
         try:
