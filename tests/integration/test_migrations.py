@@ -53,6 +53,25 @@ def test_stairway_up_then_down_one_revision_at_a_time_then_up_again(empty_url: s
     assert migrations.is_up_to_date(empty_url)
 
 
+def test_a_migration_that_fails_half_way_leaves_the_schema_as_it_was(empty_url: str) -> None:
+    """One transaction holds an upgrade, on SQLite too (whose driver runs DDL in autocommit):
+    a failure or a kill in a late revision must not leave the early revisions' tables behind,
+    unrecorded, so that the next upgrade trips over them."""
+    revisions = migrations.revisions()
+    late_table = "users"  # created by a revision after the first
+    engine = create_engine_for(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"CREATE TABLE {late_table} (id INTEGER)"))
+    finally:
+        engine.dispose()
+    with pytest.raises(Exception, match="already exists"):
+        migrations.upgrade(empty_url)
+    assert migrations.current(empty_url) is None
+    assert table_names(empty_url) == {late_table}
+    assert len(revisions) > 1
+
+
 def test_the_migrated_schema_matches_the_adapter_tables(empty_url: str) -> None:
     migrations.upgrade(empty_url)
     engine = create_engine_for(empty_url)

@@ -57,9 +57,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
+def _sqlite_driver_autocommit(dbapi_connection: Any, _record: Any) -> None:
+    # Python's sqlite3 opens a transaction only before INSERT/UPDATE/DELETE and runs DDL in
+    # autocommit; taking over BEGIN makes CREATE TABLE part of the transaction too.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def create_engine_for(url: str | URL, *, atomic_ddl: bool = False, **kwargs: Any) -> Engine:
     """An engine with connection liveness checks; SQLite gets WAL, synchronous=NORMAL, foreign
-    keys and a busy timeout on every connection, and its folder is created when missing."""
+    keys and a busy timeout on every connection, and its folder is created when missing.
+
+    `atomic_ddl` makes SQLite's schema changes transactional as PostgreSQL's are: a migration
+    killed half-way then leaves the schema as it was, not with tables Alembic never recorded."""
     parsed = normalise_url(url)
     options: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
@@ -71,4 +84,7 @@ def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
     engine = sa.create_engine(parsed, **options)
     if parsed.get_backend_name() == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        if atomic_ddl:
+            sa.event.listen(engine, "connect", _sqlite_driver_autocommit)
+            sa.event.listen(engine, "begin", _sqlite_begin)
     return engine

@@ -49,7 +49,8 @@ def _config(location: Path, url: str | URL | None = None) -> Config:
 
 
 def _run(url: str | URL, action: str, revision: str) -> None:
-    engine = create_engine_for(url)  # creates a SQLite file's folder when missing
+    # Creates a SQLite file's folder when missing; one transaction holds the whole migration.
+    engine = create_engine_for(url, atomic_ddl=True)
     try:
         with script_location() as location, transient_errors(), engine.begin() as connection:
             config = _config(location, url)
@@ -71,7 +72,7 @@ def downgrade(url: str | URL, revision: str) -> None:
 
 def current(url: str | URL) -> str | None:
     """The database's schema revision, or None when it has never been migrated."""
-    engine = create_engine_for(url)
+    engine = create_engine_for(url, atomic_ddl=True)
     try:
         with transient_errors(), engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
