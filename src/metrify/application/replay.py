@@ -38,7 +38,7 @@ class ReplayOptions:
     partitions: int = 1
     speed: float | None = None
     network: NetworkProfile = field(default_factory=NetworkProfile)
-    batch_size: int = 5000
+    batch_size: int = 50_000
 
     def source_key(self, fingerprint: str) -> str:
         """Progress is kept per file content and per option that changes the arrival order."""
