@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Protocol
 from metrify.application.network import NetworkProfile, through_network
 from metrify.application.ports import Clock, OutcomeRepository, PartitionState
 from metrify.application.replay import EventTimePacer
-from metrify.application.stream import Backoff
+from metrify.application.stream import Backoff, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
@@ -256,7 +256,13 @@ class StreamWorker:
         self.stopping = True
 
     def run_once(self) -> int:
-        """One batch: poll, process, commit in one transaction. Returns the records committed."""
+        """One batch: poll, process, commit in one transaction. Returns the records committed.
+        The garbage collector waits until the batch is done (see gc_paused): with thousands of
+        meters' state on the heap, collections set off inside it took a quarter of the time."""
+        with gc_paused():
+            return self._run_once()
+
+    def _run_once(self) -> int:
         polled = self.log.poll(self.max_batch, self.max_wait)
         now_mono = time.monotonic()
         if now_mono - self._last_lag >= self.lag_every:
@@ -481,6 +487,12 @@ class OutcomeSink:
         self.stopping = True
 
     def run_once(self) -> int:
+        """One batch: poll, store the events with the offsets in one transaction, acknowledge;
+        no garbage collection inside (see gc_paused)."""
+        with gc_paused():
+            return self._run_once()
+
+    def _run_once(self) -> int:
         batch = self.feed.poll(self.max_batch, self.max_wait)
         now_mono = time.monotonic()
         if now_mono - self._last_lag >= self.lag_every:
