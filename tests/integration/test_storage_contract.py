@@ -508,3 +508,15 @@ def test_a_bulk_batch_that_partly_overlaps_what_is_stored_adds_only_the_new_rows
     assert got == expected_after(changed, rows)
     assert len(got["readings"]) == 300 and len(got["rejected"]) == 200
     assert sum(r.consumption_kwh == 99.0 for r in got["readings"]) == 50  # the first write won
+
+
+def test_a_bulk_set_of_windows_partly_stored_already_takes_the_new_values(store: Store) -> None:
+    """Closed windows are tried straight into the table on PostgreSQL; a set in which some are
+    stored already (a LATE reading re-emitted them) must still upsert every one."""
+    stored = [WindowUpdated(f"M{i:03d}", HOUR, T0, 1, 0.25, 0.25, 0.25) for i in range(0, 200, 5)]
+    batch = [WindowUpdated(f"M{i:03d}", HOUR, T0, 2, 0.5, 0.1, 0.4) for i in range(200)]
+    write(store, stored)
+    write(store, batch)
+    got = everything(store)
+    assert got == expected_after(stored, batch)
+    assert len(got["aggregates"]) == 200 and all(row.count == 2 for row in got["aggregates"])

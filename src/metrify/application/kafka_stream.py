@@ -31,7 +31,7 @@ from metrify.application.stream import Backoff, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
-from metrify.domain.stream.events import ReadingRejected
+from metrify.domain.stream.events import ReadingRejected, WindowUpdated
 
 log = logging.getLogger("metrify.worker")
 sink_log = logging.getLogger("metrify.sink")
@@ -499,8 +499,10 @@ class OutcomeSink:
             self._last_lag = now_mono
             self.metrics.lag(self.feed.lag())
         events: list[Any] = []
+        windows: list[Any] = []
+        window_sources: set[Source] = set()
         moves: dict[Source, int] = {}
-        messages = 0
+        messages = [0, 0]  # of events, of windows
         expected = self.expected
         for message in batch.messages:
             source = message.source
@@ -509,9 +511,14 @@ class OutcomeSink:
             floor = moves.get(source, expected[source])
             if floor is not None and message.offset < floor:
                 continue
-            events.extend(message.events)
+            if message.events and type(message.events[0]) is WindowUpdated:
+                windows.extend(message.events)
+                window_sources.add(source)
+                messages[1] += 1
+            else:
+                events.extend(message.events)
+                messages[0] += 1
             moves[source] = message.offset + 1
-            messages += 1
         for source, end in batch.ends.items():
             if source in expected:
                 current = moves.get(source, expected[source])
@@ -519,9 +526,23 @@ class OutcomeSink:
                     moves[source] = end
         if not moves:
             return 0
-        if messages:
+        total = messages[0] + messages[1]
+        if total:
             self.totals.started(now_mono)
+        # Readings first, in their own transaction: when windows close, a batch can hold ten
+        # aggregate upserts per reading, and the readings need not wait for them. Each source's
+        # offsets move in the transaction that stores its events, so exactly-once holds.
+        for index, group in enumerate((events, windows)):
+            group_moves = {source: new for source, new in moves.items() if (source in window_sources) is bool(index)}
+            if group_moves and not self._store(group, group_moves, messages[index]):
+                return 0
+        return total or 1
+
+    def _store(self, events: list[Any], moves: dict[Source, int], messages: int) -> bool:
+        """Store events with their sources' offsets in one transaction; False when the database
+        holds other offsets than expected (they are reloaded)."""
         started = time.perf_counter()
+        expected = self.expected
         transitions = {source: (expected[source], new) for source, new in moves.items()}
 
         def write() -> None:
@@ -537,7 +558,7 @@ class OutcomeSink:
             self.metrics.stale()
             sink_log.warning("the database holds other offsets than expected (%s): reloading them", exc)
             self._reload()
-            return 0
+            return False
         self.metrics.store_ok()
         expected.update(moves)
         self.feed.acknowledge(moves)
@@ -545,7 +566,7 @@ class OutcomeSink:
         self.totals.batches += 1
         self.totals.committed()
         self.metrics.batch_done(messages, len(events), time.perf_counter() - started)
-        return messages or 1
+        return True
 
     def _reload(self) -> None:
         sources = list(self.expected)
