@@ -179,6 +179,8 @@ def transactional_producer_config(
         **common_config(bootstrap, health),
         "transactional.id": transactional_id,
         "transaction.timeout.ms": int(timeout * 1000),
+        "retry.backoff.ms": 10,
+        "retry.backoff.max.ms": 100,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
