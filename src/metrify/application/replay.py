@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from metrify.application.network import NetworkProfile, through_network
 from metrify.application.ports import SourceProgress
-from metrify.application.stream import StreamPipeline
+from metrify.application.stream import StreamPipeline, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.events import (
     GapHealed,
@@ -148,8 +148,9 @@ def run_replay(
         nonlocal done
         done += len(batch)
         tally.rows += len(batch)
-        tally.add(pipeline.process(batch, SourceProgress(key, done, finished)))
-        batch.clear()
+        with gc_paused():  # until the batch's events are counted and gone
+            tally.add(pipeline.process(batch, SourceProgress(key, done, finished)))
+            batch.clear()
         if on_batch is not None:
             on_batch(tally)
 

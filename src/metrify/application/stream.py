@@ -140,17 +140,20 @@ class StreamPipeline:
 
     def process(self, rows: Sequence[RawReading], progress: SourceProgress | None = None) -> list[Any]:
         """Process one batch and commit its outcomes, state and progress in one transaction."""
+        with gc_paused():  # the whole batch: its events stay alive until written (see gc_paused)
+            return self._process(rows, progress)
+
+    def _process(self, rows: Sequence[RawReading], progress: SourceProgress | None) -> list[Any]:
         now = self.clock.now_us()
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
-        with gc_paused():
-            for core, part in zip(self.cores, self.split(rows), strict=True):
-                if part:
-                    events.extend(core.process(part, now))
-                    touched.append((core, core.take_dirty()))
+        for core, part in zip(self.cores, self.split(rows), strict=True):
+            if part:
+                events.extend(core.process(part, now))
+                touched.append((core, core.take_dirty()))
 
         def write() -> None:
-            with gc_paused(), self.uow_factory() as uow:
+            with self.uow_factory() as uow:
                 uow.outcomes.add_events(events)
                 for core, dirty in touched:
                     uow.state.save(
