@@ -8,7 +8,7 @@ from tests.support.core_runner import FixedClock
 
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
 from metrify.application.network import NetworkProfile, through_network
-from metrify.application.replay import ReplayOptions, run_replay
+from metrify.application.replay import ReplayOptions, Tally, run_replay
 from metrify.application.simulator import FleetProfile, fleet_rows
 from metrify.application.stream import StreamPipeline
 from metrify.domain.readings import RawReading
@@ -79,7 +79,24 @@ def test_the_tally_counts_what_the_store_holds() -> None:
     assert sum(tally.rejected.values()) == len(store.rejected)
     assert tally.too_late == len(store.too_late)
     assert len(tally.gaps) == len(store.gaps)
-    assert len(tally.windows) == len(store.windows)
+    assert tally.windows_emitted == len(store.windows)
+
+
+def test_the_tally_forgets_settled_windows_and_still_counts_each_once() -> None:
+    """Windows no reading can reach any more are counted, not kept: bounded memory on a replay
+    of any length, the same count. Late rows re-emit windows, which must not count twice."""
+    store = InMemoryStreamStore()
+    pipeline = pipeline_on(store, partitions=2)
+    pipeline.load()
+    rows = list(through_network(fleet(6, 3), NetworkProfile(delay_prob=0.3, max_delay=3000, seed=4)))
+    tally = Tally(prune_floor=1, prune_at=1)
+    peak = 0
+    for start in range(0, len(rows), 20):
+        tally.add(pipeline.process(rows[start : start + 20]))
+        peak = max(peak, len(tally.windows))
+        tally.settle(pipeline.late_horizon())
+    assert tally.windows_emitted == len(store.windows)
+    assert tally.windows_settled > 0 and peak < len(store.windows) // 2
 
 
 def test_the_simulated_network_is_deterministic_for_a_seed_and_loses_what_it_drops() -> None:

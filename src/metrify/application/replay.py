@@ -55,7 +55,26 @@ class Tally:
     rejected: Counter[str] = field(default_factory=Counter)
     too_late: int = 0
     gaps: dict[tuple[str, int], bool] = field(default_factory=dict)  # (meter, from) -> open
+    # Windows emitted (once each, however often re-emitted): those LATE readings can still change
+    # by key, the others only counted, so memory stays bounded however long the replay.
     windows: set[tuple[str, int, int]] = field(default_factory=set)
+    windows_settled: int = 0
+    prune_floor: int = 100_000
+    prune_at: int = 100_000
+
+    @property
+    def windows_emitted(self) -> int:
+        return self.windows_settled + len(self.windows)
+
+    def settle(self, horizon: int | None) -> None:
+        """Forget the keys of windows that end at or before `horizon` (no reading can reach them:
+        it would be too late), keeping their count; at most once per doubling of the set."""
+        if horizon is None or len(self.windows) < self.prune_at:
+            return
+        settled = [key for key in self.windows if key[2] + key[1] <= horizon]
+        self.windows.difference_update(settled)
+        self.windows_settled += len(settled)
+        self.prune_at = max(self.prune_floor, 2 * len(self.windows))
 
     def add(self, events: Iterable[Any]) -> None:
         accepted: dict[str, int] = {}
@@ -151,6 +170,7 @@ def run_replay(
         with gc_paused():  # until the batch's events are counted and gone
             tally.add(pipeline.process(batch, SourceProgress(key, done, finished)))
             batch.clear()
+        tally.settle(pipeline.late_horizon())
         if on_batch is not None:
             on_batch(tally)
 

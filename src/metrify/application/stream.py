@@ -138,6 +138,17 @@ class StreamPipeline:
             offsets[p] += 1
         return parts
 
+    def late_horizon(self) -> int | None:
+        """The event time no reading can reach any more in any partition (older is TOO_LATE):
+        the lowest watermark minus the allowed lateness; None while a partition has seen nothing."""
+        horizons = []
+        for core in self.cores:
+            if core.max_event_time is None:
+                return None
+            config = core.config
+            horizons.append(core.max_event_time - config.out_of_orderness - config.allowed_lateness)
+        return min(horizons) if horizons else None
+
     def process(self, rows: Sequence[RawReading], progress: SourceProgress | None = None) -> list[Any]:
         """Process one batch and commit its outcomes, state and progress in one transaction."""
         with gc_paused():  # the whole batch: its events stay alive until written (see gc_paused)

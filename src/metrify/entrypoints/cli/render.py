@@ -88,5 +88,5 @@ def print_summary(console: Console, name: str, report: ReplayReport) -> None:
     table.add_row("too late", "older than W - allowed lateness", f"{tally.too_late:,}")
     table.add_row("gaps", "open", f"{tally.gaps_open:,}")
     table.add_row("gaps", "closed", f"{tally.gaps_closed:,}")
-    table.add_row("windows", "closed and emitted", f"{len(tally.windows):,}")
+    table.add_row("windows", "closed and emitted", f"{tally.windows_emitted:,}")
     console.print(table)
