@@ -23,7 +23,7 @@ from metrify.application.stream import Backoff
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
-from metrify.domain.stream.events import ReadingAccepted, ReadingRejected
+from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, WindowUpdated
 
 NOW = 1_800_000_000_000_000
 
@@ -253,3 +253,31 @@ def test_the_end_of_an_empty_partition_is_stored_only_when_it_moved(end: int) ->
     feed.batches.append(FeedBatch([], {a: end}))
     sink.run_once()
     assert store.offsets == ({a: 5} if end else {})
+
+
+def window(meter: str, start: int) -> WindowUpdated:
+    return WindowUpdated(meter, 900_000_000, start, 1, 0.5, 0.5, 0.5)
+
+
+def test_the_sink_stores_readings_then_windows_each_with_their_own_offsets() -> None:
+    feed, store = FakeFeed(), Store()
+    a, w = ("readings", 0), ("aggregates", 0)
+    sink = sink_with(feed, store, [a, w])
+    feed.batches.append(FeedBatch([FeedMessage(w, 0, [window("M1", 0)]), FeedMessage(a, 0, ["e0"])], {}))
+    feed.batches.append(FeedBatch([FeedMessage(w, 1, [window("M1", 900_000_000)]), FeedMessage(a, 1, ["e1"])], {}))
+    sink.run(stop_when_idle=0.0)
+    assert store.events[0] == "e0"  # the readings did not wait for the windows before them
+    assert sorted(map(str, store.events)) == sorted(map(str, ["e0", "e1", window("M1", 0), window("M1", 900_000_000)]))
+    assert store.offsets == {a: 2, w: 2} and sink.expected == {a: 2, w: 2}
+    assert sink.totals.records == 4
+
+
+def test_windows_whose_offsets_moved_behind_the_sinks_back_are_reread_and_the_readings_kept() -> None:
+    feed, store = FakeFeed(), Store()
+    a, w = ("readings", 0), ("aggregates", 1)
+    sink = sink_with(feed, store, [a, w])
+    store.offsets[w] = 7  # another sink took the windows partition over and wrote meanwhile
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"]), FeedMessage(w, 0, [window("M1", 0)])], {}))
+    sink.run(stop_when_idle=0.0)
+    assert store.events == ["e0"] and store.offsets == {a: 1, w: 7}
+    assert (w, 7) in feed.rewinds and sink.expected[w] == 7
