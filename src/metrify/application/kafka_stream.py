@@ -502,7 +502,7 @@ class OutcomeSink:
         windows: list[Any] = []
         window_sources: set[Source] = set()
         moves: dict[Source, int] = {}
-        messages = [0, 0]  # of events, of windows
+        event_messages = window_messages = 0
         expected = self.expected
         for message in batch.messages:
             source = message.source
@@ -514,10 +514,10 @@ class OutcomeSink:
             if message.events and type(message.events[0]) is WindowUpdated:
                 windows.extend(message.events)
                 window_sources.add(source)
-                messages[1] += 1
+                window_messages += 1
             else:
                 events.extend(message.events)
-                messages[0] += 1
+                event_messages += 1
             moves[source] = message.offset + 1
         for source, end in batch.ends.items():
             if source in expected:
@@ -526,15 +526,17 @@ class OutcomeSink:
                     moves[source] = end
         if not moves:
             return 0
-        total = messages[0] + messages[1]
+        total = event_messages + window_messages
         if total:
             self.totals.started(now_mono)
         # Readings first, in their own transaction: when windows close, a batch can hold ten
         # aggregate upserts per reading, and the readings need not wait for them. Each source's
         # offsets move in the transaction that stores its events, so exactly-once holds.
-        for index, group in enumerate((events, windows)):
-            group_moves = {source: new for source, new in moves.items() if (source in window_sources) is bool(index)}
-            if group_moves and not self._store(group, group_moves, messages[index]):
+        event_moves = {source: new for source, new in moves.items() if source not in window_sources}
+        window_moves = {source: new for source, new in moves.items() if source in window_sources}
+        groups = ((events, event_moves, event_messages), (windows, window_moves, window_messages))
+        for group, group_moves, count in groups:
+            if group_moves and not self._store(group, group_moves, count):
                 return 0
         return total or 1
 

@@ -72,7 +72,7 @@ def downgrade(url: str | URL, revision: str) -> None:
 
 def current(url: str | URL) -> str | None:
     """The database's schema revision, or None when it has never been migrated."""
-    engine = create_engine_for(url, atomic_ddl=True)
+    engine = create_engine_for(url)
     try:
         with transient_errors(), engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
