@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from heapq import heappop, heappush
-from typing import Any
+from typing import Any, cast
 
 from metrify.domain.readings import RawReading
 from metrify.domain.stream import COMPILED  # this process runs the mypyc build (build_native.sh)
@@ -101,8 +101,9 @@ class PartitionStream:
         # Per window size: window end -> meters with an open partial ending there, and a heap of ends.
         self._closing: list[dict[int, list[str]]] = [{} for _ in self.config.windows]
         self._closing_ends: list[list[int]] = [[] for _ in self.config.windows]
-        self._windows = tuple(
-            (index, size, self._closing[index], self._closing_ends[index])
+        # (index, size, closing, ends, the size as one object for the events)
+        self._windows: tuple[tuple[int, int, dict[int, list[str]], list[int], object], ...] = tuple(
+            (index, size, self._closing[index], self._closing_ends[index], size)
             for index, size in enumerate(self.config.windows)
         )
 
@@ -121,6 +122,11 @@ class PartitionStream:
         """Run a batch through validate, watermark, lateness, slot, gaps and windows, in order."""
         events: list[Any] = []
         emit = events.append
+        # Module names bound once: compiled, each use of a module-level name is a dict lookup.
+        new = _new
+        accepted_event: Any = ReadingAccepted
+        too_late_event: Any = ReadingTooLate
+        window_event: Any = WindowUpdated
         config = self.config
         partition = self.partition
         future_limit = now + config.future_tolerance
@@ -130,6 +136,9 @@ class PartitionStream:
         meters = self.meters
         dirty = self._dirty
         keep_masks = self._keep_masks
+        keep_interval = 0  # the interval whose mask `keep` holds
+        keep = 0
+        compiled = COMPILED
         windows_spec = self._windows
         timestamps = TIMESTAMPS
         consumptions = CONSUMPTIONS
@@ -159,6 +168,9 @@ class PartitionStream:
                     t = parse_unseen_timestamp_text(text)
             else:
                 t = parse_timestamp(text)
+            # The event time and kWh go into events as the objects they are: compiled, a value
+            # read back from its machine form would be a new object each time.
+            stamp: object = t
             if t is None:
                 emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_timestamp", partition, None, raw[4]))
                 continue
@@ -166,12 +178,13 @@ class PartitionStream:
                 emit(ReadingRejected(meter_id, raw[1], raw[2], "future_timestamp", partition, t, raw[4]))
                 continue
             text = raw[2]
-            kwh: float | None = consumptions.get(text) if isinstance(text, str) else None
-            if kwh is None:
-                kwh = parse_consumption(text)
-                if kwh is None:
+            energy: object = consumptions.get(text) if isinstance(text, str) else None
+            if energy is None:
+                energy = parse_consumption(text)
+                if energy is None:
                     emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_consumption", partition, t, raw[4]))
                     continue
+            kwh = cast(float, energy)
             if not 0.0 <= kwh <= max_kwh:
                 reason = "negative_consumption" if kwh < 0 else "out_of_range"
                 emit(ReadingRejected(meter_id, raw[1], raw[2], reason, partition, t, raw[4]))
@@ -182,7 +195,7 @@ class PartitionStream:
             elif t >= late_from:
                 status = "LATE"
             else:
-                emit(_new(ReadingTooLate, (meter_id, t, kwh, watermark - t, partition, raw[4])))
+                emit(new(too_late_event, (meter_id, stamp, energy, watermark - t, partition, raw[4])))
                 continue
             state = meters.get(meter_id)
             if state is None:
@@ -192,26 +205,28 @@ class PartitionStream:
             # remainder because a product of operands >= 2**31 leaves mypyc's fast integer path.
             slot = t + (interval >> 1)
             slot -= slot % interval
+            slot_object: object = slot  # one object for the state and the event
             last = state.last
             if last is not None and slot - last == interval and state.open_count == 0:
                 # The common case: the slot right after the last filled one, no open gap.
-                keep = keep_masks.get(interval)
-                if keep is None:
-                    keep = self._keep_mask(interval)
+                if interval != keep_interval:  # meters nearly all share one interval
+                    found = keep_masks.get(interval)
+                    keep = self._keep_mask(interval) if found is None else found
+                    keep_interval = interval
                 state.mask = ((state.mask << 1) | 1) & keep
-                state.last = slot
+                state.last = cast("int | None", slot_object)
             elif not self._fill(state, meter_id, slot, watermark, events):
                 emit(ReadingRejected(meter_id, raw[1], raw[2], "duplicate", partition, t, raw[4]))
                 if max_event_time is None or t > max_event_time:
-                    self.max_event_time = max_event_time = t
+                    self.max_event_time = max_event_time = cast("int | None", stamp)
                     watermark = t - bound
                     late_from = watermark - lateness
                     self._advance(watermark, events)
                 continue
-            emit(_new(ReadingAccepted, (meter_id, t, slot, kwh, status, partition, raw[3])))
+            emit(new(accepted_event, (meter_id, stamp, slot_object, energy, status, partition, raw[3])))
             # Tumbling windows by slot (§3.6), inline.
             windows = state.windows
-            for index, size, closing, ends in windows_spec:
+            for index, size, closing, ends, size_object in windows_spec:
                 start = slot - slot % size
                 end = start + size
                 key = ((start // size) << 3) | index
@@ -221,7 +236,7 @@ class PartitionStream:
                         partial = candidate
                         break
                 if partial is None:
-                    if not COMPILED:  # compiled, a Partial holds its key as a machine integer
+                    if not compiled:  # compiled, a Partial holds its key as a machine integer
                         key = window_keys.setdefault(key, key)  # one int object per window, not per meter
                     partial = Partial(key, 1, kwh, kwh, kwh)
                     windows.append(partial)
@@ -243,15 +258,10 @@ class PartitionStream:
                     if end > watermark:
                         continue
                 # The window is already closed: emit it now (first reading after close, or a change).
-                emit(
-                    _new(
-                        WindowUpdated,
-                        (meter_id, size, start, partial.count, partial.total, partial.low, partial.high),
-                    )
-                )
+                emit(new(window_event, partial.updated(meter_id, size_object, start)))
             dirty.add(meter_id)
             if max_event_time is None or t > max_event_time:
-                self.max_event_time = max_event_time = t
+                self.max_event_time = max_event_time = cast("int | None", stamp)
                 watermark = t - bound
                 late_from = watermark - lateness
                 self._advance(watermark, events)
@@ -362,7 +372,9 @@ class PartitionStream:
 
     def _advance(self, watermark: int, events: list[Any]) -> None:
         """W moved: close the windows that end at or before it and open or grow silent meters' gaps."""
-        for index, size, closing, ends in self._windows:
+        new = _new
+        window_event: Any = WindowUpdated
+        for index, size, closing, ends, size_object in self._windows:
             if ends and ends[0] <= watermark:
                 meters = self.meters
                 while ends and ends[0] <= watermark:
@@ -376,20 +388,7 @@ class PartitionStream:
                         windows = state.windows
                         for position, partial in enumerate(windows):
                             if partial.key == key:
-                                events.append(
-                                    _new(
-                                        WindowUpdated,
-                                        (
-                                            meter_id,
-                                            size,
-                                            start,
-                                            partial.count,
-                                            partial.total,
-                                            partial.low,
-                                            partial.high,
-                                        ),
-                                    )
-                                )
+                                events.append(new(window_event, partial.updated(meter_id, size_object, start)))
                                 interval = state.interval
                                 if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
                                     # Every slot filled: it cannot change again (see MeterState.prune).

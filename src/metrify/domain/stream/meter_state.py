@@ -20,6 +20,14 @@ class Partial:
         self.low = low
         self.high = high
 
+    def updated(self, meter_id: str, size: object, start: int) -> tuple[object, ...]:
+        """The fields of its WindowUpdated: (meter_id, window, window_start, count, sum, min, max).
+        A window of one reading shares one float object for its sum, min and max."""
+        total: object = self.total
+        if self.count == 1:
+            return (meter_id, size, start, 1, total, total, total)
+        return (meter_id, size, start, self.count, total, self.low, self.high)
+
 
 # Window keys, one int object per window for all meters (a process-wide memo, cleared when large).
 WINDOW_KEYS: dict[int, int] = {}
