@@ -31,6 +31,7 @@ from metrify.adapters.sqlalchemy.partitions import (
     month_bounds,
     to_us,
 )
+from metrify.adapters.sqlalchemy.sink import PostgresWriter
 from metrify.application.ports import ExportFilter
 from metrify.application.storage import RetentionPolicy, run_storage_maintenance
 from metrify.domain.stream.events import ReadingRejected, ReadingTooLate, WindowUpdated
@@ -286,6 +287,49 @@ def test_the_sink_asks_the_catalog_only_for_months_it_does_not_know(db: Db) -> N
     sa.event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     db.write([reading("M1", at(2016, 1, 6))])
     assert not [s for s in statements if "pg_inherits" in s or "CREATE TABLE" in s]
+
+
+def test_a_large_set_is_copied_straight_into_its_month_partition(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    copied_into: list[str] = []
+    copy = PostgresWriter.copy
+
+    def recorded(self: PostgresWriter, cursor: Any, into: str, *args: Any) -> None:
+        copied_into.append(into)
+        copy(self, cursor, into, *args)
+
+    monkeypatch.setattr(PostgresWriter, "copy", recorded)
+    batch = [reading(f"M{m:03d}", at(2017, 3, 2) + m * US) for m in range(100)]
+    month_made = reading("M999", at(2017, 3, 20))
+    db.write([month_made])  # the month gets its partition
+    db.write(batch)
+    assert copied_into == [f'"{PARTITION_SCHEMA}"."readings_p20170301"']  # not the table: no routing per row
+    assert db.where_rows_are("readings") == {"readings_p20170301": 101}
+    assert everything(store_of(db))["readings"] == expected_after([month_made, *batch])["readings"]
+    across = [reading("M900", at(2017, 3, 31, 23)), *(reading(f"M{m:03d}", at(2017, 4, 1) + m * US) for m in range(99))]
+    db.write(across)  # two months: through the table
+    assert copied_into[-1] == '"readings"'
+    assert db.where_rows_are("readings") == {"readings_p20170301": 102, "readings_p20170401": 99}
+
+
+@pytest.mark.parametrize("behind_its_back", ["DETACH", "DROP"])
+def test_a_month_partition_detached_or_dropped_behind_the_sinks_back_loses_no_row(db: Db, behind_its_back: str) -> None:
+    """The sink remembers the catalog for minutes; a partition gone from the table meanwhile
+    (another process's retention, a DBA's DETACH) is noticed before rows are copied into it."""
+    first = [reading(f"M{m:03d}", at(2017, 3, 2) + m * US) for m in range(100)]
+    db.write(first)
+    assert db.where_rows_are("readings") == {"readings_p20170301": 100}
+    month = f"{PARTITION_SCHEMA}.readings_p20170301"
+    with db.engine.begin() as connection:
+        if behind_its_back == "DETACH":
+            connection.execute(sa.text(f"ALTER TABLE readings DETACH PARTITION {month}"))
+        else:
+            connection.execute(sa.text(f"DROP TABLE {month}"))
+    second = [reading(f"N{m:03d}", at(2017, 3, 3) + m * US) for m in range(100)]
+    db.write(second)
+    assert db.where_rows_are("readings") == {"readings_default": 100}
+    assert everything(store_of(db))["readings"] == expected_after(second)["readings"]
+    if behind_its_back == "DETACH":
+        assert db.scalar(f"SELECT count(*) FROM {month}") == 100  # the first batch, nothing added
 
 
 # ------------------------------------------------------------------------------ idempotent writes

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.codec import encode_raw, encode_state, extra_columns
-from metrify.adapters.sqlalchemy.partitions import ensure_partitions
+from metrify.adapters.sqlalchemy.partitions import ensure_partitions, forget, partition_holding
 from metrify.application.outcomes import OutcomeBatch
 from metrify.application.ports import SourceProgress
 
@@ -319,7 +319,15 @@ class PostgresWriter:
                 if len(runs) > 1:  # one COPY of full rows
                     values = [row + (None,) * (width - len(row)) for row in values]
                 if self.direct(target):
-                    if self.copy_direct(cursor, target, width, values):
+                    into = self.month_partition(connection.engine, target, times)
+                    if into is not None and not self.attached(cursor, target, into):
+                        forget(connection.engine)  # detached or dropped: the catalog is read again
+                        into = None
+                    stored = self.copy_direct(cursor, target, width, values, into)
+                    if stored is None:  # that partition is gone (retention) or other than known
+                        forget(connection.engine)
+                        stored = self.copy_direct(cursor, target, width, values)
+                    if stored:
                         continue
                     cursor.execute(self.create_stage(target))
                 self.copy(cursor, self.stage(target), target, width, values)
@@ -345,19 +353,50 @@ class PostgresWriter:
             for row in values:
                 copy.write_row(row)
 
-    def copy_direct(self, cursor: Any, target: Target, width: int, values: list[tuple[Any, ...]]) -> bool:
+    @staticmethod
+    def month_partition(engine: sa.Engine, target: Target, times: dict[str, list[Any]]) -> str | None:
+        """The one month partition that takes all of a set's rows, if there is one."""
+        values = times.get(target.table.name)
+        if not values:
+            return None
+        return partition_holding(engine, target.table.name, min(values), max(values))
+
+    @staticmethod
+    def attached(cursor: Any, target: Target, partition: str) -> bool:
+        """Whether `partition` is a partition of the target's table, and stays one until the commit:
+        the lock on the table (what any insert into it takes) keeps DETACH and DROP of its
+        partitions waiting, so rows written into it are rows of the table."""
+        table = _q(target.table.name)
+        cursor.execute(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE")
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_inherits "
+            "WHERE inhrelid = to_regclass(%s) AND inhparent = to_regclass(%s))",
+            (partition, table),
+        )
+        return bool(cursor.fetchone()[0])
+
+    def copy_direct(
+        self, cursor: Any, target: Target, width: int, values: list[tuple[Any, ...]], into: str | None = None
+    ) -> bool | None:
         """Insert-or-ignore rows are new rows nearly always (a batch is written twice only after a
         crash), and so are the windows a batch closes: COPY them straight into the table, half the
-        server's work of a staged INSERT ... ON CONFLICT. Any key already there undoes it (a
-        savepoint) and says False."""
+        server's work of a staged INSERT ... ON CONFLICT; into its month partition `into` when
+        they all fall in one (the key holds the time, so a key is unique in its partition as in
+        the table). Any key already there undoes it (a savepoint) and says False; a partition
+        that is not there any more, or no longer takes these rows, says None."""
         import psycopg
 
         cursor.execute("SAVEPOINT metrify_copy")
         try:
-            self.copy(cursor, _q(target.table.name), target, width, values)
+            self.copy(cursor, into or _q(target.table.name), target, width, values)
         except psycopg.errors.UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT metrify_copy")
             return False
+        except (psycopg.errors.UndefinedTable, psycopg.errors.CheckViolation):
+            if into is None:
+                raise
+            cursor.execute("ROLLBACK TO SAVEPOINT metrify_copy")
+            return None
         cursor.execute("RELEASE SAVEPOINT metrify_copy")
         return True
 
