@@ -133,8 +133,8 @@ def free_ranges(lower: int, upper: int, taken: Iterable[tuple[int, int]]) -> lis
     return free
 
 
-def _covered(ranges: Sequence[tuple[int, int]], low: int, high: int) -> bool:
-    """Whether one range of the sorted, disjoint `ranges` holds both `low` and `high`."""
+def _holding(ranges: Sequence[tuple[int, int]], low: int, high: int) -> tuple[int, int] | None:
+    """The range of the sorted, disjoint `ranges` that holds both `low` and `high`, if one does."""
     lo, hi = 0, len(ranges)
     while lo < hi:  # the last range starting at or before `low`
         mid = (lo + hi) // 2
@@ -142,7 +142,14 @@ def _covered(ranges: Sequence[tuple[int, int]], low: int, high: int) -> bool:
             lo = mid + 1
         else:
             hi = mid
-    return lo > 0 and ranges[lo - 1][0] <= low and high < ranges[lo - 1][1]
+    if lo > 0 and ranges[lo - 1][0] <= low and high < ranges[lo - 1][1]:
+        return ranges[lo - 1]
+    return None
+
+
+def _covered(ranges: Sequence[tuple[int, int]], low: int, high: int) -> bool:
+    """Whether one range of the sorted, disjoint `ranges` holds both `low` and `high`."""
+    return _holding(ranges, low, high) is not None
 
 
 def _month_name(us: int) -> str:
@@ -701,11 +708,8 @@ def partition_holding(engine: sa.Engine, table: str, low: int, high: int) -> str
     Rows written straight into it skip the parent's routing of each row (a tenth of the server's
     time on a COPY of readings); the caller falls back to the parent if it is gone meanwhile."""
     known = _known_for(engine)
-    ranges = known.ranges.get(table)
-    if not ranges or not _covered(ranges, low, high):
-        return None
-    lower = max(a for a, _ in ranges if a <= low)
-    return known.names.get((table, lower))
+    month = _holding(known.ranges.get(table, []), low, high)
+    return None if month is None else known.names.get((table, month[0]))
 
 
 def _missing_months(ranges: Sequence[tuple[int, int]], times: Sequence[int]) -> set[tuple[int, int]]:

@@ -319,12 +319,9 @@ class PostgresWriter:
                 if len(runs) > 1:  # one COPY of full rows
                     values = [row + (None,) * (width - len(row)) for row in values]
                 if self.direct(target):
-                    into = self.month_partition(connection.engine, target, times)
-                    if into is not None and not self.attached(cursor, target, into):
-                        forget(connection.engine)  # detached or dropped: the catalog is read again
-                        into = None
+                    into = self.month_partition(cursor, connection.engine, target, times)
                     stored = self.copy_direct(cursor, target, width, values, into)
-                    if stored is None:  # that partition is gone (retention) or other than known
+                    if stored is None:  # that partition no longer takes these rows
                         forget(connection.engine)
                         stored = self.copy_direct(cursor, target, width, values)
                     if stored:
@@ -354,18 +351,18 @@ class PostgresWriter:
                 copy.write_row(row)
 
     @staticmethod
-    def month_partition(engine: sa.Engine, target: Target, times: dict[str, list[Any]]) -> str | None:
-        """The one month partition that takes all of a set's rows, if there is one."""
+    def month_partition(cursor: Any, engine: sa.Engine, target: Target, times: dict[str, list[Any]]) -> str | None:
+        """The one month partition that takes all of a set's rows, if there is one, and stays a
+        partition of the table until the commit: the lock on the table (what any insert into it
+        takes) keeps DETACH and DROP of its partitions waiting, so rows written into it are rows
+        of the table. One detached or dropped since the process read the catalog is not used,
+        and the catalog is read again next time."""
         values = times.get(target.table.name)
         if not values:
             return None
-        return partition_holding(engine, target.table.name, min(values), max(values))
-
-    @staticmethod
-    def attached(cursor: Any, target: Target, partition: str) -> bool:
-        """Whether `partition` is a partition of the target's table, and stays one until the commit:
-        the lock on the table (what any insert into it takes) keeps DETACH and DROP of its
-        partitions waiting, so rows written into it are rows of the table."""
+        partition = partition_holding(engine, target.table.name, min(values), max(values))
+        if partition is None:
+            return None
         table = _q(target.table.name)
         cursor.execute(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE")
         cursor.execute(
@@ -373,7 +370,10 @@ class PostgresWriter:
             "WHERE inhrelid = to_regclass(%s) AND inhparent = to_regclass(%s))",
             (partition, table),
         )
-        return bool(cursor.fetchone()[0])
+        if not cursor.fetchone()[0]:
+            forget(engine)
+            return None
+        return partition
 
     def copy_direct(
         self, cursor: Any, target: Target, width: int, values: list[tuple[Any, ...]], into: str | None = None
@@ -383,7 +383,7 @@ class PostgresWriter:
         server's work of a staged INSERT ... ON CONFLICT; into its month partition `into` when
         they all fall in one (the key holds the time, so a key is unique in its partition as in
         the table). Any key already there undoes it (a savepoint) and says False; a partition
-        that is not there any more, or no longer takes these rows, says None."""
+        whose bounds no longer take these rows (made again under its name) says None."""
         import psycopg
 
         cursor.execute("SAVEPOINT metrify_copy")
@@ -392,7 +392,7 @@ class PostgresWriter:
         except psycopg.errors.UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT metrify_copy")
             return False
-        except (psycopg.errors.UndefinedTable, psycopg.errors.CheckViolation):
+        except psycopg.errors.CheckViolation:
             if into is None:
                 raise
             cursor.execute("ROLLBACK TO SAVEPOINT metrify_copy")
