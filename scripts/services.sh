@@ -22,6 +22,10 @@
 #   METRIFY_SERVICES_CACHE       download cache: Kafka jars, classes (default <repo>/.cache)
 #   METRIFY_SERVICES_PG_PORT     55432     METRIFY_SERVICES_REDIS_PORT             56379
 #   METRIFY_SERVICES_KAFKA_PORT  59092     METRIFY_SERVICES_KAFKA_CONTROLLER_PORT  59093
+#     A port set here is used as is (taken by another program: an error). Unset, a service starts
+#     on the port it had last time in this run folder, else on the default; when another program
+#     (or another checkout's services) holds that port, on the next free one. The ports in use are
+#     kept in <run folder>/ports, and `env` prints them.
 #   METRIFY_SERVICES_KAFKA_HEAP  "-Xms256m -Xmx512m"
 #   METRIFY_SERVICES_TIMEOUT     seconds to wait for each service to answer (default 120)
 #   METRIFY_SERVICES_MAVEN_REPO  a Maven local repository to use instead of ~/.m2/repository
@@ -30,10 +34,21 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN_DIR=${METRIFY_SERVICES_DIR:-$ROOT/.services}
 CACHE_DIR=${METRIFY_SERVICES_CACHE:-$ROOT/.cache}
-PG_PORT=${METRIFY_SERVICES_PG_PORT:-55432}
-REDIS_PORT=${METRIFY_SERVICES_REDIS_PORT:-56379}
-KAFKA_PORT=${METRIFY_SERVICES_KAFKA_PORT:-59092}
-KAFKA_CONTROLLER_PORT=${METRIFY_SERVICES_KAFKA_CONTROLLER_PORT:-59093}
+PORTS_FILE=$RUN_DIR/ports
+# The port of one service: set by the user, else the one this run folder used last, else the default.
+port_setting() { # NAME default
+	local pinned=METRIFY_SERVICES_${1}_PORT saved
+	if [ -n "${!pinned:-}" ]; then
+		printf '%s\n' "${!pinned}"
+		return 0
+	fi
+	saved=$(sed -n "s/^$1=\([0-9][0-9]*\)\$/\1/p" "$PORTS_FILE" 2>/dev/null | tail -n1)
+	printf '%s\n' "${saved:-$2}"
+}
+PG_PORT=$(port_setting PG 55432)
+REDIS_PORT=$(port_setting REDIS 56379)
+KAFKA_PORT=$(port_setting KAFKA 59092)
+KAFKA_CONTROLLER_PORT=$(port_setting KAFKA_CONTROLLER 59093)
 KAFKA_HEAP=${METRIFY_SERVICES_KAFKA_HEAP:-"-Xms256m -Xmx512m"}
 TIMEOUT=${METRIFY_SERVICES_TIMEOUT:-120}
 
@@ -93,6 +108,43 @@ as_root() {
 # True when something accepts TCP connections on 127.0.0.1:$1.
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
+# Several checkouts on one machine (a CI run beside a developer's run) each start their own
+# services. Choosing a free port and binding it are one step for all of them: a checkout holds this
+# machine-wide lock from the choice until its server listens, so two never pick the same port.
+# (fd 8; every server is started with it closed, so that it never outlives `up`.)
+PORTS_LOCK=${TMPDIR:-/tmp}/metrify-services-ports.lock
+ports_lock() {
+	exec 8>>"$PORTS_LOCK"
+	flock -w 600 8 || die "another checkout's services.sh holds $PORTS_LOCK for over 600s"
+}
+ports_unlock() { exec 8>&-; }
+
+# Settle the port of NAME (PG, REDIS, KAFKA, KAFKA_CONTROLLER) before its server starts: keep it when
+# it is free; when it is taken, fail if the user set it, else move to the next free one (steps of
+# 10, so that Kafka's two ports stay apart). The choice is recorded in $PORTS_FILE.
+settle_port() { # NAME [ports already chosen in this step...]
+	local name=$1 var=${1}_PORT pinned=METRIFY_SERVICES_${1}_PORT port tries=0
+	shift
+	port=${!var}
+	while port_open "$port" || [[ " $* " == *" $port "* ]]; do
+		[ -n "${!pinned:-}" ] && die "port $port is taken by another program; set $pinned to a free one"
+		tries=$((tries + 1))
+		[ $tries -le 200 ] || die "no free port found for $name above ${!var}; set $pinned"
+		port=$((port + 10))
+		[ $port -le 65535 ] || port=$((port - 64000))
+	done
+	if [ "$port" != "${!var}" ]; then
+		log "${name,,} port ${!var} is taken by another program: using $port"
+	fi
+	printf -v "$var" '%s' "$port"
+	mkdir -p "$RUN_DIR"
+	{
+		grep -v "^$name=" "$PORTS_FILE" 2>/dev/null || true
+		echo "$name=$port"
+	} >"$PORTS_FILE.tmp"
+	mv -f "$PORTS_FILE.tmp" "$PORTS_FILE"
+}
+
 # Check a pid file: prints the pid and succeeds when that process lives and its command line
 # contains the marker (so that a recycled pid is never mistaken for ours, nor killed).
 live_pid() {
@@ -142,7 +194,7 @@ spawn() { # pidfile outfile command [args...]
 	rm -f "$pidfile"
 	# shellcheck disable=SC2016 # $$ and $0 belong to the inner shell
 	setsid sh -c 'echo $$ >"$0.tmp" && mv -f "$0.tmp" "$0" && exec "$@"' "$pidfile" "$@" \
-		</dev/null >>"$outfile" 2>&1 9>&- &
+		</dev/null >>"$outfile" 2>&1 8>&- 9>&- &
 	for ((i = 0; i < 100; i++)); do
 		[ -s "$pidfile" ] && return 0
 		sleep 0.05
@@ -327,19 +379,21 @@ pg_up() {
 	if pg_running; then
 		log "postgres: already running"
 	else
-		port_open "$PG_PORT" && die "port $PG_PORT is taken by another program; set METRIFY_SERVICES_PG_PORT"
+		ports_lock
+		settle_port PG
 		pg_write_conf
 		log "postgres: starting on $HOST:$PG_PORT"
 		local logfile=$PG_DIR/postgres.log
 		touch "$logfile"
 		if is_root; then chown "$PG_OS_USER:" "$logfile"; fi
-		as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$logfile" -w -t "$TIMEOUT" start </dev/null >&2 9>&- ||
+		as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$logfile" -w -t "$TIMEOUT" start </dev/null >&2 8>&- 9>&- ||
 			{
 				tail -n 30 "$logfile" >&2 || true
 				die "postgres did not start (log: $logfile)"
 			}
 	fi
 	wait_for "postgres on $HOST:$PG_PORT" "$PG_DIR/postgres.log" pg_ready
+	ports_unlock
 	wait_for "postgres login as $PG_USER" "$PG_DIR/postgres.log" pg_psql -d postgres -c 'select 1'
 	if [ -z "$(pg_psql -d postgres -tAc "select 1 from pg_database where datname = '$PG_DB'")" ]; then
 		log "postgres: creating database $PG_DB"
@@ -366,7 +420,8 @@ redis_up() {
 	if redis_pid >/dev/null; then
 		log "redis: already running"
 	else
-		port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by another program; set METRIFY_SERVICES_REDIS_PORT"
+		ports_lock
+		settle_port REDIS
 		log "redis: starting on $HOST:$REDIS_PORT"
 		rm -f "$REDIS_DIR/redis.pid"
 		# no persistence: a cache and a task broker for tests
@@ -377,6 +432,7 @@ redis_up() {
 			--logfile "$REDIS_DIR/redis.log" --daemonize no
 	fi
 	wait_for "redis on $HOST:$REDIS_PORT" "$REDIS_DIR/redis.log" redis_started
+	ports_unlock
 }
 
 redis_down() {
@@ -470,23 +526,22 @@ kafka_up() {
 	if kafka_pid >/dev/null; then
 		log "kafka: already running"
 	else
-		local port
-		for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
-			port_open "$port" && die "port $port is taken by another program;" \
-				"set METRIFY_SERVICES_KAFKA_PORT / METRIFY_SERVICES_KAFKA_CONTROLLER_PORT"
-		done
+		ports_lock
+		settle_port KAFKA
+		settle_port KAFKA_CONTROLLER "$KAFKA_PORT"
 		kafka_write_conf
 		kafka_format
 		log "kafka: starting on $HOST:$KAFKA_PORT (controller $HOST:$KAFKA_CONTROLLER_PORT)"
 		[ -f "$KAFKA_DIR/kafka.log" ] && mv -f "$KAFKA_DIR/kafka.log" "$KAFKA_DIR/kafka.log.1"
-		# shellcheck disable=SC2086 # KAFKA_HEAP is a list of JVM options
 		: >"$KAFKA_DIR/kafka.log"
+		# shellcheck disable=SC2086 # KAFKA_HEAP is a list of JVM options
 		spawn "$KAFKA_DIR/kafka.pid" "$KAFKA_DIR/kafka.log" \
 			java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
 			-Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.xml" -cp "$KAFKA_LIB/*" \
 			kafka.Kafka "$KAFKA_DIR/server.properties"
 	fi
 	wait_for "kafka on $HOST:$KAFKA_PORT" "$KAFKA_DIR/kafka.log" kafka_listening
+	ports_unlock
 	# Once per broker process: metadata, group coordinators and transactions, with the real Java
 	# client (it also creates and loads the internal topics, so tests never wait on them).
 	local pid
