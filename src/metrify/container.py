@@ -14,7 +14,7 @@ from dependency_injector import containers, providers
 from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec, load_or_create_secret
 from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
 from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
-from metrify.adapters.sqlalchemy.engine import create_engine_for
+from metrify.adapters.sqlalchemy.engine import SqliteCheckpointer, create_engine_for
 from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
 from metrify.adapters.sqlalchemy.partitions import SqlAlchemyStorageMaintenance
 from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
@@ -28,9 +28,12 @@ from metrify.settings import Settings, SettingsError
 
 def _engine(url: str):  # noqa: ANN202 - a generator resource
     engine = create_engine_for(url)
+    checkpointer = SqliteCheckpointer.start_for(engine)
     try:
         yield engine
     finally:
+        if checkpointer is not None:
+            checkpointer.stop()
         engine.dispose()
 
 
