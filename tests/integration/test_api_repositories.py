@@ -3,8 +3,9 @@ adapters on SQLite and PostgreSQL give the same answers, so the fakes stay true.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
 from metrify.adapters.sqlalchemy.users import SqlAlchemyIngestKeyRepository, SqlAlchemyUserRepository
 from metrify.adapters.system import SystemClock
 from metrify.application.errors import AlreadyExists
-from metrify.application.queries import Subjects, TimeRange
+from metrify.application.queries import RegionWindow, Subjects, TimeRange
 from metrify.application.simulator import FleetProfile, fleet_rows, region_of
 from metrify.application.stream import StreamPipeline
 from metrify.domain.ingest_keys import IngestKey
@@ -182,4 +183,16 @@ def test_the_read_side_gives_the_same_pages_as_the_fake(ports: Ports) -> None:
     assert all(w.meters == 6 for w in answers["region"][:-1])
     expected = read_side(memory_ports())
     for name, value in answers.items():
-        assert value == expected[name], (name, value, expected[name])
+        if name == "region":
+            assert _same_region_windows(value, expected[name]), (value, expected[name])
+        else:
+            assert value == expected[name], (name, value, expected[name])
+
+
+def _same_region_windows(got: list[RegionWindow], want: list[RegionWindow]) -> bool:
+    """Equal but for the last bits of each kWh sum: SQL adds a region's meters up in no set order
+    (the storage's), and a float sum's last bits depend on the order."""
+    return len(got) == len(want) and all(
+        replace(g, sum_kwh=0.0) == replace(w, sum_kwh=0.0) and math.isclose(g.sum_kwh, w.sum_kwh, rel_tol=1e-12)
+        for g, w in zip(got, want, strict=True)
+    )

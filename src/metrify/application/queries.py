@@ -36,7 +36,9 @@ class Subjects:
 
 @dataclass(frozen=True, slots=True)
 class RegionWindow:
-    """A window of a region: the sum over its meters' aggregates of that window."""
+    """A window of a region: the sum over its meters' aggregates of that window. `sum_kwh` is a
+    floating-point sum taken in whatever order the store visits the meters' rows, so its last
+    bits may differ between stores holding the same windows."""
 
     region: str
     window: int
