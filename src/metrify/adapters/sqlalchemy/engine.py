@@ -115,9 +115,7 @@ class SqliteCheckpointer:
     @classmethod
     def start_for(cls, engine: Engine, interval: float = 0.25) -> SqliteCheckpointer | None:
         """A running checkpointer for a SQLite file database's engine; None for any other."""
-        if engine.url.get_backend_name() != "sqlite":
-            return None
-        path = sqlite_path(engine.url)
+        path = sqlite_path(engine.url)  # None for another backend or an in-memory database
         if path is None:
             return None
         checkpointer = cls(path, interval)
