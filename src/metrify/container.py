@@ -8,8 +8,9 @@ METRIFY_KAFKA__BOOTSTRAP is set, the cache is in-process unless METRIFY_REDIS_UR
 from __future__ import annotations
 
 import logging
-
-from dependency_injector import containers, providers
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec, load_or_create_secret
 from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
@@ -24,6 +25,28 @@ from metrify.adapters.system import SystemClock
 from metrify.application.storage import RetentionPolicy
 from metrify.application.stream import Backoff, StreamPipeline
 from metrify.settings import Settings, SettingsError
+
+
+@contextmanager
+def _web_frameworks_hidden() -> Iterator[None]:
+    """dependency_injector.containers imports its `wiring` module, which imports FastAPI,
+    Starlette and Werkzeug whenever they are installed, to recognise their markers in `@inject`
+    functions. Metrify wires nothing (the providers below are passed explicitly), and that import
+    cost every CLI command 0.4 s: those modules are hidden from it, unless already loaded (the
+    API process), and are importable again right after."""
+    names = [name for name in ("fastapi.params", "starlette.requests", "werkzeug.local") if name not in sys.modules]
+    for name in names:
+        sys.modules[name] = None  # type: ignore[assignment]  # import of it raises ImportError
+    try:
+        yield
+    finally:
+        for name in names:
+            if sys.modules.get(name, ...) is None:
+                del sys.modules[name]
+
+
+with _web_frameworks_hidden():
+    from dependency_injector import containers, providers
 
 
 def _engine(url: str):  # noqa: ANN202 - a generator resource

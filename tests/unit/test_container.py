@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,18 @@ def test_a_test_can_override_storage_with_the_in_memory_fake(embedded: Settings)
     assert [r.meter_id for r in store.readings.values()] == ["M1"]
     assert not (embedded.data_dir / "metrify.db").exists(), "the override must keep SQLite out of it"
     container.shutdown_resources()
+
+
+def test_the_container_leaves_the_web_frameworks_unloaded_but_importable() -> None:
+    """CLI commands start without FastAPI (dependency_injector's wiring would import it), and the
+    API, which imports it itself, still can."""
+    script = (
+        "import sys, metrify.container\n"
+        "print(sorted(m for m in ('fastapi', 'fastapi.params', 'starlette.requests') if m in sys.modules))\n"
+        "import fastapi.params, starlette.requests\n"
+        "from metrify.entrypoints.api import create_app\n"
+        "print('importable')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "importable"]
