@@ -89,11 +89,11 @@ def test_the_tally_forgets_settled_windows_and_still_counts_each_once() -> None:
     pipeline = pipeline_on(store, partitions=2)
     pipeline.load()
     rows = list(through_network(fleet(6, 3), NetworkProfile(delay_prob=0.3, max_delay=3000, seed=4)))
-    tally = Tally(prune_floor=1, prune_at=1)
+    tally = Tally()
     peak = 0
     for start in range(0, len(rows), 20):
         tally.add(pipeline.process(rows[start : start + 20]))
-        peak = max(peak, len(tally.windows))
+        peak = max(peak, tally.windows_held)
         tally.settle(pipeline.late_horizon())
     assert tally.windows_emitted == len(store.windows)
     assert tally.windows_settled > 0 and peak < len(store.windows) // 2

@@ -56,36 +56,43 @@ class Tally:
     too_late: int = 0
     gaps: dict[tuple[str, int], bool] = field(default_factory=dict)  # (meter, from) -> open
     # Windows emitted (once each, however often re-emitted): those LATE readings can still change
-    # by key, the others only counted, so memory stays bounded however long the replay.
-    windows: set[tuple[str, int, int]] = field(default_factory=set)
+    # are kept by key, grouped by the time they end; the others are only counted, so memory stays
+    # bounded however long the replay.
+    windows: dict[int, set[tuple[str, int, int]]] = field(default_factory=dict)  # end -> keys
     windows_settled: int = 0
-    prune_floor: int = 100_000
-    prune_at: int = 100_000
+
+    @property
+    def windows_held(self) -> int:
+        return sum(map(len, self.windows.values()))
 
     @property
     def windows_emitted(self) -> int:
-        return self.windows_settled + len(self.windows)
+        return self.windows_settled + self.windows_held
 
     def settle(self, horizon: int | None) -> None:
         """Forget the keys of windows that end at or before `horizon` (no reading can reach them:
-        it would be too late), keeping their count; at most once per doubling of the set."""
-        if horizon is None or len(self.windows) < self.prune_at:
+        it would be too late), keeping their count. Whole groups go: ends are few (window sizes
+        times the ends within the allowed lateness), so this costs next to nothing per batch."""
+        if horizon is None:
             return
-        settled = [key for key in self.windows if key[2] + key[1] <= horizon]
-        self.windows.difference_update(settled)
-        self.windows_settled += len(settled)
-        self.prune_at = max(self.prune_floor, 2 * len(self.windows))
+        for end in [end for end in self.windows if end <= horizon]:
+            self.windows_settled += len(self.windows.pop(end))
 
     def add(self, events: Iterable[Any]) -> None:
         accepted: dict[str, int] = {}
         rejected: dict[str, int] = {}
         too_late = 0
-        windows_add = self.windows.add
+        windows = self.windows
         gaps = self.gaps
         for event in events:
             kind = type(event)
             if kind is WindowUpdated:
-                windows_add(event[:3])  # (meter_id, window, window_start)
+                end = event[1] + event[2]  # window + window_start
+                held = windows.get(end)
+                if held is None:
+                    windows[end] = {event[:3]}  # (meter_id, window, window_start)
+                else:
+                    held.add(event[:3])
             elif kind is ReadingAccepted:
                 status = event[4]
                 accepted[status] = accepted.get(status, 0) + 1
