@@ -6,7 +6,7 @@
 # On a fresh clone with only python3 (>= 3.11) present it creates .venv, installs the package
 # with its dev extras, starts the real services (PostgreSQL, Redis, Kafka: scripts/services.sh,
 # left running for the next run; `bash scripts/services.sh down` stops them), then runs
-# ruff, import-linter and the whole pytest suite (unit and integration) against them, then
+# ruff, import-linter, mypy and the whole pytest suite (unit and integration) against them, then
 # builds the stream core with mypyc and runs the unit tests against the compiled modules too.
 # Exits non-zero when any of these fails, or when pytest collected no test at all.
 set -euo pipefail
@@ -49,6 +49,9 @@ log "ruff check src tests"
 
 log "lint-imports (layer contracts in pyproject.toml)"
 "$VENV/bin/lint-imports" || failed+=(import-linter)
+
+log "mypy (the types of src; settings in pyproject.toml)"
+"$VENV/bin/mypy" || failed+=(mypy)
 
 log "pytest $*"
 rc=0

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import structlog
+from structlog.typing import Processor
 
 
 def configure_logging(level: str, fmt: str, data_dir: Path) -> Path:
@@ -18,7 +19,7 @@ def configure_logging(level: str, fmt: str, data_dir: Path) -> Path:
     Calling it again replaces the handlers (a test, or a second command in one process)."""
     log_dir = data_dir / "logs"
     log_file = log_dir / "metrify.log"
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -313,7 +313,7 @@ class KafkaStreamLog:
             number = message.partition()
             offset = message.offset()
             value = message.value()
-            record = common(value, offset)
+            record: RawReading | codec.Malformed | None = common(value, offset)
             if record is None:
                 record = decode(message.key(), value, offset)
             if type(record) is reading_type:
@@ -407,14 +407,18 @@ class KafkaStreamLog:
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
-                            position = max(position, message.offset())
+                            eof = message.offset()  # always set on an end-of-partition event
+                            position = max(position, eof if eof is not None else position)
                             if position < end:  # committed data is there: the end moved on
                                 end = position
                         else:
                             log.warning("reading the changelog of partition %s: %s", partition, error.str())
                         continue
-                    latest[message.key()] = message.value()
-                    position = message.offset() + 1
+                    key, offset = message.key(), message.offset()
+                    if key is None or offset is None:  # every changelog record has both
+                        continue
+                    latest[key] = message.value()
+                    position = offset + 1
         finally:
             self.restorer.unassign()
         return latest

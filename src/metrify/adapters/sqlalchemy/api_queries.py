@@ -122,7 +122,9 @@ class SqlAlchemyFleetQueries:
         self, subjects: Subjects, reason: str | None, when: TimeRange, after: tuple[int, int] | None, limit: int
     ) -> list[ReadingRejected]:
         c = t.rejected_readings.c
-        stmt = sa.select(c.meter_id, c.raw_timestamp, c.raw_consumption, c.reason, c.partition, c.parsed_ts, c.position)
+        stmt: sa.Select[Any] = sa.select(
+            c.meter_id, c.raw_timestamp, c.raw_consumption, c.reason, c.partition, c.parsed_ts, c.position
+        )
         stmt = self._rejected_where(stmt, subjects, when)
         if reason is not None:
             stmt = stmt.where(c.reason == reason)

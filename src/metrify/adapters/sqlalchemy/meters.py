@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.errors import transient_errors
@@ -100,8 +101,5 @@ class SqlAlchemyMeterRegistry:
             for m, region in sorted(meters.items())
         ]
         with transient_errors(), self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
+            insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
             connection.execute(insert(t.meters).on_conflict_do_nothing(index_elements=["meter_id"]), rows)

@@ -178,7 +178,7 @@ def _layouts(connection: sa.Connection) -> dict[str, str]:
         return {table: "sqlite" for table in TIME_COLUMNS if table in present}
     if connection.dialect.name != "postgresql":
         raise StorageLayoutError(f"no storage maintenance for the {connection.dialect.name!r} database")
-    kinds = dict(
+    kinds: dict[str, str] = dict(
         connection.execute(
             sa.text(
                 "SELECT c.relname, c.relkind FROM pg_class c "

@@ -295,7 +295,11 @@ class PostgresWriter:
     def write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> None:
         if not rows:
             return
-        times = {x.table.name: [row[x.time_index] for row in rows[x]] for x in TIME_SERIES if rows.get(x)}
+        times = {
+            x.table.name: [row[at] for row in rows[x]]
+            for x in TIME_SERIES
+            if rows.get(x) and (at := x.time_index) is not None
+        }
         if times:
             ensure_partitions(connection.engine, times)
         with _driver(connection).cursor() as cursor:

@@ -8,7 +8,7 @@ import time
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from metrify.application.replay import ReplayReport, Tally
@@ -26,7 +26,7 @@ class ReplayProgress:
         self.started = time.monotonic()
         self.last_log = self.started
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
 
     def __enter__(self) -> ReplayProgress:
         self.started = self.last_log = time.monotonic()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
@@ -60,7 +60,7 @@ def get_meter(svc: Services, user: CurrentUser, meter_id: str) -> s.MeterOut:
 @router.patch("/{meter_id}", response_model=s.MeterOut, summary="Change a meter's region or expected interval")
 def update_meter(svc: Services, user: CurrentUser, meter_id: str, body: s.MeterUpdate) -> s.MeterOut:
     given = body.model_fields_set
-    changes = {}
+    changes: dict[str, Any] = {}
     if "region" in given:
         changes["region"] = body.region
     if "expected_interval_seconds" in given:
