@@ -408,7 +408,8 @@ class KafkaStreamLog:
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
                             eof = message.offset()  # always set on an end-of-partition event
-                            position = max(position, eof if eof is not None else position)
+                            if eof is not None:
+                                position = max(position, eof)
                             if position < end:  # committed data is there: the end moved on
                                 end = position
                         else:
