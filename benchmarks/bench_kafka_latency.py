@@ -10,7 +10,10 @@ reading is timed: a poller asks PostgreSQL every 10 ms which timed readings are 
 primary key. Prints p50, p90, p99 and max.
 
     eval "$(bash scripts/services.sh up)"
-    python benchmarks/bench_kafka_latency.py [--rate 5000] [--seconds 30] [--meters 5000]
+    python benchmarks/bench_kafka_latency.py [--rate 5000] [--seconds 30] [--meters 5000] [--timeline FILE]
+
+`--timeline FILE` writes every timed reading as a CSV line (seconds since the first one was
+produced, latency in ms): where in the run the slow ones were.
 
 Goal (issue 6): p99 < 500 ms at 5,000 readings/s.
 """
@@ -80,6 +83,7 @@ class Poller(threading.Thread):
         self.every = every
         self.pending: dict[tuple[str, int], float] = {}  # (meter, ts) -> produced at (perf_counter)
         self.latencies: list[float] = []
+        self.timeline: list[tuple[float, float]] = []  # (produced at, latency), perf_counter seconds
         self.lock = threading.Lock()
         self.running = True
 
@@ -108,6 +112,7 @@ class Poller(threading.Thread):
                             produced = self.pending.pop((meter, ts), None)
                             if produced is not None:
                                 self.latencies.append(seen - produced)
+                                self.timeline.append((produced, seen - produced))
                 time.sleep(self.every)
         self.engine.dispose()
 
@@ -171,6 +176,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--sample", type=int, default=10, help="time every n-th reading")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds produced before timing starts")
+    parser.add_argument("--timeline", type=Path, help="write (produced s, latency ms) of every timed reading here")
     args = parser.parse_args()
     bootstrap = os.environ.get("METRIFY_KAFKA__BOOTSTRAP")
     server = os.environ.get("METRIFY_DATABASE_URL", "")
@@ -244,6 +250,10 @@ def main() -> None:
             f"p99 {percentile(latencies, 0.99):.0f} ms, max {max(latencies):.0f} ms, "
             f"mean {statistics.fmean(latencies):.0f} ms"
         )
+        if args.timeline is not None:
+            first = 0.0
+            lines = (f"{produced - first:.3f},{took * 1000:.1f}" for produced, took in sorted(poller.timeline))
+            args.timeline.write_text("produced_s,latency_ms\n" + "\n".join(lines) + "\n")
         print(batch_figures(worker_port, "metrify_worker_batch_seconds"), "(process + transaction)")
         print(batch_figures(sink_port, "metrify_sink_batch_seconds"), "(database transaction)")
         print("goal: p99 < 500 ms at 5,000 readings/s")

@@ -281,3 +281,77 @@ def test_windows_whose_offsets_moved_behind_the_sinks_back_are_reread_and_the_re
     sink.run(stop_when_idle=0.0)
     assert store.events == ["e0"] and store.offsets == {a: 1, w: 7}
     assert (w, 7) in feed.rewinds and sink.expected[w] == 7
+
+
+def sliced_sink(feed: FakeFeed, store: Store, sources: list[Any], **options: Any) -> OutcomeSink:
+    """A sink that stores one window message per round (no time budget at all)."""
+    sink = OutcomeSink(
+        feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: None), window_seconds=0.0, **options
+    )
+    sink.sources_assigned(sources)
+    return sink
+
+
+def test_waiting_windows_are_stored_a_slice_a_round_and_readings_polled_later_go_first() -> None:
+    feed, store = FakeFeed(), Store()
+    a, w = ("readings", 0), ("aggregates", 0)
+    sink = sliced_sink(feed, store, [a, w])
+    closing = [FeedMessage(w, offset, [window(f"M{offset}", 0)]) for offset in range(3)]
+    feed.batches.append(FeedBatch([*closing, FeedMessage(a, 0, ["e0"])], {w: 4}))  # 4: past the marker
+    feed.batches.append(FeedBatch([FeedMessage(a, 1, ["e1"])], {}))
+    sink.run_once()
+    assert store.events == ["e0", window("M0", 0)] and store.offsets == {a: 1, w: 1} and sink.backlog == 2
+    sink.run_once()
+    assert store.events[2:] == ["e1", window("M1", 0)]  # the later reading did not wait for M2
+    assert store.offsets == {a: 2, w: 2}
+    sink.run_once()
+    assert store.events[4:] == [window("M2", 0)] and sink.backlog == 0
+    assert store.offsets == {a: 2, w: 4}  # the end behind the backlog moves with its last slice
+    assert sink.run_once() == 0
+
+
+def test_a_crash_between_slices_rereads_only_the_windows_not_stored() -> None:
+    feed, store = FakeFeed(), Store()
+    w = ("aggregates", 3)
+    sink = sliced_sink(feed, store, [w])
+    feed.batches.append(FeedBatch([FeedMessage(w, offset, [window("M1", offset)]) for offset in range(3)], {}))
+    sink.run_once()
+    assert store.offsets == {w: 1}
+    # the process dies here; a new sink reads from the offset the database holds
+    feed2 = FakeFeed()
+    again = sliced_sink(feed2, store, [w])
+    assert again.expected == {w: 1}
+    feed2.batches.append(FeedBatch([FeedMessage(w, offset, [window("M1", offset)]) for offset in (1, 2)], {}))
+    again.run(stop_when_idle=0.0)
+    assert store.events == [window("M1", 0), window("M1", 1), window("M1", 2)] and store.offsets == {w: 3}
+
+
+def test_windows_of_revoked_partitions_stop_waiting_and_stale_offsets_clear_the_backlog() -> None:
+    feed, store = FakeFeed(), Store()
+    w0, w1 = ("aggregates", 0), ("aggregates", 1)
+    sink = sliced_sink(feed, store, [w0, w1])
+    both = [FeedMessage(source, offset, [window("M1", offset)]) for offset in range(2) for source in (w0, w1)]
+    feed.batches.append(FeedBatch(both, {}))
+    sink.run_once()
+    assert sink.backlog == 3
+    sink.sources_revoked([w1])
+    assert sink.backlog == 1
+    store.offsets[w0] = 9  # another sink wrote w0 meanwhile
+    assert sink.run_once() == 0
+    assert sink.backlog == 0 and (w0, 9) in feed.rewinds and sink.expected == {w0: 9}
+
+
+def test_a_full_backlog_pauses_reading_until_the_database_catches_up() -> None:
+    feed, store = FakeFeed(), Store()
+    a, w = ("readings", 0), ("aggregates", 0)
+    sink = sliced_sink(feed, store, [a, w], max_backlog=2)
+    feed.batches.append(FeedBatch([FeedMessage(w, offset, [window("M1", offset)]) for offset in range(4)], {}))
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+    sink.run_once()
+    assert sink.backlog == 3
+    sink.run_once()  # 3 waiting >= 2: no poll, one more slice
+    assert len(feed.batches) == 1 and sink.backlog == 2
+    sink.run_once()
+    assert len(feed.batches) == 1 and sink.backlog == 1
+    sink.run_once()  # below the bound again: the reading is read and stored first
+    assert feed.batches == [] and store.events[-2:] == ["e0", window("M1", 3)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -427,7 +428,15 @@ class NullSinkMetrics:
 
 
 class OutcomeSink:
-    """Committed outputs -> the database, with the read offsets in the same transaction."""
+    """Committed outputs -> the database, with the read offsets in the same transaction.
+
+    Readings are never kept waiting by windows. When windows close, one poll can bring ten
+    aggregate upserts per reading (the hour's windows of every meter at once): written in one
+    transaction they held the readings polled after them for 0.4 s at 5,000 readings/s. So window
+    messages wait in a backlog, in offset order, and each round writes the polled readings first,
+    then one slice of the backlog sized to take about `window_seconds` at the rate the last
+    slices were written. Each transaction moves only the offsets of the messages it stored in
+    full, so a crash between slices re-reads the rest: nothing is lost, nothing doubled."""
 
     def __init__(
         self,
@@ -440,6 +449,8 @@ class OutcomeSink:
         max_batch: int = 500,
         max_wait: float = 0.1,
         lag_every: float = 1.0,
+        window_seconds: float = 0.05,
+        max_backlog: int = 200_000,
     ) -> None:
         self.feed = feed
         self.uow_factory = uow_factory
@@ -449,10 +460,16 @@ class OutcomeSink:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.lag_every = lag_every
+        self.window_seconds = window_seconds
+        self.max_backlog = max_backlog  # window records held before polling pauses
         self.expected: dict[Source, int | None] = {}
         self.totals = RunTotals()
         self.stopping = False
         self._last_lag = 0.0
+        self._backlog: deque[FeedMessage] = deque()  # window messages not stored yet, in poll order
+        self._backlog_records = 0
+        self._backlog_ends: dict[Source, int] = {}  # ends reached behind a source's backlog
+        self._window_rate = 50_000.0  # window records per second of the last slices
 
     def sources_assigned(self, sources: list[Source]) -> dict[Source, int | None]:
         stored = self._load(sources)
@@ -462,8 +479,15 @@ class OutcomeSink:
         return {source: stored.get(source) for source in sources}
 
     def sources_revoked(self, sources: list[Source]) -> None:
+        # Their waiting windows are dropped with them: the next owner reads them from the offsets
+        # the database holds, which never moved past them.
+        gone = set(sources)
+        if any(message.source in gone for message in self._backlog):
+            self._backlog = deque(m for m in self._backlog if m.source not in gone)
+            self._backlog_records = sum(len(m.events) for m in self._backlog)
         for source in sources:
             self.expected.pop(source, None)
+            self._backlog_ends.pop(source, None)
 
     def _load(self, sources: Collection[Source]) -> dict[Source, int]:
         def read() -> dict[Source, int]:
@@ -486,24 +510,34 @@ class OutcomeSink:
     def stop(self) -> None:
         self.stopping = True
 
+    @property
+    def backlog(self) -> int:
+        """Window records polled and not stored yet."""
+        return self._backlog_records
+
     def run_once(self) -> int:
-        """One batch: poll, store the events with the offsets in one transaction, acknowledge;
-        no garbage collection inside (see gc_paused)."""
+        """One round: poll, store the readings (and the other events) with their offsets in one
+        transaction, then a slice of the waiting windows in another, acknowledge; no garbage
+        collection inside (see gc_paused). Returns the messages handled (1 for a round that only
+        moved offsets or the backlog), 0 when idle."""
         with gc_paused():
             return self._run_once()
 
     def _run_once(self) -> int:
-        batch = self.feed.poll(self.max_batch, self.max_wait)
+        if self._backlog_records < self.max_backlog:
+            batch = self.feed.poll(self.max_batch, self.max_wait if not self._backlog else 0.0)
+        else:  # the database is behind on windows: let it catch up before reading more
+            batch = FeedBatch([], {})
         now_mono = time.monotonic()
         if now_mono - self._last_lag >= self.lag_every:
             self._last_lag = now_mono
             self.metrics.lag(self.feed.lag())
         events: list[Any] = []
-        windows: list[Any] = []
-        window_sources: set[Source] = set()
         moves: dict[Source, int] = {}
-        event_messages = window_messages = 0
+        messages = 0
         expected = self.expected
+        backlog = self._backlog
+        waiting = {message.source for message in backlog}
         for message in batch.messages:
             source = message.source
             if source not in expected:
@@ -511,34 +545,65 @@ class OutcomeSink:
             floor = moves.get(source, expected[source])
             if floor is not None and message.offset < floor:
                 continue
-            if message.events and type(message.events[0]) is WindowUpdated:
-                windows.extend(message.events)
-                window_sources.add(source)
-                window_messages += 1
-            else:
-                events.extend(message.events)
-                event_messages += 1
+            if source in waiting or (message.events and type(message.events[0]) is WindowUpdated):
+                backlog.append(message)
+                self._backlog_records += len(message.events)
+                waiting.add(source)
+                moves.pop(source, None)  # never the case: a source carries windows or other events
+                continue
+            events.extend(message.events)
+            messages += 1
             moves[source] = message.offset + 1
         for source, end in batch.ends.items():
-            if source in expected:
-                current = moves.get(source, expected[source])
-                if end > (current or 0):
-                    moves[source] = end
-        if not moves:
-            return 0
-        total = event_messages + window_messages
-        if total:
+            if source not in expected:
+                continue
+            if source in waiting:
+                self._backlog_ends[source] = max(end, self._backlog_ends.get(source, end))
+                continue
+            current = moves.get(source, expected[source])
+            if end > (current or 0):
+                moves[source] = end
+        if messages:
             self.totals.started(now_mono)
-        # Readings first, in their own transaction: when windows close, a batch can hold ten
-        # aggregate upserts per reading, and the readings need not wait for them. Each source's
-        # offsets move in the transaction that stores its events, so exactly-once holds.
-        event_moves = {source: new for source, new in moves.items() if source not in window_sources}
-        window_moves = {source: new for source, new in moves.items() if source in window_sources}
-        groups = ((events, event_moves, event_messages), (windows, window_moves, window_messages))
-        for group, group_moves, count in groups:
-            if group_moves and not self._store(group, group_moves, count):
+        handled = messages
+        if moves and not self._store(events, moves, messages):
+            return 0
+        if backlog:
+            self.totals.started(now_mono)
+            stored = self._store_windows()
+            if stored is None:
                 return 0
-        return total or 1
+            handled += stored
+        return handled or (1 if moves else 0)
+
+    def _store_windows(self) -> int | None:
+        """Store the head of the backlog: whole messages, about `window_seconds` of work at the
+        rate of the last slices, at least one message. Returns the messages stored, None when the
+        offsets were stale (everything was reloaded)."""
+        backlog = self._backlog
+        budget = max(1, int(self._window_rate * self.window_seconds))
+        events: list[Any] = []
+        moves: dict[Source, int] = {}
+        taken = 0
+        while backlog and (not taken or len(events) + len(backlog[0].events) <= budget):
+            message = backlog.popleft()
+            events.extend(message.events)
+            moves[message.source] = message.offset + 1
+            taken += 1
+        self._backlog_records -= len(events)
+        left = {message.source for message in backlog}
+        for source in list(moves):
+            end = self._backlog_ends.get(source)
+            if source not in left and end is not None:
+                del self._backlog_ends[source]
+                moves[source] = max(moves[source], end)
+        started = time.perf_counter()
+        if not self._store(events, moves, taken):
+            return None
+        seconds = time.perf_counter() - started
+        if events and seconds > 0:
+            self._window_rate = 0.5 * self._window_rate + 0.5 * max(len(events) / seconds, 1000.0)
+        return taken
 
     def _store(self, events: list[Any], moves: dict[Source, int], messages: int) -> bool:
         """Store events with their sources' offsets in one transaction; False when the database
@@ -571,6 +636,10 @@ class OutcomeSink:
         return True
 
     def _reload(self) -> None:
+        """Back to the offsets the database holds, for every source: what waited is read again."""
+        self._backlog.clear()
+        self._backlog_records = 0
+        self._backlog_ends.clear()
         sources = list(self.expected)
         stored = self._load(sources)
         for source in sources:
