@@ -25,7 +25,12 @@ import sqlalchemy as sa  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 from metrify.adapters.sqlalchemy import migrations  # noqa: E402
-from metrify.adapters.sqlalchemy.engine import create_engine_for, mask_url, normalise_url  # noqa: E402
+from metrify.adapters.sqlalchemy.engine import (  # noqa: E402
+    SqliteCheckpointer,
+    create_engine_for,
+    mask_url,
+    normalise_url,
+)
 from metrify.adapters.sqlalchemy.sink import READINGS  # noqa: E402
 from metrify.adapters.sqlalchemy.tables import readings as readings_table  # noqa: E402
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork  # noqa: E402
@@ -112,6 +117,8 @@ def bench_store(url: str, events: list[ReadingAccepted], batch: int, yardstick: 
     migrations.upgrade(url)
     engine = create_engine_for(url)
     watch = Stopwatch(engine)
+    # as `metrify replay` runs it: the write-ahead log copied back by a thread of its own
+    checkpointer = SqliteCheckpointer.start_for(engine)
     try:
         watch.run(f"unit of work, batches of {batch:,}", len(events), lambda: write_all(engine, events, batch))
         assert count(engine) == len(events)
@@ -122,6 +129,8 @@ def bench_store(url: str, events: list[ReadingAccepted], batch: int, yardstick: 
         if yardstick:
             postgres_yardstick(engine, watch, events, batch)
     finally:
+        if checkpointer is not None:
+            checkpointer.stop()
         engine.dispose()
 
 

@@ -27,6 +27,9 @@
 #     (or another checkout's services) holds that port, on the next free one. The ports in use are
 #     kept in <run folder>/ports, and `env` prints them.
 #   METRIFY_SERVICES_KAFKA_HEAP  "-Xms256m -Xmx512m"
+#   METRIFY_SERVICES_PG_DURABLE  1: PostgreSQL with fsync, synchronous commits and full-page writes
+#     on, as a production server runs (for benchmarks: `stop postgres`, then `up` with it set).
+#     Unset: a throw-away test cluster that trades durability for speed (fsync off).
 #   METRIFY_SERVICES_TIMEOUT     seconds to wait for each service to answer (default 120)
 #   METRIFY_SERVICES_MAVEN_REPO  a Maven local repository to use instead of ~/.m2/repository
 set -euo pipefail
@@ -51,6 +54,7 @@ KAFKA_PORT=$(port_setting KAFKA 59092)
 KAFKA_CONTROLLER_PORT=$(port_setting KAFKA_CONTROLLER 59093)
 KAFKA_HEAP=${METRIFY_SERVICES_KAFKA_HEAP:-"-Xms256m -Xmx512m"}
 TIMEOUT=${METRIFY_SERVICES_TIMEOUT:-120}
+PG_DURABLE=${METRIFY_SERVICES_PG_DURABLE:-0}
 
 HOST=127.0.0.1
 PG_USER=metrify
@@ -355,17 +359,25 @@ pg_init() {
 
 pg_write_conf() {
 	# Rewritten at every start, so a changed port applies. A throw-away test cluster: durability
-	# is traded for speed (fsync off); never point anything precious at it.
-	local conf=$PG_DIR/data/metrify.conf
+	# is traded for speed (fsync off) unless METRIFY_SERVICES_PG_DURABLE=1; never point anything
+	# precious at it.
+	local conf=$PG_DIR/data/metrify.conf durability=off tuning=""
+	if [ "$PG_DURABLE" = 1 ]; then
+		durability=on
+		# what a production server for a write-heavy time-series load sets: a page cache of its
+		# own, checkpoints far enough apart that a page's full image is logged rarely, compressed
+		tuning=$'shared_buffers = 512MB\nmax_wal_size = 4GB\nwal_compression = on'
+	fi
 	cat >"$conf" <<EOF
 # written by scripts/services.sh at every start; edits are lost
 listen_addresses = '$HOST'
 port = $PG_PORT
 unix_socket_directories = ''
 max_connections = 200
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+fsync = $durability
+synchronous_commit = $durability
+full_page_writes = $durability
+$tuning
 logging_collector = off
 log_min_messages = warning
 timezone = 'UTC'

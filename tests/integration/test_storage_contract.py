@@ -520,3 +520,29 @@ def test_a_bulk_set_of_windows_partly_stored_already_takes_the_new_values(store:
     got = everything(store)
     assert got == expected_after(stored, batch)
     assert len(got["aggregates"]) == 200 and all(row.count == 2 for row in got["aggregates"])
+
+
+def test_the_sink_commits_without_waiting_for_the_disk_and_the_stream_writers_wait(migrated_postgres_url: str) -> None:
+    """The Kafka sink's commits may skip the WAL flush (its input stays in Kafka and its offsets
+    commit with its rows); replay and API ingest, whose input is gone once committed, may not."""
+    from metrify.adapters.sqlalchemy.sink_offsets import SqlAlchemySinkUnitOfWork
+
+    empty_stream_tables(migrated_postgres_url)
+    # sessions start with it on, whatever the test server's own setting (services.sh: off)
+    engine = create_engine_for(migrated_postgres_url, connect_args={"options": "-c synchronous_commit=on"})
+    show = "SHOW synchronous_commit"
+    try:
+        with SqlAlchemySinkUnitOfWork(engine) as sink:
+            assert sink.connection.exec_driver_sql(show).scalar_one() == "off"
+            sink.outcomes.add_events([reading("M1", T0)])
+            sink.offsets.advance("sink", {("readings", 0): (None, 1)})
+            sink.commit()
+        with SqlAlchemyStreamUnitOfWork(engine) as uow:
+            assert uow.connection.exec_driver_sql(show).scalar_one() == "on"
+        with engine.connect() as connection:  # SET LOCAL: the pooled session keeps the server's setting
+            assert connection.exec_driver_sql(show).scalar_one() == "on"
+        with SqlAlchemySinkUnitOfWork(engine) as sink:
+            assert sink.offsets.load("sink", [("readings", 0)]) == {("readings", 0): 1}
+        assert len(list(SqlAlchemyOutcomeQueries(engine).readings(ExportFilter()))) == 1
+    finally:
+        engine.dispose()

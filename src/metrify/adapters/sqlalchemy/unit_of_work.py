@@ -97,6 +97,9 @@ class SqlAlchemyStreamUnitOfWork:
     outcomes: _StagedOutcomes
     state: _SqlState
     progress: _SqlProgress
+    # Whether a commit waits until PostgreSQL has flushed it to disk (synchronous_commit). Only a
+    # writer whose input outlives the database's last commits may say False (see the sink's).
+    synchronous_commit = True
 
     def __init__(self, engine: sa.Engine, now_us: Callable[[], int] | None = None) -> None:
         self.engine = engine
@@ -111,6 +114,9 @@ class SqlAlchemyStreamUnitOfWork:
             raise RuntimeError("the unit of work is used outside its `with` block")
         if not self._connection.in_transaction():
             self._connection.begin()
+            if not self.synchronous_commit and self._connection.dialect.name == "postgresql":
+                with transient_errors():
+                    self._connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
         return self._connection
 
     def __enter__(self) -> SqlAlchemyStreamUnitOfWork:
