@@ -12,6 +12,7 @@ from metrify.application.kafka_stream import (
     FeedBatch,
     FeedMessage,
     Malformed,
+    NullSinkMetrics,
     OutcomeSink,
     PolledPartition,
     StaleSinkOffsets,
@@ -283,10 +284,16 @@ def test_windows_whose_offsets_moved_behind_the_sinks_back_are_reread_and_the_re
     assert (w, 7) in feed.rewinds and sink.expected[w] == 7
 
 
-def sliced_sink(feed: FakeFeed, store: Store, sources: list[Any], **options: Any) -> OutcomeSink:
+def sliced_sink(feed: FakeFeed, store: Store, sources: list[Any], metrics: Any = None, **options: Any) -> OutcomeSink:
     """A sink that stores one window message per round (no time budget at all)."""
     sink = OutcomeSink(
-        feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: None), window_seconds=0.0, **options
+        feed,
+        lambda: FakeSinkUow(store),
+        "sink",
+        metrics,
+        backoff=Backoff(sleep=lambda _: None),
+        window_seconds=0.0,
+        **options,
     )
     sink.sources_assigned(sources)
     return sink
@@ -344,14 +351,24 @@ def test_windows_of_revoked_partitions_stop_waiting_and_stale_offsets_clear_the_
 def test_a_full_backlog_pauses_reading_until_the_database_catches_up() -> None:
     feed, store = FakeFeed(), Store()
     a, w = ("readings", 0), ("aggregates", 0)
-    sink = sliced_sink(feed, store, [a, w], max_backlog=2)
+    metrics = BacklogMetrics()
+    sink = sliced_sink(feed, store, [a, w], max_backlog=2, metrics=metrics)
     feed.batches.append(FeedBatch([FeedMessage(w, offset, [window("M1", offset)]) for offset in range(4)], {}))
     feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
     sink.run_once()
-    assert sink.backlog == 3
+    assert sink.backlog == 3 and metrics.reported == [3]
     sink.run_once()  # 3 waiting >= 2: no poll, one more slice
     assert len(feed.batches) == 1 and sink.backlog == 2
     sink.run_once()
     assert len(feed.batches) == 1 and sink.backlog == 1
     sink.run_once()  # below the bound again: the reading is read and stored first
     assert feed.batches == [] and store.events[-2:] == ["e0", window("M1", 3)]
+    assert metrics.reported == [3, 2, 1, 0]
+
+
+class BacklogMetrics(NullSinkMetrics):
+    def __init__(self) -> None:
+        self.reported: list[int] = []
+
+    def backlog(self, records: int) -> None:
+        self.reported.append(records)

@@ -409,6 +409,10 @@ class SinkMetrics(Protocol):
 
     def stale(self) -> None: ...
 
+    def backlog(self, records: int) -> None:
+        """Closed-window records read and waiting for their slice (see OutcomeSink)."""
+        ...
+
 
 class NullSinkMetrics:
     def batch_done(self, messages: int, events: int, seconds: float) -> None:
@@ -424,6 +428,9 @@ class NullSinkMetrics:
         pass
 
     def stale(self) -> None:
+        pass
+
+    def backlog(self, records: int) -> None:
         pass
 
 
@@ -470,6 +477,7 @@ class OutcomeSink:
         self._backlog_records = 0
         self._backlog_ends: dict[Source, int] = {}  # ends reached behind a source's backlog
         self._window_rate = 50_000.0  # window records per second of the last slices
+        self._reported_backlog = 0
 
     def sources_assigned(self, sources: list[Source]) -> dict[Source, int | None]:
         stored = self._load(sources)
@@ -521,7 +529,11 @@ class OutcomeSink:
         collection inside (see gc_paused). Returns the messages handled (1 for a round that only
         moved offsets or the backlog), 0 when idle."""
         with gc_paused():
-            return self._run_once()
+            handled = self._run_once()
+        if self._backlog_records != self._reported_backlog:
+            self._reported_backlog = self._backlog_records
+            self.metrics.backlog(self._backlog_records)
+        return handled
 
     def _run_once(self) -> int:
         if self._backlog_records < self.max_backlog:

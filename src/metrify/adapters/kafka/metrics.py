@@ -127,6 +127,9 @@ class PrometheusSinkMetrics:
         self.database_up = Gauge("metrify_sink_database_up", "1 while the database answers", registry=r)
         self.retries = Counter("metrify_sink_database_retries", "Database writes retried", registry=r)
         self.stale_offsets = Counter("metrify_sink_stale_offsets", "Batches refused: offsets moved", registry=r)
+        self.window_backlog = Gauge(
+            "metrify_sink_window_backlog", "Closed-window records read and waiting to be stored", registry=r
+        )
         self.kafka_up = KafkaUp(r)
         self.database_up.set(1)
         self._lag_sources: set[tuple[str, int]] = set()
@@ -152,3 +155,6 @@ class PrometheusSinkMetrics:
 
     def stale(self) -> None:
         self.stale_offsets.inc()
+
+    def backlog(self, records: int) -> None:
+        self.window_backlog.set(records)
