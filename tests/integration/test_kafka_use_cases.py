@@ -372,3 +372,51 @@ class BacklogMetrics(NullSinkMetrics):
 
     def backlog(self, records: int) -> None:
         self.reported.append(records)
+
+
+def test_messages_delivered_again_while_their_windows_wait_are_skipped() -> None:
+    feed, store = FakeFeed(), Store()
+    w = ("aggregates", 0)
+    sink = sliced_sink(feed, store, [w])
+    closing = [FeedMessage(w, offset, [window("M1", offset)]) for offset in range(3)]
+    feed.batches.append(FeedBatch(closing, {}))
+    feed.batches.append(FeedBatch(closing[1:], {}))  # the feed hands w:1 and w:2 over again
+    sink.run(stop_when_idle=0.0)
+    assert store.events == [window("M1", 0), window("M1", 1), window("M1", 2)]  # once each, in order
+    assert store.offsets == {w: 3}
+
+
+def test_a_source_carrying_events_then_windows_stores_the_events_and_moves_past_them() -> None:
+    feed, store = FakeFeed(), Store()
+    w = ("aggregates", 0)
+    sink = sliced_sink(feed, store, [w])
+    feed.batches.append(FeedBatch([FeedMessage(w, 0, ["r0"]), FeedMessage(w, 1, [window("M1", 0)])], {}))
+    sink.run_once()
+    assert store.events == ["r0", window("M1", 0)] and store.offsets == {w: 2}
+
+
+def test_an_end_reached_in_a_later_poll_moves_with_the_last_waiting_window() -> None:
+    feed, store = FakeFeed(), Store()
+    w = ("aggregates", 0)
+    sink = sliced_sink(feed, store, [w])
+    feed.batches.append(FeedBatch([FeedMessage(w, offset, [window("M1", offset)]) for offset in range(3)], {}))
+    feed.batches.append(FeedBatch([], {w: 4}))  # the commit marker after w:2
+    sink.run_once()
+    assert store.offsets == {w: 1}
+    sink.run_once()
+    assert store.offsets == {w: 2}  # w:2 still waits: the end does not move yet
+    sink.run_once()
+    assert store.offsets == {w: 4} and sink.backlog == 0
+
+
+def test_after_a_revocation_the_other_partitions_windows_go_on_and_the_revoked_end_is_dropped() -> None:
+    feed, store = FakeFeed(), Store()
+    w0, w1 = ("aggregates", 0), ("aggregates", 1)
+    sink = sliced_sink(feed, store, [w0, w1])
+    both = [FeedMessage(s, offset, [window(f"M{s[1]}", offset)]) for offset in range(2) for s in (w0, w1)]
+    feed.batches.append(FeedBatch(both, {w0: 3, w1: 3}))
+    sink.run_once()  # stores w0:0
+    sink.sources_revoked([w1])
+    sink.run(stop_when_idle=0.0)
+    assert store.events == [window("M0", 0), window("M0", 1)]
+    assert store.offsets == {w0: 3} and sink.backlog == 0

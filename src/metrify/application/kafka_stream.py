@@ -476,6 +476,7 @@ class OutcomeSink:
         self._backlog: deque[FeedMessage] = deque()  # window messages not stored yet, in poll order
         self._backlog_records = 0
         self._backlog_ends: dict[Source, int] = {}  # ends reached behind a source's backlog
+        self._backlog_next: dict[Source, int] = {}  # per source with waiting messages: the next offset
         self._window_rate = 50_000.0  # window records per second of the last slices
         self._reported_backlog = 0
 
@@ -496,6 +497,7 @@ class OutcomeSink:
         for source in sources:
             self.expected.pop(source, None)
             self._backlog_ends.pop(source, None)
+            self._backlog_next.pop(source, None)
 
     def _load(self, sources: Collection[Source]) -> dict[Source, int]:
         def read() -> dict[Source, int]:
@@ -549,19 +551,22 @@ class OutcomeSink:
         messages = 0
         expected = self.expected
         backlog = self._backlog
+        queued = self._backlog_next
         waiting = {message.source for message in backlog}
         for message in batch.messages:
             source = message.source
             if source not in expected:
                 continue
-            floor = moves.get(source, expected[source])
+            floor = queued.get(source, moves.get(source, expected[source]))  # next offset not seen yet
             if floor is not None and message.offset < floor:
                 continue
             if source in waiting or (message.events and type(message.events[0]) is WindowUpdated):
+                # from here on this source's messages wait their turn; a move already made for
+                # its events before this one stays (they are stored this round)
                 backlog.append(message)
                 self._backlog_records += len(message.events)
                 waiting.add(source)
-                moves.pop(source, None)  # never the case: a source carries windows or other events
+                queued[source] = message.offset + 1
                 continue
             events.extend(message.events)
             messages += 1
@@ -604,14 +609,16 @@ class OutcomeSink:
             taken += 1
         self._backlog_records -= len(events)
         left = {message.source for message in backlog}
-        for source in list(moves):
-            end = self._backlog_ends.get(source)
-            if source not in left and end is not None:
-                del self._backlog_ends[source]
+        done = [source for source in moves if source not in left]
+        for source in done:
+            end = self._backlog_ends.pop(source, None)
+            if end is not None:
                 moves[source] = max(moves[source], end)
         started = time.perf_counter()
         if not self._store(events, moves, taken):
             return None
+        for source in done:
+            self._backlog_next.pop(source, None)
         seconds = time.perf_counter() - started
         if events and seconds > 0:
             self._window_rate = 0.5 * self._window_rate + 0.5 * max(len(events) / seconds, 1000.0)
@@ -652,6 +659,7 @@ class OutcomeSink:
         self._backlog.clear()
         self._backlog_records = 0
         self._backlog_ends.clear()
+        self._backlog_next.clear()
         sources = list(self.expected)
         stored = self._load(sources)
         for source in sources:
