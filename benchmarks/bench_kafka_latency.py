@@ -251,7 +251,7 @@ def main() -> None:
             f"mean {statistics.fmean(latencies):.0f} ms"
         )
         if args.timeline is not None:
-            first = 0.0
+            first = min(produced for produced, _ in poller.timeline)
             lines = (f"{produced - first:.3f},{took * 1000:.1f}" for produced, took in sorted(poller.timeline))
             args.timeline.write_text("produced_s,latency_ms\n" + "\n".join(lines) + "\n")
         print(batch_figures(worker_port, "metrify_worker_batch_seconds"), "(process + transaction)")
