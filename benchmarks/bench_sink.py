@@ -1,7 +1,10 @@
 """How fast the stream sink writes readings: N ReadingAccepted events in batches, each batch one
 SqlAlchemyStreamUnitOfWork commit (with its partition state row), into a fresh SQLite file and,
 when METRIFY_DATABASE_URL names a PostgreSQL server, into a fresh database on it. On PostgreSQL a
-plain executemany of the same rows is timed as the yardstick.
+plain executemany of the same rows is timed as the yardstick, the sink's own unit of work (commits
+that do not wait for the WAL flush) beside the replay's, and, when the server runs on this machine
+and may read its files, the server's own floor: the same rows copied by the server from files,
+with no client at all.
 
     python benchmarks/bench_sink.py [--rows 200000] [--batch 10000] [--meters 2000]
 """
@@ -31,7 +34,8 @@ from metrify.adapters.sqlalchemy.engine import (  # noqa: E402
     mask_url,
     normalise_url,
 )
-from metrify.adapters.sqlalchemy.sink import READINGS  # noqa: E402
+from metrify.adapters.sqlalchemy.sink import READINGS, PostgresWriter, _driver  # noqa: E402
+from metrify.adapters.sqlalchemy.sink_offsets import SqlAlchemySinkUnitOfWork  # noqa: E402
 from metrify.adapters.sqlalchemy.tables import readings as readings_table  # noqa: E402
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork  # noqa: E402
 from metrify.domain.stream.events import ReadingAccepted  # noqa: E402
@@ -91,9 +95,14 @@ class Stopwatch:
         )
 
 
-def write_all(engine: sa.Engine, events: list[ReadingAccepted], batch: int) -> None:
+def write_all(
+    engine: sa.Engine,
+    events: list[ReadingAccepted],
+    batch: int,
+    unit_of_work: type[SqlAlchemyStreamUnitOfWork] = SqlAlchemyStreamUnitOfWork,
+) -> None:
     for offset in range(0, len(events), batch):
-        with SqlAlchemyStreamUnitOfWork(engine) as uow:
+        with unit_of_work(engine) as uow:
             uow.outcomes.add_events(events[offset : offset + batch])
             uow.state.save("bench", 0, events[min(len(events), offset + batch) - 1].timestamp, offset + batch, {})
             uow.commit()
@@ -126,8 +135,19 @@ def bench_store(url: str, events: list[ReadingAccepted], batch: int, yardstick: 
             "the same again (all conflicts, nothing changes)", len(events), lambda: write_all(engine, events, batch)
         )
         assert count(engine) == len(events)
+        if engine.dialect.name == "postgresql":
+            # what `metrify sink` commits with: the same writer, but commits that do not wait for
+            # the WAL flush (its input stays in Kafka; see SqlAlchemySinkUnitOfWork)
+            truncate(engine)
+            watch.run(
+                "sink unit of work (synchronous_commit off)",
+                len(events),
+                lambda: write_all(engine, events, batch, SqlAlchemySinkUnitOfWork),
+            )
+            assert count(engine) == len(events)
         if yardstick:
             postgres_yardstick(engine, watch, events, batch)
+            server_floor(engine, watch, events, batch)
     finally:
         if checkpointer is not None:
             checkpointer.stop()
@@ -162,6 +182,54 @@ def postgres_yardstick(engine: sa.Engine, watch: Stopwatch, events: list[Reading
     truncate(engine)
     watch.run("yardstick: SQLAlchemy Core insert(), list of dicts", len(rows), core_insert)
     assert count(engine) == len(rows)
+
+
+def server_floor(engine: sa.Engine, watch: Stopwatch, events: list[ReadingAccepted], batch: int) -> None:
+    """The server's own pace, no client at all: the same rows (each batch sorted by meter, as the
+    sink sorts them) in files of COPY's binary format that the server copies itself (`COPY readings FROM 'file'`),
+    each batch one transaction. No client can make the server go faster than this. Needs the
+    server on this machine and a role that may read its files (superuser or pg_read_server_files)."""
+    with engine.connect() as connection:
+        local = connection.execute(sa.text("SELECT inet_server_addr() <<= '127.0.0.0/8'::inet")).scalar_one()
+        allowed = connection.execute(
+            sa.text(
+                "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_server_files', 'MEMBER') "
+                "FROM pg_roles WHERE rolname = current_user"
+            )
+        ).scalar_one()
+    if not (local and allowed):
+        print("  the server's own floor: skipped (the server is not on this machine, or may not read files)")
+        return
+    from psycopg.copy import Copy, FileWriter
+
+    columns = [c.name for c in readings_table.columns][:6]
+    types = PostgresWriter().types[READINGS][:6]
+    with tempfile.TemporaryDirectory() as folder, engine.connect() as connection:
+        os.chmod(folder, 0o755)  # the server runs as another OS user
+        cursor = _driver(connection).cursor()
+        files = []
+        for offset in range(0, len(events), batch):
+            path = Path(folder) / f"batch-{offset // batch:06d}.pgcopy"
+            with path.open("wb") as handle:  # COPY's binary format, as the sink sends it
+                with Copy(cursor, binary=True, writer=FileWriter(handle)) as copy:
+                    copy.set_types(types)
+                    for row in sorted((e[:6] for e in events[offset : offset + batch]), key=lambda row: row[0]):
+                        copy.write_row(row)
+            path.chmod(0o644)
+            files.append(path)
+        connection.rollback()
+        truncate(engine)
+
+        def copy_files() -> None:
+            with engine.connect() as connection:
+                for path in files:
+                    connection.execute(sa.text("SET LOCAL synchronous_commit = off"))
+                    # the path is this script's own temp file, not input: a literal is safe here
+                    connection.exec_driver_sql(f"COPY readings ({', '.join(columns)}) FROM '{path}' (FORMAT binary)")
+                    connection.commit()
+
+        watch.run("the server's own floor: COPY FROM its files", len(events), copy_files)
+    assert count(engine) == len(events)
 
 
 def main() -> None:

@@ -377,6 +377,7 @@ class PrivateKafka:
     """A Kafka broker of this test alone (scripts/services.sh with its own folder and ports)."""
 
     def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self.port = _free_port()
         self.env = {
             **os.environ,
@@ -401,6 +402,17 @@ class PrivateKafka:
 
     def stop(self) -> None:
         self._run("stop")
+
+    def logs(self, lines: int = 60) -> str:
+        """The last lines of the broker's log before its restart and since (services.sh keeps
+        the previous start's as kafka.log.1): gone with the folder once the test ends."""
+        out = []
+        for name in ("kafka.log.1", "kafka.log"):
+            path = self.folder / "kafka" / name
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- private broker's {name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(out) or "(the private broker left no log)"
 
 
 @pytest.fixture
@@ -441,5 +453,10 @@ def test_kafka_pipeline_recovers_from_a_broker_restart_mid_stream(
             assert run.alive(name), run.log_of(name)
         # the whole logs: librdkafka's reconnect attempts after the line may fill any tail
         assert "kafka unreachable" in run.log_of("w1", tail=None) + run.log_of("w2", tail=None)
+    except BaseException:
+        # shown with the failure (captured output): a broker that died after its restart and a
+        # client that did not reconnect look alike from the clients' logs alone
+        print(private_kafka.logs())
+        raise
     finally:
         run.close()
