@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -38,6 +39,7 @@ from metrify.adapters.sqlalchemy.sink import READINGS, PostgresWriter, _driver  
 from metrify.adapters.sqlalchemy.sink_offsets import SqlAlchemySinkUnitOfWork  # noqa: E402
 from metrify.adapters.sqlalchemy.tables import readings as readings_table  # noqa: E402
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork  # noqa: E402
+from metrify.application.kafka_stream import FeedBatch, FeedMessage, OutcomeSink  # noqa: E402
 from metrify.domain.stream.events import ReadingAccepted  # noqa: E402
 
 US = 1_000_000
@@ -108,6 +110,62 @@ def write_all(
             uow.commit()
 
 
+SOURCE = ("readings", 0)
+
+
+class MemoryFeed:
+    """The sink's feed with the stream's outputs already in memory: messages of 500 readings on
+    one output partition, as the workers write them; `poll` hands out the next ones."""
+
+    def __init__(self, events: list[ReadingAccepted], per_message: int = 500) -> None:
+        self.messages = [
+            FeedMessage(SOURCE, n, events[start : start + per_message])
+            for n, start in enumerate(range(0, len(events), per_message))
+        ]
+        self.position = 0
+
+    def start(self, listener: Any) -> None:
+        listener.sources_assigned([SOURCE])
+
+    def poll(self, max_messages: int, timeout: float) -> FeedBatch:
+        chunk = self.messages[self.position : self.position + max_messages]
+        self.position += len(chunk)
+        return FeedBatch(chunk, {})
+
+    def rewind(self, source: Any, offset: int | None) -> None:
+        self.position = offset or 0
+
+    def acknowledge(self, offsets: Any) -> None:
+        """Nothing to tell: no broker behind this feed."""
+
+    def lag(self) -> dict[Any, int]:
+        return {SOURCE: len(self.messages) - self.position}
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def sink_loop(engine: sa.Engine, events: list[ReadingAccepted], batch: int, write_behind: bool) -> None:
+    """`metrify sink`'s loop (OutcomeSink) over the feed in memory, `batch` readings per
+    transaction, with the switch interval its entrypoint sets for write-behind."""
+    interval = sys.getswitchinterval()
+    if write_behind:
+        sys.setswitchinterval(0.0005)
+    try:
+        sink = OutcomeSink(
+            MemoryFeed(events),
+            lambda: SqlAlchemySinkUnitOfWork(engine),
+            "bench",
+            max_batch=max(1, batch // 500),
+            max_wait=0.0,
+            write_behind=write_behind,
+        )
+        totals = sink.run(stop_when_idle=0.0)
+    finally:
+        sys.setswitchinterval(interval)
+    assert totals.records == len(events), totals
+
+
 def count(engine: sa.Engine) -> int:
     with engine.connect() as connection:
         return int(connection.execute(sa.select(sa.func.count()).select_from(readings_table)).scalar_one())
@@ -116,10 +174,11 @@ def count(engine: sa.Engine) -> int:
 def truncate(engine: sa.Engine) -> None:
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            connection.execute(sa.text("TRUNCATE readings, stream_partitions"))
+            connection.execute(sa.text("TRUNCATE readings, stream_partitions, sink_offsets"))
         else:
             connection.execute(sa.text("DELETE FROM readings"))
             connection.execute(sa.text("DELETE FROM stream_partitions"))
+            connection.execute(sa.text("DELETE FROM sink_offsets"))
 
 
 def bench_store(url: str, events: list[ReadingAccepted], batch: int, yardstick: bool) -> None:
@@ -145,6 +204,12 @@ def bench_store(url: str, events: list[ReadingAccepted], batch: int, yardstick: 
                 lambda: write_all(engine, events, batch, SqlAlchemySinkUnitOfWork),
             )
             assert count(engine) == len(events)
+            # the whole sink loop, as `metrify sink` runs it (write-behind), and writing in its thread
+            loops = (("sink loop, write-behind (metrify sink)", True), ("sink loop, writing in its thread", False))
+            for label, write_behind in loops:
+                truncate(engine)
+                watch.run(label, len(events), lambda behind=write_behind: sink_loop(engine, events, batch, behind))
+                assert count(engine) == len(events)
         if yardstick:
             postgres_yardstick(engine, watch, events, batch)
             server_floor(engine, watch, events, batch)

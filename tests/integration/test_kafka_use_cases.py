@@ -3,7 +3,8 @@ their ports: the edge cases the process-level tests reach only by chance. No ser
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import threading
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from metrify.application.kafka_stream import (
     StreamWorker,
     TransactionAborted,
 )
-from metrify.application.ports import PartitionState
+from metrify.application.ports import PartitionState, TransientStoreError
 from metrify.application.stream import Backoff
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
@@ -184,6 +185,11 @@ class Store:
     def __init__(self) -> None:
         self.offsets: dict[Any, int] = {}
         self.events: list[Any] = []
+        self.log: list[tuple[str, int]] = []  # ("prepare" | "commit", transaction number)
+        self.prepared = 0
+        self.transient_failures = 0  # commits that fail as if the database went away
+        self.on_prepare: Callable[[int], None] | None = None
+        self.before_commit: Callable[[int], None] | None = None
 
 
 class FakeSinkUow:
@@ -195,10 +201,18 @@ class FakeSinkUow:
         self.moves: dict[Any, int] = {}
 
     def __enter__(self) -> FakeSinkUow:
+        self.number = 0
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.staged, self.moves = [], {}
+
+    def prepare(self) -> None:
+        self.store.prepared += 1
+        self.number = self.store.prepared
+        self.store.log.append(("prepare", self.number))
+        if self.store.on_prepare is not None:
+            self.store.on_prepare(self.number)
 
     def add_events(self, events: list[Any]) -> None:
         self.staged.extend(events)
@@ -212,7 +226,15 @@ class FakeSinkUow:
                 raise StaleSinkOffsets(str(source))
             self.moves[source] = new
 
-    def commit(self) -> None:
+    def commit(self, on_sending: Callable[[], None] | None = None) -> None:
+        if on_sending is not None:
+            on_sending()
+        if self.store.before_commit is not None:
+            self.store.before_commit(self.number)
+        if self.store.transient_failures:
+            self.store.transient_failures -= 1
+            raise TransientStoreError("the database went away")
+        self.store.log.append(("commit", self.number))
         self.store.events.extend(self.staged)
         self.store.offsets.update(self.moves)
 
@@ -420,3 +442,90 @@ def test_after_a_revocation_the_other_partitions_windows_go_on_and_the_revoked_e
     sink.run(stop_when_idle=0.0)
     assert store.events == [window("M0", 0), window("M0", 1)]
     assert store.offsets == {w0: 3} and sink.backlog == 0
+
+
+# -- write-behind: the next transaction prepared while the one before is written ---------------
+
+
+def behind_sink(feed: FakeFeed, store: Store, sources: list[Any]) -> OutcomeSink:
+    sink = OutcomeSink(
+        feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: None), write_behind=True
+    )
+    sink.sources_assigned(sources)
+    return sink
+
+
+def mixed_batches(a: Any, w: Any) -> list[FeedBatch]:
+    return [
+        FeedBatch([FeedMessage(w, 0, [window("M1", 0)]), FeedMessage(a, 0, ["e0"])], {}),
+        FeedBatch([FeedMessage(a, 0, ["e0"]), FeedMessage(a, 1, ["e1"])], {a: 3}),  # e0 delivered again
+        FeedBatch([FeedMessage(w, 1, [window("M1", 900_000_000)]), FeedMessage(a, 3, ["e3"])], {}),
+    ]
+
+
+def test_a_write_behind_sink_stores_exactly_what_a_sink_writing_in_its_own_thread_stores() -> None:
+    a, w = ("readings", 0), ("aggregates", 0)
+    results = []
+    for make in (sink_with, behind_sink):
+        feed, store = FakeFeed(), Store()
+        sink = make(feed, store, [a, w])
+        feed.batches.extend(mixed_batches(a, w))
+        totals = sink.run(stop_when_idle=0.0)
+        results.append((list(map(str, store.events)), store.offsets, sink.expected, totals.records))
+    assert results[0] == results[1]
+    assert results[1][1] == {a: 4, w: 2}
+
+
+def test_a_write_behind_sink_prepares_the_next_transaction_while_the_one_before_is_written() -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("readings", 0)
+    sink = behind_sink(feed, store, [a])
+    second_prepared = threading.Event()
+    waited: list[bool] = []
+    store.on_prepare = lambda n: second_prepared.set() if n == 2 else None
+    # the first write holds until the second transaction is prepared: a sink that prepared only
+    # after the write before it was in would leave it waiting in vain
+    store.before_commit = lambda n: waited.append(second_prepared.wait(5.0)) if n == 1 else None
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+    feed.batches.append(FeedBatch([FeedMessage(a, 1, ["e1"])], {}))
+    sink.run(stop_when_idle=0.0)
+    assert waited == [True]
+    assert store.log == [("prepare", 1), ("prepare", 2), ("commit", 1), ("commit", 2)]
+    assert store.events == ["e0", "e1"] and store.offsets == {a: 2}
+    assert feed.acknowledged == [{a: 1}, {a: 2}]
+
+
+def test_a_write_behind_sink_whose_write_found_other_offsets_drops_the_next_and_rereads() -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("gaps", 1)
+    sink = behind_sink(feed, store, [a])
+    store.offsets[a] = 7  # another sink took the partition over and wrote meanwhile
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["old"])], {}))
+    feed.batches.append(FeedBatch([FeedMessage(a, 1, ["older"])], {}))
+    assert sink.run_once() == 1  # written behind: the check comes with the next transaction
+    assert sink.run_once() == 0  # ... which is dropped, and the offsets reloaded
+    assert store.events == [] and store.offsets == {a: 7}
+    assert feed.rewinds == [(a, 7)] and sink.expected[a] == 7 and sink.backlog == 0
+
+
+def test_a_write_behind_sink_writes_again_from_scratch_when_the_database_went_away() -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("readings", 0)
+    sink = behind_sink(feed, store, [a])
+    store.transient_failures = 2  # the prepared commit, then the first patient attempt
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"]), FeedMessage(a, 1, ["e1"])], {}))
+    sink.run(stop_when_idle=0.0)
+    assert store.events == ["e0", "e1"] and store.offsets == {a: 2}
+    assert sink.totals.records == 2 and sink.totals.batches == 1
+
+
+def test_a_write_behind_sink_finishes_its_write_before_it_gives_a_partition_up() -> None:
+    feed, store = FakeFeed(), Store()
+    a, b = ("readings", 0), ("readings", 1)
+    sink = behind_sink(feed, store, [a, b])
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"]), FeedMessage(b, 0, ["f0"])], {}))
+    sink.run_once()
+    sink.sources_revoked([b])  # inside the next poll, as the consumer calls it
+    assert store.events == ["e0", "f0"] and store.offsets == {a: 1, b: 1}
+    assert feed.acknowledged == [{a: 1, b: 1}]  # acknowledged while b was still this sink's
+    assert sink.expected == {a: 1}

@@ -315,6 +315,38 @@ def test_large_batches_take_the_bulk_path_with_the_same_result(store: Store) -> 
     assert len(got["readings"]) == 300 and len(got["gaps"]) == 50
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_unit_of_work_prepared_ahead_writes_what_it_would_have_written(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The sink's write-behind: rows built and COPY data encoded by `prepare`, written by `commit`
+    (on the first write by a direct COPY, on the second, all conflicts, through the stage with the
+    same encoded data); anything staged after `prepare` is written too."""
+    url = request.getfixturevalue(f"migrated_{kind}_url")
+    empty_stream_tables(url)
+    engine = create_engine_for(url)
+    meters = [f"M{i:03d}" for i in range(100)]
+    batch = [
+        reading(meter, T0 + i * HALF_HOUR, i / 4, extra={"voltage": 230 + i} if i % 2 else None)
+        for meter in meters
+        for i in range(3)
+    ]
+    batch += [WindowUpdated(meter, HOUR, T0, 2, 0.25, 0.0, 0.25) for meter in meters]
+    late = [reading("M999", T0, 9.5)]
+    try:
+        for _ in range(2):
+            with SqlAlchemyStreamUnitOfWork(engine) as uow:
+                uow.outcomes.add_events(batch)
+                uow.prepare()
+                uow.outcomes.add_events(late)
+                uow.commit()
+        got = everything(Store(kind, lambda: None, SqlAlchemyOutcomeQueries(engine), lambda: None))
+    finally:
+        engine.dispose()
+    assert got == expected_after(batch + late)
+    assert len(got["readings"]) == 301 and len(got["aggregates"]) == 100
+
+
 def test_leaving_without_commit_leaves_nothing(store: Store) -> None:
     with store.uow() as uow:
         uow.outcomes.add_events(MIXED_BATCH)

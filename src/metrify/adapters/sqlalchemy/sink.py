@@ -25,7 +25,8 @@ batch the months its rows fall in get their partitions where missing (partitions
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cache
 from operator import itemgetter
 from typing import Any
 
@@ -160,6 +161,8 @@ TIME_SERIES = tuple(target for target in TARGETS if target.time_index is not Non
 _by_meter = itemgetter(0)  # a reading's meter_id, the first column of its key (meter_id, ts)
 
 StateSave = tuple[str, int, int | None, int, dict[str, list[Any]]]
+# A writer's work done ahead of the transaction: per target, its COPY data already encoded.
+Prepared = dict[Target, tuple[int, bytes]]
 
 
 def batch_rows(
@@ -244,7 +247,19 @@ class SqliteWriter:
     # bound parameters per statement: 999 is the lowest limit any SQLite build has
     max_parameters = 999
 
-    def write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> None:
+    def prepare(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> Prepared:
+        """Nothing to encode ahead: sqlite3 binds the rows as it inserts them."""
+        return {}
+
+    def write(
+        self,
+        connection: sa.Connection,
+        rows: dict[Target, list[tuple[Any, ...]]],
+        prepared: Prepared | None = None,
+        on_sending: Callable[[], None] | None = None,
+    ) -> None:
+        if on_sending is not None:
+            on_sending()  # the rows go in from here on
         if not rows:
             return
         cursor = _driver(connection).cursor()
@@ -287,12 +302,53 @@ class PostgresWriter:
         self.copy_threshold = copy_threshold
         self.types = {target: [_pg_type(target.table.c[c]) for c in target.columns] for target in TARGETS}
         self.guarded = {REJECTED}  # keys the table cannot enforce once partitioned: kept here
+        self._sending: Callable[[], None] | None = None  # see `write`
 
     @staticmethod
     def stage(target: Target) -> str:
         return f"metrify_stage_{target.name}"
 
-    def write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> None:
+    def prepare(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> Prepared:
+        """Encode the COPY data of every set that will be copied, without a word to the server:
+        psycopg's binary encoding through the connection's adapters, into memory. A thread that
+        prepares the next transaction this way leaves the one writing the current transaction
+        nothing to do but move bytes, so the server is never kept waiting for them (the sink's
+        write-behind; the sets `any_stored` guards are encoded when written)."""
+        from psycopg.copy import Copy
+
+        cursor = _driver(connection).cursor()
+        prepared: Prepared = {}
+        for target, values in rows.items():
+            if len(values) < self.copy_threshold or target in self.guarded:
+                continue
+            width, full = _copy_rows(target, values)
+            collected = _collecting_writer()()
+            with Copy(cursor, binary=True, writer=collected) as copy:
+                copy.set_types(self.types[target][:width])
+                for row in full:
+                    copy.write_row(row)
+            prepared[target] = (width, b"".join(collected.parts))
+        return prepared
+
+    def write(
+        self,
+        connection: sa.Connection,
+        rows: dict[Target, list[tuple[Any, ...]]],
+        prepared: Prepared | None = None,
+        on_sending: Callable[[], None] | None = None,
+    ) -> None:
+        """Write the rows in the connection's transaction. `on_sending` is called once, when the
+        first COPY data starts to flow (the checks before it done), or at the end if none does:
+        from there on the server has the work, and the caller's thread may prepare the next."""
+        self._sending = on_sending
+        try:
+            self._write(connection, rows, prepared or {})
+        finally:
+            sending, self._sending = self._sending, None
+        if sending is not None:
+            sending()
+
+    def _write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]], encoded: Prepared) -> None:
         if not rows:
             return
         times = {
@@ -318,24 +374,21 @@ class PostgresWriter:
                 if target in self.guarded and self.any_stored(cursor, target, values):
                     self.insert_new(cursor, target, values)
                     continue
-                runs = _runs(values)
                 if len(values) < self.copy_threshold:
-                    for width, run in runs:
+                    for width, run in _runs(values):
                         cursor.executemany(target.sql("%s", width), run)
                     continue
-                width = runs[0][0] if len(runs) == 1 else len(target.columns)
-                if len(runs) > 1:  # one COPY of full rows
-                    values = [row + (None,) * (width - len(row)) for row in values]
+                width, data = encoded[target] if target in encoded else _copy_rows(target, values)
                 if self.direct(target):
                     into = self.month_partition(cursor, connection.engine, target, times)
-                    stored = self.copy_direct(cursor, target, width, values, into)
+                    stored = self.copy_direct(cursor, target, width, data, into)
                     if stored is None:  # that partition no longer takes these rows
                         forget(connection.engine)
-                        stored = self.copy_direct(cursor, target, width, values)
+                        stored = self.copy_direct(cursor, target, width, data)
                     if stored:
                         continue
                     cursor.execute(self.create_stage(target))
-                self.copy(cursor, self.stage(target), target, width, values)
+                self.copy(cursor, self.stage(target), target, width, data)
                 cursor.execute(self.set_sql(target, width))
 
     def direct(self, target: Target) -> bool:
@@ -351,11 +404,18 @@ class PostgresWriter:
             f"SELECT {_cols(target.columns)} FROM {_q(target.table.name)} WITH NO DATA"
         )
 
-    def copy(self, cursor: Any, into: str, target: Target, width: int, values: list[tuple[Any, ...]]) -> None:
+    def copy(self, cursor: Any, into: str, target: Target, width: int, data: list[tuple[Any, ...]] | bytes) -> None:
+        """COPY rows, or COPY data that `prepare` encoded (the whole binary stream)."""
         columns = _cols(target.columns[:width])
         with cursor.copy(f"COPY {into} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            sending, self._sending = self._sending, None
+            if sending is not None:
+                sending()
+            if isinstance(data, bytes):
+                copy.write(data)
+                return
             copy.set_types(self.types[target][:width])
-            for row in values:
+            for row in data:
                 copy.write_row(row)
 
     @staticmethod
@@ -384,7 +444,7 @@ class PostgresWriter:
         return partition
 
     def copy_direct(
-        self, cursor: Any, target: Target, width: int, values: list[tuple[Any, ...]], into: str | None = None
+        self, cursor: Any, target: Target, width: int, values: list[tuple[Any, ...]] | bytes, into: str | None = None
     ) -> bool | None:
         """Insert-or-ignore rows are new rows nearly always (a batch is written twice only after a
         crash), and so are the windows a batch closes: COPY them straight into the table, half the
@@ -445,6 +505,32 @@ class PostgresWriter:
             return f"DELETE FROM {table} AS t USING {stage} AS s WHERE {match}"
         cols = _cols(target.columns[:width])
         return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {target.conflict()}"
+
+
+def _copy_rows(target: Target, values: list[tuple[Any, ...]]) -> tuple[int, list[tuple[Any, ...]]]:
+    """The width one COPY of these rows uses, and the rows at that width: their own when they
+    all have it, else every row padded with NULLs to the table's full width."""
+    runs = _runs(values)
+    if len(runs) == 1:
+        return runs[0][0], values
+    width = len(target.columns)
+    return width, [row + (None,) * (width - len(row)) for row in values]
+
+
+@cache
+def _collecting_writer() -> type[Any]:
+    """A psycopg COPY writer that keeps the encoded data in memory (see `PostgresWriter.prepare`);
+    made on first use, so that SQLite-only processes never import psycopg."""
+    from psycopg.copy import Writer
+
+    class Collected(Writer):
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+
+        def write(self, data: Any) -> None:
+            self.parts.append(bytes(data))
+
+    return Collected
 
 
 def writer_for(dialect_name: str) -> SqliteWriter | PostgresWriter:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.codec import decode_state
 from metrify.adapters.sqlalchemy.errors import is_transient, transient_errors
-from metrify.adapters.sqlalchemy.sink import StateSave, batch_rows, writer_for
+from metrify.adapters.sqlalchemy.sink import Prepared, StateSave, batch_rows, writer_for
 from metrify.application.outcomes import fold_events
 from metrify.application.ports import PartitionState, SourceProgress, TransientStoreError
 
@@ -97,6 +97,7 @@ class SqlAlchemyStreamUnitOfWork:
     outcomes: _StagedOutcomes
     state: _SqlState
     progress: _SqlProgress
+    _prepared: tuple[tuple[int, int, int], dict[Any, Any], Prepared] | None  # (staged counts, rows, encoded)
     # Whether a commit waits until PostgreSQL has flushed it to disk (synchronous_commit). Only a
     # writer whose input outlives the database's last commits may say False (see the sink's).
     synchronous_commit = True
@@ -143,14 +144,32 @@ class SqlAlchemyStreamUnitOfWork:
                 raise
             # else the error already on its way out is the one that matters
 
-    def commit(self) -> None:
+    def prepare(self) -> None:
+        """Do the commit's work that needs no word with the database: fold the events, build the
+        rows, encode them (PostgreSQL's COPY data). Then `commit` only talks to the database, and
+        may run on another thread while this one prepares the next unit of work. Anything staged
+        after `prepare` makes `commit` prepare again."""
+        if self._connection is None:
+            raise RuntimeError("the unit of work is used outside its `with` block")
         batch = fold_events(self.outcomes.events)
         now = self.now_us() if self.now_us is not None else None
         rows = batch_rows(batch, self.state.saved, self.progress.staged, now)
+        self._prepared = (self._staged_counts(), rows, self.writer.prepare(self._connection, rows))
+
+    def _staged_counts(self) -> tuple[int, int, int]:
+        return len(self.outcomes.events), len(self.state.saved), len(self.progress.staged)
+
+    def commit(self, on_sending: Callable[[], None] | None = None) -> None:
+        """Write everything staged and commit. `on_sending`, if given, is called once the checks
+        are done and the bulk of the data starts to flow (see `prepare`)."""
+        if self._prepared is None or self._prepared[0] != self._staged_counts():
+            self.prepare()
+        assert self._prepared is not None
+        _, rows, encoded = self._prepared
         connection = self.connection
         try:
             with transient_errors():
-                self.writer.write(connection, rows)
+                self.writer.write(connection, rows, encoded, on_sending)
                 connection.commit()
         except Exception as error:
             # A driver-level failure (COPY) bypasses SQLAlchemy's disconnect handling: make sure
@@ -167,6 +186,7 @@ class SqlAlchemyStreamUnitOfWork:
                 self._connection.rollback()
 
     def _reset(self) -> None:
+        self._prepared = None
         self.outcomes = _StagedOutcomes()
         self.state = _SqlState(self)
         self.progress = _SqlProgress(self)
