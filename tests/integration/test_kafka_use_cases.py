@@ -188,6 +188,7 @@ class Store:
         self.log: list[tuple[str, int]] = []  # ("prepare" | "commit", transaction number)
         self.prepared = 0
         self.transient_failures = 0  # commits that fail as if the database went away
+        self.enter_failures = 0  # units of work that cannot reach the database at all
         self.on_prepare: Callable[[int], None] | None = None
         self.before_commit: Callable[[int], None] | None = None
 
@@ -201,6 +202,9 @@ class FakeSinkUow:
         self.moves: dict[Any, int] = {}
 
     def __enter__(self) -> FakeSinkUow:
+        if self.store.enter_failures:
+            self.store.enter_failures -= 1
+            raise TransientStoreError("the database does not answer")
         self.number = 0
         return self
 
@@ -529,3 +533,15 @@ def test_a_write_behind_sink_finishes_its_write_before_it_gives_a_partition_up()
     assert store.events == ["e0", "f0"] and store.offsets == {a: 1, b: 1}
     assert feed.acknowledged == [{a: 1, b: 1}]  # acknowledged while b was still this sink's
     assert sink.expected == {a: 1}
+
+
+def test_a_write_behind_sink_that_cannot_reach_the_database_to_prepare_writes_the_patient_way() -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("readings", 0)
+    sink = behind_sink(feed, store, [a])
+    store.enter_failures = 2  # the prepared unit of work, then the first patient attempt
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+    feed.batches.append(FeedBatch([FeedMessage(a, 1, ["e1"])], {}))
+    sink.run(stop_when_idle=0.0)
+    assert store.events == ["e0", "e1"] and store.offsets == {a: 2}
+    assert store.log == [("commit", 0), ("prepare", 1), ("commit", 1)]  # the first one unprepared
