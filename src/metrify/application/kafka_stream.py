@@ -464,7 +464,12 @@ class OutcomeSink:
     messages wait in a backlog, in offset order, and each round writes the polled readings first,
     then one slice of the backlog sized to take about `window_seconds` at the rate the last
     slices were written. Each transaction moves only the offsets of the messages it stored in
-    full, so a crash between slices re-reads the rest: nothing is lost, nothing doubled."""
+    full, so a crash between slices re-reads the rest: nothing is lost, nothing doubled.
+
+    With `write_behind` (what `metrify sink` runs), transactions are written by a writer thread:
+    once one's data flows to the database, this thread polls and prepares the next (rows built,
+    COPY data encoded), so the server does not wait for the client between transactions. They
+    still commit one at a time, in order (see `_store`)."""
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from operator import itemgetter
 from typing import Any
@@ -161,8 +162,24 @@ TIME_SERIES = tuple(target for target in TARGETS if target.time_index is not Non
 _by_meter = itemgetter(0)  # a reading's meter_id, the first column of its key (meter_id, ts)
 
 StateSave = tuple[str, int, int | None, int, dict[str, list[Any]]]
-# A writer's work done ahead of the transaction: per target, its COPY data already encoded.
-Prepared = dict[Target, tuple[int, bytes]]
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A writer's work done ahead of the transaction (see `PostgresWriter.prepare`): per target,
+    the width and COPY data already encoded, and the time-series rows' times per table."""
+
+    encoded: dict[Target, tuple[int, bytes]] = field(default_factory=dict)
+    times: dict[str, list[Any]] | None = None
+
+
+def _times(rows: dict[Target, list[tuple[Any, ...]]]) -> dict[str, list[Any]]:
+    """The times of the time-series rows, per table: which partitions they need."""
+    return {
+        x.table.name: [row[at] for row in rows[x]]
+        for x in TIME_SERIES
+        if rows.get(x) and (at := x.time_index) is not None
+    }
 
 
 def batch_rows(
@@ -249,7 +266,7 @@ class SqliteWriter:
 
     def prepare(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> Prepared:
         """Nothing to encode ahead: sqlite3 binds the rows as it inserts them."""
-        return {}
+        return Prepared()
 
     def write(
         self,
@@ -317,7 +334,7 @@ class PostgresWriter:
         from psycopg.copy import Copy
 
         cursor = _driver(connection).cursor()
-        prepared: Prepared = {}
+        prepared = Prepared(times=_times(rows))
         for target, values in rows.items():
             if len(values) < self.copy_threshold or target in self.guarded:
                 continue
@@ -327,7 +344,7 @@ class PostgresWriter:
                 copy.set_types(self.types[target][:width])
                 for row in full:
                     copy.write_row(row)
-            prepared[target] = (width, b"".join(collected.parts))
+            prepared.encoded[target] = (width, b"".join(collected.parts))
         return prepared
 
     def write(
@@ -342,20 +359,17 @@ class PostgresWriter:
         from there on the server has the work, and the caller's thread may prepare the next."""
         self._sending = on_sending
         try:
-            self._write(connection, rows, prepared or {})
+            self._write(connection, rows, prepared or Prepared())
         finally:
             sending, self._sending = self._sending, None
         if sending is not None:
             sending()
 
-    def _write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]], encoded: Prepared) -> None:
+    def _write(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]], prepared: Prepared) -> None:
         if not rows:
             return
-        times = {
-            x.table.name: [row[at] for row in rows[x]]
-            for x in TIME_SERIES
-            if rows.get(x) and (at := x.time_index) is not None
-        }
+        encoded = prepared.encoded
+        times = prepared.times if prepared.times is not None else _times(rows)
         if times:
             ensure_partitions(connection.engine, times)
         with _driver(connection).cursor() as cursor:
