@@ -545,3 +545,13 @@ def test_a_write_behind_sink_that_cannot_reach_the_database_to_prepare_writes_th
     sink.run(stop_when_idle=0.0)
     assert store.events == ["e0", "e1"] and store.offsets == {a: 2}
     assert store.log == [("commit", 0), ("prepare", 1), ("commit", 1)]  # the first one unprepared
+
+
+def test_an_idle_write_behind_sink_accounts_for_its_last_write_at_once() -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("readings", 0)
+    sink = behind_sink(feed, store, [a])
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+    sink.run_once()
+    sink.run_once()  # polls nothing
+    assert feed.acknowledged == [{a: 1}] and sink.totals.batches == 1 and sink.totals.records == 1

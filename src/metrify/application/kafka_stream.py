@@ -589,6 +589,11 @@ class OutcomeSink:
             self._reload_due = False
             self._reload()
             return 0
+        if self._in_flight is not None and not batch.messages and not batch.ends:
+            # nothing new: account for the last write now (acknowledged, counted), so an idle
+            # sink shows no lag, rather than with the next transaction, whenever that comes
+            if not self._settle():
+                return 0
         now_mono = time.monotonic()
         if now_mono - self._last_lag >= self.lag_every:
             self._last_lag = now_mono
