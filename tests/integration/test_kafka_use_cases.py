@@ -555,3 +555,16 @@ def test_an_idle_write_behind_sink_accounts_for_its_last_write_at_once() -> None
     sink.run_once()
     sink.run_once()  # polls nothing
     assert feed.acknowledged == [{a: 1}] and sink.totals.batches == 1 and sink.totals.records == 1
+
+
+def test_a_write_behind_sink_rereads_after_a_rebalance_whose_waited_write_found_other_offsets() -> None:
+    feed, store = FakeFeed(), Store()
+    a, b = ("readings", 0), ("readings", 1)
+    sink = behind_sink(feed, store, [a, b])
+    store.offsets[a] = 7  # another sink wrote there meanwhile
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["old"]), FeedMessage(b, 0, ["f0"])], {}))
+    sink.run_once()
+    sink.sources_revoked([b])  # inside a poll: the write is waited for, the reload must wait
+    assert feed.rewinds == [] and store.events == []
+    assert sink.run_once() == 0  # the next round reloads first
+    assert feed.rewinds == [(a, 7)] and sink.expected == {a: 7}

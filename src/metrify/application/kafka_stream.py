@@ -512,7 +512,7 @@ class OutcomeSink:
         self._reload_due = False  # write-behind: a write found stale offsets inside a callback
 
     def sources_assigned(self, sources: list[Source]) -> dict[Source, int | None]:
-        self._settle_in_callback()
+        self._settle(reload_now=False)
         stored = self._load(sources)
         for source in sources:
             self.expected[source] = stored.get(source)
@@ -523,7 +523,7 @@ class OutcomeSink:
         # Their waiting windows are dropped with them: the next owner reads them from the offsets
         # the database holds, which never moved past them. A write still under way finishes
         # first, while the partitions are still this sink's.
-        self._settle_in_callback()
+        self._settle(reload_now=False)
         gone = set(sources)
         if any(message.source in gone for message in self._backlog):
             self._backlog = deque(m for m in self._backlog if m.source not in gone)
@@ -677,9 +677,9 @@ class OutcomeSink:
         holds other offsets than expected (they are reloaded).
 
         Write-behind: the transaction is prepared here (rows built, COPY data encoded), written
-        by the writer thread once the one before it is in, and this returns at once; False then
-        means that the transaction before found other offsets (this one is dropped, everything
-        reloaded). Transactions go in order, each from the offsets the one before moved to, so
+        by the writer thread once the one before it is in, and this returns as soon as its data
+        flows; False then means that the transaction before found other offsets (this one is
+        dropped, everything reloaded). Transactions go in order, each from the offsets the one before moved to, so
         exactly-once holds as when they are written here: a write that fails makes the next one
         fail its offset check, never skip."""
         expected = self.expected
@@ -777,39 +777,28 @@ class OutcomeSink:
         self.backoff.run(write)
         return time.perf_counter() - started
 
-    def _settle(self) -> bool:
+    def _settle(self, reload_now: bool = True) -> bool:
         """Wait for the write under way, if any, and account for it; False when it found other
-        offsets than expected (then everything was reloaded)."""
+        offsets than expected. Then everything is reloaded, at once or, inside a rebalance
+        callback (`reload_now` False: the feed is inside its poll), at the start of the next round."""
         write, self._in_flight = self._in_flight, None
         if write is None or write.future is None:
             return True
         try:
             seconds = write.future.result()
         except StaleSinkOffsets as exc:
-            self._stale(exc)
+            self._stale(exc, reload_now)
             return False
         self._stored(write, seconds)
         return True
 
-    def _settle_in_callback(self) -> None:
-        """In a rebalance callback: let the write under way finish; a reload it calls for waits
-        for the next round (the feed is inside its poll)."""
-        write, self._in_flight = self._in_flight, None
-        if write is None or write.future is None:
-            return
-        try:
-            seconds = write.future.result()
-        except StaleSinkOffsets as exc:
-            self.metrics.stale()
-            sink_log.warning("the database holds other offsets than expected (%s): reloading them", exc)
-            self._reload_due = True
-            return
-        self._stored(write, seconds)
-
-    def _stale(self, exc: StaleSinkOffsets) -> None:
+    def _stale(self, exc: StaleSinkOffsets, reload_now: bool = True) -> None:
         self.metrics.stale()
         sink_log.warning("the database holds other offsets than expected (%s): reloading them", exc)
-        self._reload()
+        if reload_now:
+            self._reload()
+        else:
+            self._reload_due = True
 
     def _stored(self, write: _Write, seconds: float) -> None:
         self.metrics.store_ok()
@@ -823,7 +812,7 @@ class OutcomeSink:
 
     def _reload(self) -> None:
         """Back to the offsets the database holds, for every source: what waited is read again."""
-        self._settle_in_callback()  # a write under way finishes first (its outcome changes nothing here)
+        self._settle(reload_now=False)  # a write under way finishes first (its outcome changes nothing here)
         self._reload_due = False
         self._backlog.clear()
         self._backlog_records = 0
