@@ -243,8 +243,11 @@ class FakeSinkUow:
         self.store.offsets.update(self.moves)
 
 
-def sink_with(feed: FakeFeed, store: Store, sources: list[Any]) -> OutcomeSink:
-    sink = OutcomeSink(feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: None))
+def sink_with(feed: FakeFeed, store: Store, sources: list[Any], metrics: Any = None, **options: Any) -> OutcomeSink:
+    """A sink over the fake feed and store that retries at once, given `sources`."""
+    sink = OutcomeSink(
+        feed, lambda: FakeSinkUow(store), "sink", metrics, backoff=Backoff(sleep=lambda _: None), **options
+    )
     sink.sources_assigned(sources)
     return sink
 
@@ -312,17 +315,7 @@ def test_windows_whose_offsets_moved_behind_the_sinks_back_are_reread_and_the_re
 
 def sliced_sink(feed: FakeFeed, store: Store, sources: list[Any], metrics: Any = None, **options: Any) -> OutcomeSink:
     """A sink that stores one window message per round (no time budget at all)."""
-    sink = OutcomeSink(
-        feed,
-        lambda: FakeSinkUow(store),
-        "sink",
-        metrics,
-        backoff=Backoff(sleep=lambda _: None),
-        window_seconds=0.0,
-        **options,
-    )
-    sink.sources_assigned(sources)
-    return sink
+    return sink_with(feed, store, sources, metrics, window_seconds=0.0, **options)
 
 
 def test_waiting_windows_are_stored_a_slice_a_round_and_readings_polled_later_go_first() -> None:
@@ -452,11 +445,7 @@ def test_after_a_revocation_the_other_partitions_windows_go_on_and_the_revoked_e
 
 
 def behind_sink(feed: FakeFeed, store: Store, sources: list[Any]) -> OutcomeSink:
-    sink = OutcomeSink(
-        feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: None), write_behind=True
-    )
-    sink.sources_assigned(sources)
-    return sink
+    return sink_with(feed, store, sources, write_behind=True)
 
 
 def mixed_batches(a: Any, w: Any) -> list[FeedBatch]:

@@ -341,9 +341,7 @@ class PostgresWriter:
             width, full = _copy_rows(target, values)
             collected = _collecting_writer()()
             with Copy(cursor, binary=True, writer=collected) as copy:
-                copy.set_types(self.types[target][:width])
-                for row in full:
-                    copy.write_row(row)
+                self.put_rows(copy, target, width, full)
             prepared.encoded[target] = (width, b"".join(collected.parts))
         return prepared
 
@@ -427,10 +425,14 @@ class PostgresWriter:
                 sending()
             if isinstance(data, bytes):
                 copy.write(data)
-                return
-            copy.set_types(self.types[target][:width])
-            for row in data:
-                copy.write_row(row)
+            else:
+                self.put_rows(copy, target, width, data)
+
+    def put_rows(self, copy: Any, target: Target, width: int, rows: list[tuple[Any, ...]]) -> None:
+        """Rows into a COPY of their first `width` columns, in binary with the columns' types."""
+        copy.set_types(self.types[target][:width])
+        for row in rows:
+            copy.write_row(row)
 
     @staticmethod
     def month_partition(cursor: Any, engine: sa.Engine, target: Target, times: dict[str, list[Any]]) -> str | None:

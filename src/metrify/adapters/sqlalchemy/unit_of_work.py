@@ -109,16 +109,21 @@ class SqlAlchemyStreamUnitOfWork:
         self._connection: sa.Connection | None = None
         self._reset()
 
-    @property
-    def connection(self) -> sa.Connection:
+    def _checked_out(self) -> sa.Connection:
+        """The connection of this `with` block, as it is (no transaction begun for it)."""
         if self._connection is None:
             raise RuntimeError("the unit of work is used outside its `with` block")
-        if not self._connection.in_transaction():
-            self._connection.begin()
-            if not self.synchronous_commit and self._connection.dialect.name == "postgresql":
-                with transient_errors():
-                    self._connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
         return self._connection
+
+    @property
+    def connection(self) -> sa.Connection:
+        connection = self._checked_out()
+        if not connection.in_transaction():
+            connection.begin()
+            if not self.synchronous_commit and connection.dialect.name == "postgresql":
+                with transient_errors():
+                    connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
+        return connection
 
     def __enter__(self) -> SqlAlchemyStreamUnitOfWork:
         with transient_errors():
@@ -149,12 +154,11 @@ class SqlAlchemyStreamUnitOfWork:
         rows, encode them (PostgreSQL's COPY data). Then `commit` only talks to the database, and
         may run on another thread while this one prepares the next unit of work. Anything staged
         after `prepare` makes `commit` prepare again."""
-        if self._connection is None:
-            raise RuntimeError("the unit of work is used outside its `with` block")
+        connection = self._checked_out()
         batch = fold_events(self.outcomes.events)
         now = self.now_us() if self.now_us is not None else None
         rows = batch_rows(batch, self.state.saved, self.progress.staged, now)
-        self._prepared = (self._staged_counts(), rows, self.writer.prepare(self._connection, rows))
+        self._prepared = (self._staged_counts(), rows, self.writer.prepare(connection, rows))
 
     def _staged_counts(self) -> tuple[int, int, int]:
         return len(self.outcomes.events), len(self.state.saved), len(self.progress.staged)
