@@ -25,6 +25,12 @@ def test_london_smart_meter_columns_are_recognised(tmp_path: Path) -> None:
     ]
 
 
+def test_kaggle_london_smart_meter_columns_are_recognised(tmp_path: Path) -> None:
+    path = tmp_path / "halfhourly.csv"
+    path.write_text("LCLid,tstp,energy(kWh/hh)\nMAC000002,2012-10-12 00:30:00.0000000,0.263 \n")
+    assert list(FileReadingSource(path)) == [RawReading("MAC000002", "2012-10-12 00:30:00.0000000", "0.263 ")]
+
+
 def test_columns_match_case_insensitively_and_extras_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("\ufeffMeterId,TIME,Energy_kWh,voltage,ignored\nM1,2024-01-01T00:00:00Z,1.5,230.1,x\nM2\n")

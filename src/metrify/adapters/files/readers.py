@@ -21,7 +21,15 @@ from metrify.domain.readings import RawReading
 
 METER_COLUMNS = ("meter_id", "meterid", "id", "lclid")
 TIME_COLUMNS = ("timestamp", "time", "datetime", "tstp")
-CONSUMPTION_COLUMNS = ("consumption_kwh", "consumption", "kwh", "energy_kwh", "kwh/hh (per half hour)")
+# the last: the London data as the Kaggle "Smart meters in London" set spells it (LCLid, tstp, energy(kWh/hh))
+CONSUMPTION_COLUMNS = (
+    "consumption_kwh",
+    "consumption",
+    "kwh",
+    "energy_kwh",
+    "kwh/hh (per half hour)",
+    "energy(kwh/hh)",
+)
 EXTRA_COLUMNS = ("voltage", "current", "power_kw", "power_factor", "frequency", "region")
 _CHUNK = 1 << 20
 
