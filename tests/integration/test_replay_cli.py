@@ -62,6 +62,8 @@ def test_export_filters_and_csv_format(uninterrupted: dict, tmp_path: Path, flee
         env,
     )
     assert all("2024-03-05" in line for line in target.read_text().splitlines())
+    by_date = metrify(["export", "gaps", "--from", "2024-03-05", "--to", "2024-03-06"], env).stdout
+    assert by_date.splitlines() == target.read_text().splitlines()  # a bare date is its midnight, UTC
 
 
 def test_replaying_two_files_continues_the_stream(fleet_csv: Path, uninterrupted: dict, tmp_path: Path) -> None:

@@ -96,6 +96,15 @@ def test_a_bad_export_time_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[
     assert "--from" in err
 
 
+def test_an_export_range_that_ends_before_it_starts_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(["export", "gaps", "--from", "2024-03-06", "--to", "2024-03-05T12:00:00Z"], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "not before --to" in err
+
+
 def test_an_unexpected_error_is_one_line_naming_the_log_and_exit_1(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

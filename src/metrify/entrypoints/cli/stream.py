@@ -126,9 +126,11 @@ def export(
     def when(value: str | None, name: str) -> int | None:
         if value is None:
             return None
-        parsed = parse_timestamp_text(value)
+        text = value.strip()
+        # a bare date is that day's midnight, UTC (`--from 2024-03-04 --to 2024-03-05`: one day)
+        parsed = parse_timestamp_text(f"{text}T00:00:00Z" if len(text) == 10 else text)
         if parsed is None:
-            raise UserError(f"{name} {value!r} is not a timestamp like 2024-03-04T10:00:00Z")
+            raise UserError(f"{name} {value!r} is not a timestamp like 2024-03-04T10:00:00Z or a date like 2024-03-04")
         return parsed
 
     window_us = None
@@ -145,6 +147,8 @@ def export(
             names = ", ".join(format_duration(w) for w in state.settings.stream.windows)
             raise UserError(f"--window {window} is not one of the configured windows ({names})")
     where = ExportFilter(meter_id=meter, start=when(start, "--from"), end=when(end, "--to"), window=window_us)
+    if where.start is not None and where.end is not None and where.start >= where.end:
+        raise UserError(f"--from {start} is not before --to {end}: nothing lies between them")
     _ensure_schema(create=False)
     queries = state.get_container().outcome_queries()
     assert kind.value in EXPORT_KINDS
