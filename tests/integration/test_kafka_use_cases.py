@@ -4,6 +4,7 @@ their ports: the edge cases the process-level tests reach only by chance. No ser
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -557,3 +558,86 @@ def test_a_write_behind_sink_rereads_after_a_rebalance_whose_waited_write_found_
     assert feed.rewinds == [] and store.events == []
     assert sink.run_once() == 0  # the next round reloads first
     assert feed.rewinds == [(a, 7)] and sink.expected == {a: 7}
+
+
+class FailingFeed(FakeFeed):
+    """Gives its batches, then fails as a fatal broker error does."""
+
+    def poll(self, max_messages: int, timeout: float) -> FeedBatch:
+        if self.batches:
+            return self.batches.pop(0)
+        raise RuntimeError("fatal broker error")
+
+
+def test_a_write_behind_sink_that_fails_while_the_database_is_away_says_so_at_once() -> None:
+    feed, store = FailingFeed(), Store()
+    a = ("readings", 0)
+    sink = OutcomeSink(
+        feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: time.sleep(0.01)), write_behind=True
+    )
+    sink.sources_assigned([a])
+    store.transient_failures = 10**9  # the database went away, for as long as it takes
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sink.run()
+        except BaseException as error:  # handed to the test's thread
+            failed.append(error)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(5.0)
+    assert not runner.is_alive(), "run() waited for the database instead of raising"
+    assert len(failed) == 1 and isinstance(failed[0], RuntimeError)
+    assert store.events == [] and feed.acknowledged == [] and store.offsets == {}  # given up, unaccounted
+    sink.sources_revoked([a])  # the consumer's close, after: nothing left to wait for
+
+
+class CountedSinkUow(FakeSinkUow):
+    open = 0
+
+    def __enter__(self) -> CountedSinkUow:
+        super().__enter__()
+        CountedSinkUow.open += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        CountedSinkUow.open -= 1
+        super().__exit__(*exc)
+
+
+def test_a_write_behind_sink_closes_the_prepared_transaction_when_the_one_before_fails_for_good() -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("readings", 0)
+    CountedSinkUow.open = 0
+    sink = OutcomeSink(feed, lambda: CountedSinkUow(store), "sink", write_behind=True)
+    sink.sources_assigned([a])
+
+    def refuse(number: int) -> None:
+        if number == 1:
+            raise ValueError("a constraint the rows break")
+
+    store.before_commit = refuse
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+    feed.batches.append(FeedBatch([FeedMessage(a, 1, ["e1"])], {}))
+    sink.run_once()
+    with pytest.raises(ValueError):
+        sink.run_once()  # prepares the second, then finds the first failed
+    assert CountedSinkUow.open == 0
+
+
+def test_a_write_behind_sink_prepares_the_next_window_slice_while_the_one_before_is_written() -> None:
+    feed, store = FakeFeed(), Store()
+    w = ("aggregates", 0)
+    sink = sink_with(feed, store, [w], write_behind=True, window_seconds=0.0)  # one message a slice
+    second_prepared = threading.Event()
+    waited: list[bool] = []
+    store.on_prepare = lambda n: second_prepared.set() if n == 2 else None
+    store.before_commit = lambda n: waited.append(second_prepared.wait(5.0)) if n == 1 else None
+    feed.batches.append(FeedBatch([FeedMessage(w, i, [window(f"M{i}", 0)]) for i in range(3)], {}))
+    sink.run(stop_when_idle=0.0)
+    assert waited == [True]
+    assert store.log[:3] == [("prepare", 1), ("prepare", 2), ("commit", 1)]
+    assert len(store.events) == 3 and store.offsets == {w: 3}

@@ -5,6 +5,9 @@ natural keys; exports ordered by meter, then time)."""
 from __future__ import annotations
 
 import math
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -576,5 +579,64 @@ def test_the_sink_commits_without_waiting_for_the_disk_and_the_stream_writers_wa
         with SqlAlchemySinkUnitOfWork(engine) as sink:
             assert sink.offsets.load("sink", [("readings", 0)]) == {("readings", 0): 1}
         assert len(list(SqlAlchemyOutcomeQueries(engine).readings(ExportFilter()))) == 1
+    finally:
+        engine.dispose()
+
+
+def test_sink_offsets_move_only_from_the_offsets_the_sink_expects(sql_url: str) -> None:
+    from metrify.adapters.sqlalchemy.sink_offsets import SqlAlchemySinkUnitOfWork
+    from metrify.application.kafka_stream import StaleSinkOffsets
+
+    consumer, source = f"sink-{uuid.uuid4().hex[:8]}", ("readings", 0)
+    engine = create_engine_for(sql_url)
+    try:
+        with SqlAlchemySinkUnitOfWork(engine) as sink:
+            sink.offsets.advance(consumer, {source: (None, 5)})
+            sink.commit()
+        for stale in (None, 3):  # as if another sink had moved them, or first stored them, meanwhile
+            with SqlAlchemySinkUnitOfWork(engine) as sink, pytest.raises(StaleSinkOffsets):
+                sink.offsets.advance(consumer, {source: (stale, 9)})
+        with SqlAlchemySinkUnitOfWork(engine) as sink:
+            assert sink.offsets.load(consumer, [source]) == {source: 5}
+            sink.offsets.advance(consumer, {source: (5, 9)})
+            sink.commit()
+        with SqlAlchemySinkUnitOfWork(engine) as sink:
+            assert sink.offsets.load(consumer, [source]) == {source: 9}
+    finally:
+        engine.dispose()
+
+
+def test_of_two_sinks_storing_a_partitions_first_offsets_at_once_the_later_is_refused(
+    migrated_postgres_url: str,
+) -> None:
+    """No row to lock yet: both find none, as they expect. The later insert meets the earlier on
+    the key and must be refused, not write its offsets over the other's."""
+    from metrify.adapters.sqlalchemy.sink_offsets import SqlAlchemySinkUnitOfWork
+    from metrify.application.kafka_stream import StaleSinkOffsets
+
+    consumer, source = f"sink-{uuid.uuid4().hex[:8]}", ("readings", 3)
+    engine = create_engine_for(migrated_postgres_url)
+    outcome: list[BaseException | None] = []
+
+    def second_sink() -> None:
+        try:
+            with SqlAlchemySinkUnitOfWork(engine) as sink:
+                sink.offsets.advance(consumer, {source: (None, 7)})  # waits for the first one's key
+                sink.commit()
+            outcome.append(None)
+        except BaseException as error:  # handed to the test's thread
+            outcome.append(error)
+
+    try:
+        with SqlAlchemySinkUnitOfWork(engine) as first:
+            first.offsets.advance(consumer, {source: (None, 5)})
+            later = threading.Thread(target=second_sink)
+            later.start()
+            time.sleep(0.5)  # the second sink is now waiting on the key the first inserted
+            first.commit()
+        later.join(timeout=30)
+        assert len(outcome) == 1 and isinstance(outcome[0], StaleSinkOffsets), outcome
+        with SqlAlchemySinkUnitOfWork(engine) as sink:
+            assert sink.offsets.load(consumer, [source]) == {source: 5}
     finally:
         engine.dispose()

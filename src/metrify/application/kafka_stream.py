@@ -444,6 +444,10 @@ class NullSinkMetrics:
         pass
 
 
+class SinkStopped(Exception):
+    """A transaction given up because the sink stopped on another error (write-behind)."""
+
+
 @dataclass(slots=True)
 class _Write:
     """A sink transaction: its offset moves and counts, and its write when one is under way."""
@@ -510,6 +514,7 @@ class OutcomeSink:
         self._writer: ThreadPoolExecutor | None = None
         self._in_flight: _Write | None = None  # write-behind: the transaction being written
         self._reload_due = False  # write-behind: a write found stale offsets inside a callback
+        self._abandoned = threading.Event()  # write-behind: run() failed, the writer stops retrying
 
     def sources_assigned(self, sources: list[Source]) -> dict[Source, int | None]:
         self._settle(reload_now=False)
@@ -554,6 +559,13 @@ class OutcomeSink:
                     sink_log.info("no input for %.1fs: stopping", stop_when_idle)
                     break
             self._settle()
+        except BaseException:
+            # Something else failed (a fatal broker error, a signal): say so now, not once the
+            # database answers again. A write retrying the patient way gives up at its next try,
+            # unaccounted: whether it went in or not, the offsets in the database tell the next run.
+            self._abandoned.set()
+            self._in_flight = None
+            raise
         finally:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
@@ -589,9 +601,10 @@ class OutcomeSink:
             self._reload_due = False
             self._reload()
             return 0
-        if self._in_flight is not None and not batch.messages and not batch.ends:
+        if self._in_flight is not None and not batch.messages and not batch.ends and not self._backlog:
             # nothing new: account for the last write now (acknowledged, counted), so an idle
-            # sink shows no lag, rather than with the next transaction, whenever that comes
+            # sink shows no lag, rather than with the next transaction, whenever that comes (a
+            # round with windows waiting is not idle: their next slice is prepared meanwhile)
             if not self._settle():
                 return 0
         now_mono = time.monotonic()
@@ -686,6 +699,8 @@ class OutcomeSink:
         transitions = {source: (expected[source], new) for source, new in moves.items()}
 
         def write() -> None:
+            if self._abandoned.is_set():
+                raise SinkStopped("the sink stopped on an error before this transaction went in")
             with self.uow_factory() as uow:
                 if events:
                     uow.outcomes.add_events(events)
@@ -703,7 +718,13 @@ class OutcomeSink:
             self._stored(_Write(None, moves, len(events), messages, windows), time.perf_counter() - started)
             return True
         prepared = self._prepare(events)
-        if not self._settle():
+        try:
+            settled = self._settle()
+        except BaseException:  # the write before failed for good: this one will never be written
+            if prepared is not None:
+                prepared.__exit__(None, None, None)
+            raise
+        if not settled:
             if prepared is not None:
                 prepared.__exit__(None, None, None)
             return False

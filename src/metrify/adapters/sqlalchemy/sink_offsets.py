@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -54,18 +55,37 @@ class SqlSinkOffsets:
             if stale:
                 raise StaleSinkOffsets("; ".join(stale[:5]))
             now = time.time_ns() // 1000
-            rows = [
-                {"consumer": consumer, "topic": topic, "partition": partition, "next_offset": new, "updated_at": now}
-                for (topic, partition), (_, new) in moves.items()
-            ]
+            moved: list[dict[str, Any]] = []
+            first: list[dict[str, Any]] = []
+            for (topic, partition), (expected, new) in moves.items():
+                row = {
+                    "consumer": consumer,
+                    "topic": topic,
+                    "partition": partition,
+                    "next_offset": new,
+                    "updated_at": now,
+                }
+                (first if expected is None else moved).append(row)
             connection = self.uow.connection
             insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-            stmt = insert(sink_offsets)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["consumer", "topic", "partition"],
-                set_={"next_offset": stmt.excluded.next_offset, "updated_at": stmt.excluded.updated_at},
-            )
-            connection.execute(stmt, rows)
+            if moved:  # rows locked above and found holding their expected offsets
+                stmt = insert(sink_offsets)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["consumer", "topic", "partition"],
+                    set_={"next_offset": stmt.excluded.next_offset, "updated_at": stmt.excluded.updated_at},
+                )
+                connection.execute(stmt, moved)
+            if first:
+                # No row to lock yet: another sink may be inserting the same one right now. Its
+                # insert and ours meet on the key; the later one inserts nothing and is refused.
+                c = sink_offsets.c
+                claim = insert(sink_offsets).values(first).on_conflict_do_nothing().returning(c.topic, c.partition)
+                inserted = {(topic, partition) for topic, partition in connection.execute(claim)}
+                lost = [
+                    f"{r['topic']}[{r['partition']}]" for r in first if (r["topic"], r["partition"]) not in inserted
+                ]
+                if lost:
+                    raise StaleSinkOffsets(f"{', '.join(lost[:5])}: first offsets stored by another sink meanwhile")
 
 
 class SqlAlchemySinkUnitOfWork(SqlAlchemyStreamUnitOfWork):
