@@ -333,16 +333,16 @@ class PostgresWriter:
         write-behind; the sets `any_stored` guards are encoded when written)."""
         from psycopg.copy import Copy
 
-        cursor = _driver(connection).cursor()
         prepared = Prepared(times=_times(rows))
-        for target, values in rows.items():
-            if len(values) < self.copy_threshold or target in self.guarded:
-                continue
-            width, full = _copy_rows(target, values)
-            collected = _collecting_writer()()
-            with Copy(cursor, binary=True, writer=collected) as copy:
-                self.put_rows(copy, target, width, full)
-            prepared.encoded[target] = (width, b"".join(collected.parts))
+        with _driver(connection).cursor() as cursor:  # its adapters only: nothing is sent through it
+            for target, values in rows.items():
+                if len(values) < self.copy_threshold or target in self.guarded:
+                    continue
+                width, full = _copy_rows(target, values)
+                collected = _collecting_writer()()
+                with Copy(cursor, binary=True, writer=collected) as copy:
+                    self.put_rows(copy, target, width, full)
+                prepared.encoded[target] = (width, b"".join(collected.parts))
         return prepared
 
     def write(
