@@ -123,3 +123,23 @@ def test_replay_with_network_simulation_and_partitions_is_deterministic(fleet_cs
         results.append(export_all(env))
     assert results[0] == results[1]
     assert {r["partition"] for r in results[0]["readings"]} == {0, 1, 2}
+
+
+def test_json_numbers_beyond_the_years_a_timestamp_can_name_are_rejected_and_the_replay_goes_on(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "far.jsonl"
+    path.write_text(
+        '{"meter_id": "M1", "timestamp": 1709510400, "kwh": 0.5}\n'
+        '{"meter_id": "M1", "timestamp": 1e16, "kwh": 0.5}\n'  # ms: year 318,857
+        '{"meter_id": "M1", "timestamp": -10000000000000, "kwh": 0.5}\n'  # s: 315,000 years BC
+        '{"meter_id": "M1", "timestamp": 1709512200, "kwh": 0.25}\n'
+    )
+    env = metrify_env(tmp_path / "data")
+    metrify(["replay", str(path)], env)  # before: the whole replay failed on storing them
+    outcome = export_all(env)
+    assert [r["timestamp"] for r in outcome["readings"]] == ["2024-03-04T00:00:00Z", "2024-03-04T00:30:00Z"]
+    assert [(r["timestamp"], r["reason"]) for r in outcome["rejected"]] == [
+        (1e16, "invalid_timestamp"),
+        (-10000000000000, "invalid_timestamp"),
+    ]

@@ -124,6 +124,25 @@ def test_other_json_values_are_not_timestamps(value):
     assert parse_timestamp(value) is None
 
 
+@pytest.mark.parametrize(
+    "number, expected",
+    [
+        (-62_135_596_800, "0001-01-01T00:00:00Z"),
+        (99_999_999_999, "5138-11-16T09:46:39Z"),  # the last number read as seconds
+        (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),  # milliseconds, the last one
+    ],
+)
+def test_json_numbers_reach_the_years_text_can_name(number, expected):
+    parsed = parse_timestamp(number)
+    assert parsed is not None and format_timestamp(parsed) == expected
+
+
+@pytest.mark.parametrize("number", [-62_135_596_801, 253_402_300_800_000, 10**16, 1e16, -(10**13), 1e300, -1e300])
+def test_json_numbers_beyond_years_0001_to_9999_are_not_timestamps(number):
+    # as year 0000 in text: no time the exports could write, nor a database store
+    assert parse_timestamp(number) is None
+
+
 # Consumption
 
 

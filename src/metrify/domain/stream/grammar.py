@@ -23,6 +23,10 @@ _MINUTE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2})
 _MICROS_OF_SECOND = {f"{second:02d}": second * 1_000_000 for second in range(60)}
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _EPOCH_MS_ABOVE = 10**11
+# The times a timestamp in text can name, years 0001-9999. A JSON number outside them names no
+# time the contract can write (nor a database store): invalid, as year 0000 is in text.
+_FIRST_US = -62_135_596_800 * 1_000_000  # 0001-01-01T00:00:00Z
+_LAST_US = 253_402_300_800 * 1_000_000 - 1  # 9999-12-31T23:59:59.999999Z
 _SMALLEST = 5e-324
 _CACHE_LIMIT = 1 << 16
 # Bounded memories of valid texts (cleared when full), shared by every caller in the process:
@@ -208,16 +212,20 @@ def parse_unseen_timestamp_text(text: str) -> int | None:
 
 def parse_timestamp(value: object) -> int | None:
     """A timestamp from text (the grammar above) or a JSON number: epoch seconds, or epoch
-    milliseconds when above 10^11. Anything else (booleans, null, objects) is None."""
+    milliseconds when above 10^11, within years 0001-9999. Anything else (booleans, null,
+    objects, a number beyond those years) is None."""
     if isinstance(value, str):
         return parse_timestamp_text(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
         return None
+    us: int
     if isinstance(value, int):
-        return value * 1000 if value > _EPOCH_MS_ABOVE else value * 1_000_000
-    return round(value * 1000) if value > _EPOCH_MS_ABOVE else round(value * 1_000_000)
+        us = value * 1000 if value > _EPOCH_MS_ABOVE else value * 1_000_000
+    else:
+        us = round(value * 1000) if value > _EPOCH_MS_ABOVE else round(value * 1_000_000)
+    return us if _FIRST_US <= us <= _LAST_US else None
 
 
 def parse_consumption(value: object) -> float | None:
