@@ -303,13 +303,14 @@ def test_kafka_pipeline_gives_the_embedded_outcome_and_survives_poison(
 
     # Poison on the raw topic: rejects with reason malformed_message, and the workers live on.
     producer = Producer({"bootstrap.servers": run.bootstrap})
-    for value in (b"not json at all", b"[1, 2, 3]", b"\xff\xfe\x00"):
+    lone_surrogate = b'{"meter_id": "\\ud800M", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "0.5"}'
+    for value in (b"not json at all", b"[1, 2, 3]", b"\xff\xfe\x00", lone_surrogate):
         producer.produce(run.names.raw, value, b"MTR-POISON", 0)
     producer.flush(30)
     run.wait_settled()
     rejected = [orjson.loads(line) for line in metrify(["export", "rejected"], run.env).stdout.splitlines()]
     poison = [r for r in rejected if r["reason"] == "malformed_message"]
-    assert len(poison) == 3 and {r["meter_id"] for r in poison} == {"MTR-POISON"}
+    assert len(poison) == 4 and {r["meter_id"] for r in poison} == {"MTR-POISON"}
     assert all(r["partition"] == 0 for r in poison)
     assert run.alive("w1") and run.alive("w2") and run.alive("sink")
     assert run.stop("w1") == 0 and run.stop("w2") == 0 and run.stop("sink") == 0

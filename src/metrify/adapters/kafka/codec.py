@@ -136,11 +136,29 @@ def decode_raw(key: bytes | None, value: bytes | None, position: int) -> RawRead
             item = json.loads(value)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return Malformed(_key_text(key), position, f"not JSON: {str(exc)[:120]}")
+        if _holds_lone_surrogate(item):
+            # JSON's \ud800 escapes can spell what is not Unicode text: no meter id, changelog key
+            # or database text can hold it, so the message is poison like any other
+            return Malformed(_key_text(key), position, "a string holds a lone surrogate, not Unicode text")
     if type(item) is not dict:
         return Malformed(_key_text(key), position, f"a JSON {type(item).__name__}, not an object")
     if len(item) == 3 and "meter_id" in item and "timestamp" in item and "consumption_kwh" in item:
         return RawReading(item["meter_id"], item["timestamp"], item["consumption_kwh"], None, position)
     return reading_from_mapping(item)._replace(position=position)
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    if type(value) is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if type(value) is dict:
+        return any(_holds_lone_surrogate(k) or _holds_lone_surrogate(v) for k, v in value.items())
+    if type(value) is list:
+        return any(_holds_lone_surrogate(v) for v in value)
+    return False
 
 
 def _key_text(key: bytes | None) -> str:

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -46,6 +46,27 @@ log = logging.getLogger("metrify.worker")
 T = TypeVar("T")
 
 ENVELOPE_RECORDS = 500  # records per output message (a few tens of kB)
+# ... and bytes: rejects keep their raw values, as long as they came. Well under the broker's
+# default message.max.bytes (1 MB), which a message of 500 long rejects exceeded: the transaction
+# was aborted and, the same batch polled again, aborted for ever.
+ENVELOPE_BYTES = 256 * 1024
+
+
+def envelopes(kind: str, records: list[Any]) -> Iterator[bytes]:
+    """Output messages for `records`, in order: ENVELOPE_RECORDS at most each, halved until each
+    fits in ENVELOPE_BYTES (a single record goes as it is)."""
+    for start in range(0, len(records), ENVELOPE_RECORDS):
+        yield from _fitted(kind, records[start : start + ENVELOPE_RECORDS])
+
+
+def _fitted(kind: str, records: list[Any]) -> Iterator[bytes]:
+    encoded = codec.encode_records(kind, records)
+    if len(encoded) <= ENVELOPE_BYTES or len(records) == 1:
+        yield encoded
+        return
+    half = len(records) // 2
+    yield from _fitted(kind, records[:half])
+    yield from _fitted(kind, records[half:])
 
 
 class ProducerFenced(Exception):
@@ -455,8 +476,8 @@ class KafkaStreamLog:
             topic = self.outputs[kind]
             key = kind.encode()
             counts[kind] = len(records)
-            for start in range(0, len(records), ENVELOPE_RECORDS):
-                produce(topic, codec.encode_records(kind, records[start : start + ENVELOPE_RECORDS]), key, partition)
+            for envelope in envelopes(kind, records):
+                produce(topic, envelope, key, partition)
         changelog = self.names.changelog
         encode_state = codec.encode_state
         for meter_id, data in state.meters.items():

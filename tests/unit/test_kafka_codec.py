@@ -1,0 +1,54 @@
+"""The raw topic's messages as readings: what is a reading comes through exactly, anything else is
+poison (Malformed) that the worker rejects as `malformed_message` and moves past."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from metrify.adapters.kafka.codec import decode_raw
+from metrify.application.kafka_stream import Malformed
+from metrify.domain.readings import RawReading
+
+
+def test_the_common_message_is_a_reading_with_its_offset() -> None:
+    value = b'{"meter_id": "M1", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "0.5"}'
+    assert decode_raw(b"M1", value, 7) == RawReading("M1", "2024-03-04T10:00:00Z", "0.5", None, 7)
+
+
+def test_nan_and_integers_beyond_64_bits_come_through_exactly() -> None:
+    reading = decode_raw(b"M1", b'{"meter_id": "M1", "timestamp": 123456789012345678901234, "kwh": NaN}', 3)
+    assert isinstance(reading, RawReading)
+    assert reading.timestamp == 123456789012345678901234
+    assert isinstance(reading.consumption_kwh, float) and math.isnan(reading.consumption_kwh)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"meter_id": "\\ud800M", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "0.5"}',
+        b'{"meter_id": "M1", "timestamp": "\\udc00", "consumption_kwh": NaN}',
+        b'{"meter_id": "M1", "timestamp": 1, "kwh": 1, "region": ["\\ud800"]}',
+        b'{"\\ud800": 1, "meter_id": "M1", "timestamp": 1, "kwh": NaN}',
+    ],
+)
+def test_a_lone_surrogate_anywhere_makes_the_message_poison(value: bytes) -> None:
+    # no meter id, changelog key or database text can hold one: it used to stop the worker
+    decoded = decode_raw(b"K", value, 5)
+    assert isinstance(decoded, Malformed)
+    assert "lone surrogate" in decoded.detail and decoded.position == 5
+
+
+def test_output_messages_stay_under_the_envelope_size_and_keep_every_record_in_order() -> None:
+    from metrify.adapters.kafka.codec import REJECTED, decode_records, split_events
+    from metrify.adapters.kafka.stream_log import ENVELOPE_BYTES, ENVELOPE_RECORDS, envelopes
+    from metrify.domain.stream.events import ReadingRejected
+
+    long = "9" * 2500  # a timestamp as received, kept as it came
+    rejects = [ReadingRejected(f"M{i}", long, "0.5", "invalid_timestamp", 0, None, i) for i in range(1200)]
+    records = split_events(rejects)[REJECTED]
+    messages = list(envelopes(REJECTED, records))
+    assert all(len(m) <= ENVELOPE_BYTES for m in messages)
+    assert len(messages) > len(records) // ENVELOPE_RECORDS + 1  # 500 of these would be ~1.3 MB
+    assert [r for m in messages for r in decode_records(REJECTED, m)] == records
