@@ -40,7 +40,24 @@ def test_redis_cache_round_trip_with_expiry(redis_url: str) -> None:
     assert cache.get("tariff") is None
     cache.delete("hits")
     assert cache.get("hits") is None
+    # add: only into an empty key, and says whether it did (a refresh token claimed once)
+    assert cache.add("revoked:t1", b"1", 0.3) is True
+    assert cache.add("revoked:t1", b"2", 10) is False
+    assert cache.get("revoked:t1") == b"1"
+    time.sleep(0.5)
+    assert cache.add("revoked:t1", b"3", 10) is True
     resource.close()
+
+
+def test_the_in_process_cache_adds_only_into_an_empty_key() -> None:
+    from metrify.adapters.memory.bus import InMemoryCache
+
+    now = [0.0]
+    cache = InMemoryCache(clock=lambda: now[0])
+    assert cache.add("k", b"1", 5) is True
+    assert cache.add("k", b"2", 5) is False and cache.get("k") == b"1"
+    now[0] = 6.0
+    assert cache.add("k", b"3", 5) is True and cache.get("k") == b"3"
 
 
 def test_kafka_event_bus_round_trip_keeps_kafka_partitioning(kafka_bootstrap: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from tests.support.api import PASSWORD, SECRET, Api, Fakes, api_settings, memory_container, running_api
 
 from metrify.adapters.memory.bus import InMemoryCache
+from metrify.application.auth import password_fingerprint
 from metrify.application.errors import RateLimited
 from metrify.application.rate_limits import RateLimit
 from metrify.domain.users import Role
@@ -84,6 +86,7 @@ def test_logout_revokes_the_access_token_and_the_refresh_token(api: Api) -> None
 def forge(claims_changes: dict, secret: str = SECRET, **base: object) -> str:
     now = int(time.time())
     claims = {"iss": "metrify", "sub": "x", "role": "ADMIN", "typ": "access", "jti": "j1", "iat": now, "exp": now + 60}
+    claims["sid"], claims["pwd"] = "s1", "0" * 16
     claims.update(base)
     claims.update(claims_changes)
     return jwt.encode(claims, secret, algorithm="HS256")
@@ -91,6 +94,7 @@ def forge(claims_changes: dict, secret: str = SECRET, **base: object) -> str:
 
 def test_expired_tampered_foreign_and_refresh_tokens_are_refused_as_access_tokens(api: Api) -> None:
     admin_id = api.users[Role.ADMIN].user_id
+    pwd = password_fingerprint(api.users[Role.ADMIN].password_hash)
     good = api.tokens[Role.ADMIN]
     head, body, signature = good.split(".")
     tampered_body = jwt.utils.base64url_encode(
@@ -98,11 +102,13 @@ def test_expired_tampered_foreign_and_refresh_tokens_are_refused_as_access_token
     ).decode()
     refresh = api.sign_in("admin@example.com")["refresh_token"]
     refused = {
-        "expired": forge({"exp": int(time.time()) - 5}, sub=admin_id),
+        "expired": forge({"exp": int(time.time()) - 5}, sub=admin_id, pwd=pwd),
+        "issued under another password": forge({}, sub=admin_id),
+        "no session": forge({"sid": None}, sub=admin_id, pwd=pwd),
         "tampered signature": f"{head}.{body}.{signature[:-4]}AAAA",
         "tampered claims": f"{head}.{tampered_body}.{signature}",
-        "other secret": forge({}, secret="another-secret-of-32-characters-or-more", sub=admin_id),
-        "other issuer": forge({"iss": "someone"}, sub=admin_id),
+        "other secret": forge({}, secret="another-secret-of-32-characters-or-more", sub=admin_id, pwd=pwd),
+        "other issuer": forge({"iss": "someone"}, sub=admin_id, pwd=pwd),
         "no jti": jwt.encode({"sub": admin_id, "typ": "access", "iss": "metrify", "exp": time.time() + 60}, SECRET),
         "unknown user": forge({}, sub="nobody"),
         "refresh token": refresh,
@@ -114,7 +120,7 @@ def test_expired_tampered_foreign_and_refresh_tokens_are_refused_as_access_token
         assert response.status_code == 401, name
         assert response.headers["www-authenticate"] == "Bearer"
         assert response.headers["content-type"] == "application/problem+json"
-    assert me(api, forge({}, sub=admin_id)) == 200  # the forger's recipe is right: only the flaws count
+    assert me(api, forge({}, sub=admin_id, pwd=pwd)) == 200  # the forger's recipe is right: only the flaws count
 
 
 def test_no_token_is_401_and_a_wrong_role_is_403(api: Api) -> None:
@@ -173,3 +179,57 @@ def test_a_rate_limit_window_opens_with_the_first_request_and_keeps_one_counter(
     limit.check(cache, "u", now[0])
     assert len(cache._items) == 2  # the counter and its opening time, however many windows
     RateLimit(0, 60).check(cache, "v", now[0])
+
+
+def test_a_changed_password_ends_every_session_issued_before(api: Api) -> None:
+    stolen = api.sign_in("user@example.com")
+    user_id = api.users[Role.USER].user_id
+    changed = api.client.patch(
+        f"/api/v1/users/{user_id}", json={"password": "a brand new password"}, headers=api.headers(Role.ADMIN)
+    )
+    assert changed.status_code == 200
+    assert me(api, stolen["access_token"]) == 401
+    assert api.client.post("/api/v1/auth/refresh", json={"refresh_token": stolen["refresh_token"]}).status_code == 401
+    fresh = api.sign_in("user@example.com", "a brand new password")
+    assert me(api, fresh["access_token"]) == 200
+
+
+def test_logging_out_ends_the_session_refresh_tokens_included(api: Api) -> None:
+    tokens = api.sign_in("user@example.com")
+    rotated = api.client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}).json()
+    other = api.sign_in("user@example.com")  # another sign-in of the same user: its own session
+    out = api.client.post("/api/v1/auth/logout", headers={"Authorization": f"Bearer {rotated['access_token']}"})
+    assert out.status_code == 204
+    assert api.client.post("/api/v1/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).status_code == 401
+    assert me(api, other["access_token"]) == 200
+
+
+def test_a_refresh_token_raced_by_two_requests_gives_one_pair(api: Api) -> None:
+    tokens = api.sign_in("user@example.com")
+    auth = api.client.app.state.services.auth
+    both_checked = threading.Barrier(2, timeout=5)
+    users = auth.users
+
+    class Slow:  # both requests past the revocation check before either claims the token
+        def __getattr__(self, name: str) -> object:
+            return getattr(users, name)
+
+        def get(self, user_id: str) -> object:
+            found = users.get(user_id)
+            both_checked.wait()
+            return found
+
+    auth.users = Slow()
+    statuses: list[int] = []
+
+    def refresh() -> None:
+        response = api.client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        statuses.append(response.status_code)
+
+    racers = [threading.Thread(target=refresh) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    auth.users = users
+    assert sorted(statuses) == [200, 401]

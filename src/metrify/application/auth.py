@@ -1,13 +1,17 @@
 """Signing in: short-lived access tokens, rotating refresh tokens, and revocation (issue 7).
 
 An access token proves who is calling for `access_ttl`; a refresh token buys a new pair once
-(it is revoked on use) until `refresh_ttl`. Logging out revokes both. Revocations live in the
-Cache port until the token would have expired anyway. Every request reloads the user, so a
-deactivated user or a changed role takes effect at once, whatever tokens are out there.
+(it is claimed atomically on use: two requests racing with one token get one pair) until
+`refresh_ttl`. The tokens of one sign-in share a session id (`sid`) through every refresh, and
+logging out revokes the session: the access token in use and every refresh token of that sign-in.
+Revocations live in the Cache port until the token would have expired anyway. Every request
+reloads the user, so a deactivated user or a changed role takes effect at once, and tokens carry a
+fingerprint of the password hash (`pwd`), so a changed password ends every session issued before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,15 +92,19 @@ class AuthService:
         return self._issue(user)
 
     def refresh(self, refresh_token: str) -> TokenPair:
-        """A new pair for a valid refresh token, which is revoked: each refresh token works once."""
+        """A new pair, of the same session, for a valid refresh token, which is revoked by this
+        call: each refresh token works once, however many requests race with it."""
         claims = self._claims(refresh_token, REFRESH)
         user = self._active_user(claims)
-        self._revoke(claims)
-        return self._issue(user)
+        if not self._revoke(claims):
+            raise AuthenticationFailed("the token has been revoked")
+        return self._issue(user, claims["sid"])
 
     def logout(self, access_claims: Mapping[str, Any], refresh_token: str | None = None) -> None:
-        """Revoke the access token in use and, when given, the same user's refresh token."""
+        """Revoke the access token in use and its session (every refresh token of that sign-in);
+        a refresh token given as well, of the same user, is revoked too."""
         self._revoke(access_claims)
+        self.cache.set(f"revoked-session:{access_claims['sid']}", b"1", self.refresh_ttl + 1)
         if refresh_token:
             try:
                 claims = self._claims(refresh_token, REFRESH)
@@ -112,10 +120,17 @@ class AuthService:
 
     # ---------------------------------------------------------------------------------------
 
-    def _issue(self, user: User) -> TokenPair:
+    def _issue(self, user: User, session: str | None = None) -> TokenPair:
         now = self.clock.now_us() // US
         access_ttl, refresh_ttl = max(1, round(self.access_ttl)), max(1, round(self.refresh_ttl))
-        base = {"iss": "metrify", "sub": user.user_id, "role": user.role.value, "iat": now}
+        base = {
+            "iss": "metrify",
+            "sub": user.user_id,
+            "role": user.role.value,
+            "iat": now,
+            "sid": session or uuid.uuid4().hex,
+            "pwd": password_fingerprint(user.password_hash),
+        }
         access = self.codec.encode({**base, "typ": ACCESS, "jti": uuid.uuid4().hex, "exp": now + access_ttl})
         refresh = self.codec.encode({**base, "typ": REFRESH, "jti": uuid.uuid4().hex, "exp": now + refresh_ttl})
         return TokenPair(access, refresh, access_ttl, refresh_ttl)
@@ -124,10 +139,10 @@ class AuthService:
         claims = self.codec.decode(token)
         if claims.get("typ") != kind:
             raise AuthenticationFailed(f"not an {kind} token" if kind == ACCESS else f"not a {kind} token")
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not isinstance(claims.get("sub"), str):
-            raise AuthenticationFailed("the token lacks its subject or id")
-        if self.cache.get(f"revoked:{jti}") is not None:
+        jti, sid = claims.get("jti"), claims.get("sid")
+        if not all(isinstance(claims.get(name), str) for name in ("jti", "sub", "sid", "pwd")):
+            raise AuthenticationFailed("the token lacks its subject, id, session or password fingerprint")
+        if self.cache.get(f"revoked:{jti}") is not None or self.cache.get(f"revoked-session:{sid}") is not None:
             raise AuthenticationFailed("the token has been revoked")
         return claims
 
@@ -135,9 +150,17 @@ class AuthService:
         user = self.users.get(claims["sub"])
         if user is None or not user.active:
             raise AuthenticationFailed("the user does not exist or is deactivated")
+        if claims["pwd"] != password_fingerprint(user.password_hash):
+            raise AuthenticationFailed("the password has changed since the token was issued")
         return user
 
-    def _revoke(self, claims: Mapping[str, Any]) -> None:
+    def _revoke(self, claims: Mapping[str, Any]) -> bool:
+        """Revoke a token until it would have expired; False when it was revoked already."""
         exp = claims.get("exp")
         remaining = (exp - self.clock.now_us() / US) if isinstance(exp, int | float) else self.refresh_ttl
-        self.cache.set(f"revoked:{claims['jti']}", b"1", max(1.0, remaining + 1))
+        return self.cache.add(f"revoked:{claims['jti']}", b"1", max(1.0, remaining + 1))
+
+
+def password_fingerprint(password_hash: str) -> str:
+    """Which password a token was issued under, without saying anything about it."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]

@@ -62,6 +62,13 @@ class InMemoryCache:
             self._items[key] = (str(count).encode(), item[1])
             return count
 
+    def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            self._items[key] = (value, self._clock() + ttl_seconds)
+            return True
+
     def delete(self, key: str) -> None:
         with self._lock:
             self._items.pop(key, None)

@@ -36,6 +36,9 @@ class RedisCache:
             count, _ = pipe.execute()
         return int(count)
 
+    def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
+        return bool(self.client.set(self.prefix + key, value, px=max(1, int(ttl_seconds * 1000)), nx=True))
+
     def delete(self, key: str) -> None:
         self.client.delete(self.prefix + key)
 
