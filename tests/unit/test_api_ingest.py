@@ -159,6 +159,7 @@ def test_keys_missing_unknown_or_revoked_are_401_and_users_tokens_do_not_ingest(
 def test_a_key_scoped_to_regions_refuses_readings_of_other_or_unknown_regions(api: Api, fakes: Fakes) -> None:
     fakes.meters.add(Meter("REG-S", "south"), 0)
     fakes.meters.add(Meter("REG-N", "north"), 0)
+    fakes.meters.add(Meter("REG-NONE", None), 0)  # registered without a region: an admin's meter
     key = api.ingest_key(regions=["north"])
     body = {
         "readings": [
@@ -167,6 +168,7 @@ def test_a_key_scoped_to_regions_refuses_readings_of_other_or_unknown_regions(ap
             reading("NEW-N", region="north"),
             reading("NEW-S", region="south"),
             reading("NOWHERE"),
+            reading("REG-NONE", region="north"),  # ... its "no region" too: the reading cannot claim one
         ]
     }
     out = post(api, key, body)
@@ -175,6 +177,7 @@ def test_a_key_scoped_to_regions_refuses_readings_of_other_or_unknown_regions(ap
         {"index": 1, "reason": "region_not_allowed"},
         {"index": 3, "reason": "region_not_allowed"},
         {"index": 4, "reason": "region_unknown"},
+        {"index": 5, "reason": "region_unknown"},
     ]
     assert {r.meter_id for r in fakes.store.readings.values()} == {"REG-N", "NEW-N"}
 

@@ -191,7 +191,7 @@ class Ingest:
         admitted: list[RawReading] = []
         for index, row in enumerate(rows):
             meter_id = normalise_meter_id(row.meter_id)
-            region = reading_region(registered.get(meter_id), (row.extra or {}).get("region"))
+            region = reading_region(registered, meter_id, (row.extra or {}).get("region"))
             if key.allows_region(region):
                 indices.append(index)
                 admitted.append(row)

@@ -10,6 +10,7 @@ and readings whose region is unknown.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,10 +25,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def reading_region(registered: str | None, reported: Any) -> str | None:
-    """The registry's region of the meter wins; else the region the reading carries, if it is text."""
-    if registered is not None:
-        return registered
+def reading_region(registry: Mapping[str, str | None], meter_id: str, reported: Any) -> str | None:
+    """A registered meter's region is the registry's, none included (a meter registered without a
+    region is no region's: a reading cannot claim one for it); an unregistered meter's is the
+    region the reading carries, if it is text."""
+    if meter_id in registry:
+        return registry[meter_id]
     if isinstance(reported, str) and reported.strip():
         return reported.strip()
     return None

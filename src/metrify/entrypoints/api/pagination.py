@@ -92,7 +92,8 @@ def page(items: list[Any], limit: int, key: Callable[[Any], Any]) -> tuple[list[
 
 
 def int_key(value: Any) -> int:
-    if type(value) is not int:
+    # keys are times and offsets the database keeps as 64-bit integers: no cursor of ours holds more
+    if type(value) is not int or not -(2**63) <= value < 2**63:
         raise TypeError("not an integer key")
     return value
 
@@ -109,6 +110,6 @@ def tuple_key(*kinds: type) -> Callable[[Any], tuple[Any, ...]]:
             raise TypeError("not a key of this list")
         if any(type(v) is not kind for v, kind in zip(value, kinds, strict=True)):
             raise TypeError("not a key of this list")
-        return tuple(value)
+        return tuple(int_key(v) if type(v) is int else v for v in value)
 
     return shape
