@@ -172,7 +172,9 @@ def read_side(ports: Ports) -> dict[str, Any]:
         "duplicates of a user": pages(lambda a, n: q.rejected(user, "duplicate", TimeRange(), a, n), arrival),
         "counts": q.rejected_counts(everyone, TimeRange()),
         "counts in north": q.rejected_counts(north, when),
-        "summary": q.summary(),
+        "summary": q.summary(everyone),
+        "summary of north": q.summary(north),
+        "summary of a user's meters": q.summary(user),
     }
 
 
@@ -181,6 +183,8 @@ def test_the_read_side_gives_the_same_pages_as_the_fake(ports: Ports) -> None:
     assert answers["readings"] and answers["aggregates"] and answers["region"] and answers["gaps"]
     assert answers["late"] and answers["rejected"] and answers["counts"] and answers["open gaps in north"]
     assert all(w.meters == 6 for w in answers["region"][:-1])
+    whole, north = answers["summary"]["tables"], answers["summary of north"]["tables"]
+    assert all(0 < north[name] < whole[name] for name in ("readings", "aggregates", "meter_states"))
     expected = read_side(memory_ports())
     for name, value in answers.items():
         if name == "region":

@@ -73,8 +73,9 @@ class FleetQueries(Protocol):
 
     def rejected_counts(self, subjects: Subjects, when: TimeRange) -> dict[str, int]: ...
 
-    def summary(self) -> dict[str, Any]:
-        """Counts per outcome, rejected per reason, open gaps, and each partition's watermark source."""
+    def summary(self, subjects: Subjects) -> dict[str, Any]:
+        """Counts per outcome of the subjects' meters, rejected per reason, open gaps, and each
+        partition's watermark source (the stream's, whoever asks)."""
         ...
 
 
@@ -170,5 +171,7 @@ class OutcomeQueryService:
         return self.queries.rejected_counts(self.subjects(user, meter_id, region), when)
 
     def summary(self, user: User) -> dict[str, Any]:
+        """The stream at a glance: an OPERATOR's counts are of the meters in their regions; the
+        partitions' watermarks and offsets are the stream's own, not any meter's data."""
         user.require(Role.ADMIN, Role.OPERATOR)
-        return self.queries.summary()
+        return self.queries.summary(Subjects(user.scope))

@@ -117,20 +117,27 @@ class InMemoryFleetQueries:
     def rejected_counts(self, subjects: Subjects, when: TimeRange) -> dict[str, int]:
         return dict(sorted(Counter(r.reason for r in self._rejected(subjects, when)).items()))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, subjects: Subjects) -> dict[str, Any]:
         store = self.store
+
+        def kept(rows: Iterable[T], meter: Callable[[T], str]) -> list[T]:
+            return [row for row in rows if self._allowed(meter(row), subjects)]
+
+        readings = kept(store.readings.values(), lambda r: r.meter_id)
+        rejected = kept(store.rejected.values(), lambda r: r.meter_id)
+        gaps = kept(store.gaps.values(), lambda g: g.meter_id)
         return {
             "tables": {
-                "readings": len(store.readings),
-                "rejected_readings": len(store.rejected),
-                "too_late_readings": len(store.too_late),
-                "gaps": len(store.gaps),
-                "aggregates": len(store.windows),
-                "meter_states": len(store.meter_states),
+                "readings": len(readings),
+                "rejected_readings": len(rejected),
+                "too_late_readings": len(kept(store.too_late.values(), lambda r: r.meter_id)),
+                "gaps": len(gaps),
+                "aggregates": len(kept(store.windows.values(), lambda w: w.meter_id)),
+                "meter_states": len(kept(store.meter_states, lambda key: key[2])),
             },
-            "readings_by_status": dict(sorted(Counter(r.status for r in store.readings.values()).items())),
-            "rejected_by_reason": dict(sorted(Counter(r.reason for r in store.rejected.values()).items())),
-            "open_gaps": sum(1 for g in store.gaps.values() if g.missing_to is None),
+            "readings_by_status": dict(sorted(Counter(r.status for r in readings).items())),
+            "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejected).items())),
+            "open_gaps": sum(1 for g in gaps if g.missing_to is None),
             "partitions": [
                 {"stream": s, "partition": p, "max_event_time": m, "next_offset": o}
                 for (s, p), (m, o) in sorted(store.partitions.items())

@@ -140,5 +140,7 @@ class SqlAlchemyFleetQueries:
         stmt = self._rejected_where(sa.select(c.reason, sa.func.count()), subjects, when)
         return {reason: int(n) for reason, n in self._all(stmt.group_by(c.reason).order_by(c.reason))}
 
-    def summary(self) -> dict[str, Any]:
-        return SqlAlchemyOutcomeQueries(self.engine).stream_summary()
+    def summary(self, subjects: Subjects) -> dict[str, Any]:
+        return SqlAlchemyOutcomeQueries(self.engine).stream_summary(
+            None if subjects.scope.everything else lambda stmt, meter: _of(stmt, meter, subjects)
+        )

@@ -43,6 +43,10 @@ def _where(
     return stmt
 
 
+# keeps a statement to some meters, given the meter id column of the table it selects from
+MeterFilter = Callable[[sa.Select[Any], sa.ColumnElement[Any]], sa.Select[Any]]
+
+
 class SqlAlchemyOutcomeQueries:
     def __init__(self, engine: sa.Engine, chunk_rows: int = CHUNK_ROWS) -> None:
         self.engine = engine
@@ -101,17 +105,22 @@ class SqlAlchemyOutcomeQueries:
         stmt = stmt.order_by(c.meter_id, c.window_start, c.window_us)
         return self._stream(stmt, lambda r: WindowUpdated(*r), where)
 
-    def stream_summary(self) -> dict[str, Any]:
+    def stream_summary(self, narrow: MeterFilter | None = None) -> dict[str, Any]:
         """Counts per table, readings per status, rejected per reason, open gaps, and each
-        partition's watermark source and next input offset."""
+        partition's watermark source and next input offset. `narrow` (a statement and a table's
+        meter id column -> the statement kept to some meters) limits the counts, not the partitions."""
         counted = (t.readings, t.rejected_readings, t.too_late_readings, t.gaps, t.aggregates, t.meter_states)
         with transient_errors(), self.engine.connect() as connection:
+
+            def kept(stmt: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
+                return stmt if narrow is None else narrow(stmt, table.c.meter_id)
 
             def scalar(stmt: sa.Select[Any]) -> int:
                 return int(connection.execute(stmt).scalar_one())
 
-            def grouped(column: sa.ColumnElement[Any]) -> dict[str, int]:
-                rows = connection.execute(sa.select(column, sa.func.count()).group_by(column).order_by(column))
+            def grouped(column: sa.ColumnElement[Any], table: sa.Table) -> dict[str, int]:
+                stmt = kept(sa.select(column, sa.func.count()), table)
+                rows = connection.execute(stmt.group_by(column).order_by(column))
                 return {key: int(n) for key, n in rows}
 
             p = t.stream_partitions.c
@@ -122,11 +131,13 @@ class SqlAlchemyOutcomeQueries:
                 )
             ]
             return {
-                "tables": {table.name: scalar(sa.select(sa.func.count()).select_from(table)) for table in counted},
-                "readings_by_status": grouped(t.readings.c.status),
-                "rejected_by_reason": grouped(t.rejected_readings.c.reason),
+                "tables": {
+                    table.name: scalar(kept(sa.select(sa.func.count()).select_from(table), table)) for table in counted
+                },
+                "readings_by_status": grouped(t.readings.c.status, t.readings),
+                "rejected_by_reason": grouped(t.rejected_readings.c.reason, t.rejected_readings),
                 "open_gaps": scalar(
-                    sa.select(sa.func.count()).select_from(t.gaps).where(t.gaps.c.missing_to.is_(None))
+                    kept(sa.select(sa.func.count()).select_from(t.gaps).where(t.gaps.c.missing_to.is_(None)), t.gaps)
                 ),
                 "partitions": partitions,
             }
