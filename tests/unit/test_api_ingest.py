@@ -148,6 +148,9 @@ def test_keys_missing_unknown_or_revoked_are_401_and_users_tokens_do_not_ingest(
     assert api.client.post(URL, json=body).status_code == 401
     assert api.client.post(URL, json=body, headers={"X-API-Key": "mtk_nope"}).status_code == 401
     assert api.client.post(URL, json=body, headers=api.headers(Role.ADMIN)).status_code == 401
+    # no key, no reading of the body: an oversized one is refused for the key, not buffered first
+    oversized = b" " * (64 * 1024 + 1)
+    assert api.client.post(URL, content=oversized, headers={"X-API-Key": "mtk_nope"}).status_code == 401
     key = api.ingest_key()
     listed = api.client.get("/api/v1/ingest-keys", headers=api.headers(Role.ADMIN)).json()
     assert "token" not in listed[0] and key.startswith(listed[0]["prefix"])

@@ -53,10 +53,11 @@ async def ingest_batch(request: Request, key: Annotated[str | None, Depends(api_
     processed before the answer; with Kafka configured it is queued for the stream workers."""
     svc = services(request)
     api = svc.settings.api
+    # the key first: a caller without one is refused before the server buffers up to the body limit
+    ingest_key_ = await run_in_threadpool(ingest_key, svc, key)
     body = await read_body(request, api.max_body_bytes)
 
     def run() -> s.IngestOut:
-        ingest_key_ = ingest_key(svc, key)
         rows = parse_readings(request.headers.get("content-type"), body, api.max_batch_readings)
         report = svc.ingest.ingest(ingest_key_, rows)
         request.app.state.metrics.ingested(report)
