@@ -439,8 +439,12 @@ class KafkaStreamLog:
                     key, offset = message.key(), message.offset()
                     if key is None or offset is None:  # every changelog record has both
                         continue
-                    latest[key] = message.value()
                     position = offset + 1
+                    if offset >= end:
+                        # past the end measured as stable: a later transaction (only a zombie of
+                        # the partition's last owner can write one now), perhaps not all of it
+                        continue
+                    latest[key] = message.value()
         finally:
             self.restorer.unassign()
         return latest
