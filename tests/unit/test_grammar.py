@@ -137,6 +137,18 @@ def test_json_numbers_reach_the_years_text_can_name(number, expected):
     assert parsed is not None and format_timestamp(parsed) == expected
 
 
+@pytest.mark.parametrize(
+    "text", ["0001-01-01T00:00:00+01:00", "0001-01-01T00:59:59.999999+01:00", "9999-12-31T23:30:00-01:00"]
+)
+def test_a_zone_that_moves_a_time_out_of_years_0001_to_9999_makes_it_invalid(text):
+    assert parse_timestamp(text) is None
+
+
+def test_the_first_and_last_instants_with_zones_are_valid():
+    assert format_timestamp(parse_timestamp("0001-01-01T01:00:00+01:00")) == "0001-01-01T00:00:00Z"
+    assert format_timestamp(parse_timestamp("9999-12-31T22:59:59.5-01:00")) == "9999-12-31T23:59:59.5Z"
+
+
 @pytest.mark.parametrize("number", [-62_135_596_801, 253_402_300_800_000, 10**16, 1e16, -(10**13), 1e300, -1e300])
 def test_json_numbers_beyond_years_0001_to_9999_are_not_timestamps(number):
     # as year 0000 in text: no time the exports could write, nor a database store

@@ -81,3 +81,30 @@ def test_the_fingerprint_follows_the_content(tmp_path: Path) -> None:
     assert FileReadingSource(one).fingerprint != FileReadingSource(two).fingerprint
     two.write_text(one.read_text())
     assert FileReadingSource(one).fingerprint == FileReadingSource(two).fingerprint
+
+
+def test_a_csv_field_of_any_length_is_read_as_it_came(tmp_path: Path) -> None:
+    # csv's default limit (131,072 characters) raised, and the replay stopped on that row for good
+    path = tmp_path / "long.csv"
+    path.write_text("meter_id,timestamp,kwh\nA,2024-03-04T10:00:00Z,1\nA,2024-03-04T10:30:00Z," + "9" * 200_000 + "\n")
+    rows = list(FileReadingSource(path))
+    assert rows[1] == RawReading("A", "2024-03-04T10:30:00Z", "9" * 200_000)
+
+
+def test_json_numbers_beyond_a_double_and_beyond_64_bits_are_kept_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(
+        '{"meter_id": "J1", "timestamp": "2024-03-04T11:00:00Z", "kwh": 1e400}\n'
+        '{"meter_id": "J2", "timestamp": 100000000000000000000000, "kwh": NaN}\n'
+        '{"meter_id": "\\ud800", "timestamp": 1, "kwh": 1}\n'  # not Unicode text: a line of nothing
+    )
+    first, second, third = FileReadingSource(path)
+    assert first.meter_id == "J1" and first.consumption_kwh == float("inf")  # out_of_range, not a lost line
+    assert second.timestamp == 10**23 and second.consumption_kwh != second.consumption_kwh
+    assert third == RawReading(None, None, None)
+
+
+def test_a_json_lines_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"meter_id": "A", "timestamp": "2024-03-04T10:00:00Z", "kwh": 1}\n')
+    assert list(FileReadingSource(path)) == [RawReading("A", "2024-03-04T10:00:00Z", 1)]

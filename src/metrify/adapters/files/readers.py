@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from metrify.adapters import json_text
 from metrify.application.replay import SourceError
 from metrify.domain.readings import RawReading
 
@@ -32,6 +31,10 @@ CONSUMPTION_COLUMNS = (
 )
 EXTRA_COLUMNS = ("voltage", "current", "power_kw", "power_factor", "frequency", "region")
 _CHUNK = 1 << 20
+
+# A field may be as long as it came: a row with a huge one is a rejected reading like any other
+# malformed row. csv's default limit (131,072 characters) raised instead and stopped the replay.
+csv.field_size_limit(2**31 - 1)
 
 
 def _pick(names: list[str], candidates: tuple[str, ...]) -> int | None:
@@ -132,16 +135,21 @@ class FileReadingSource:
 
     def _read_jsonl(self) -> Iterator[RawReading]:
         with self.path.open("rb") as handle:
+            first = True
             for line in handle:
+                if first:
+                    line = line.removeprefix(codecs.BOM_UTF8)  # as a CSV file's header may start
+                    first = False
                 if not line.strip():
                     continue
                 yield reading_from_mapping(_loads_object(line))
 
 
 def _loads_object(line: bytes) -> dict[str, Any]:
+    """A line's JSON object, exactly (json_text); {} for any other line: a reading of nothing."""
     try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError:
+        value = json_text.loads(line)
+    except json_text.NotJson:
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 from pathlib import Path
 from typing import IO, Any
@@ -15,7 +17,33 @@ from metrify.application.simulator import FleetProfile, fleet_rows
 
 
 def _csv_value(value: Any) -> Any:
-    return "" if value is None else value
+    """A cell: numbers and text as they are, nothing as an empty cell, and a raw value that came as
+    another JSON value (a rejected reading's `true`, `[1]`) as its JSON text, not Python's."""
+    if value is None:
+        return ""
+    if type(value) is bool or isinstance(value, dict | list):
+        return _json(value)
+    return value
+
+
+def _json(value: Any) -> str:
+    """JSON text of a row or value. orjson, unless it holds what orjson cannot write: an integer
+    beyond 64 bits or a lone surrogate (raw values of rejected readings, kept as received), which
+    the standard library writes exactly (ASCII escapes). NaN and infinities are null either way."""
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(_finite(value), ensure_ascii=True, separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def write_export(queries: OutcomeQueries, kind: str, where: ExportFilter, fmt: str, out: IO[str]) -> int:
@@ -32,7 +60,7 @@ def write_export(queries: OutcomeQueries, kind: str, where: ExportFilter, fmt: s
     else:
         buffer: list[str] = []
         for row in rows:
-            buffer.append(orjson.dumps(row).decode())
+            buffer.append(_json(row))
             count += 1
             if len(buffer) >= 1000:
                 out.write("\n".join(buffer) + "\n")

@@ -24,12 +24,12 @@ as the stream core's plain data (JSON); key "" (no meter has an empty id) = the 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from metrify.adapters import json_text
 from metrify.adapters.files.readers import reading_from_mapping
 from metrify.application.kafka_stream import Malformed
 from metrify.domain.readings import RawReading
@@ -46,7 +46,6 @@ from metrify.domain.stream.events import (
 
 HEADER_KEY = b""
 _NOT_ORJSON = object()
-_LONG_DIGITS = re.compile(rb"\d{19}")
 _STR_OR_NONE = (str, type(None))
 _new: Any = tuple.__new__  # a NamedTuple from a ready tuple, without its Python-level __new__
 
@@ -84,14 +83,8 @@ def _plain(value: Any) -> Any:
 
 
 def _loads_exact(data: bytes) -> Any:
-    """JSON text to Python values, exactly: orjson unless an integer may exceed 64 bits (orjson
-    would read it as a float) or orjson refuses it (NaN, lone surrogates), then the stdlib."""
-    if _LONG_DIGITS.search(data) is None:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(data)
+    """An output's JSON as it was written: raw values exactly, lone surrogates included."""
+    return json_text.loads(data, text_only=False)
 
 
 def _common_reading(item: Any, position: int) -> RawReading | None:
@@ -130,35 +123,17 @@ def decode_raw(key: bytes | None, value: bytes | None, position: int) -> RawRead
     common = _common_reading(item, position)
     if common is not None:
         return common
-    if item is _NOT_ORJSON or _LONG_DIGITS.search(value) is not None:
-        # NaN, lone surrogates, or integers beyond 64 bits (orjson reads those as floats): exactly.
+    if item is _NOT_ORJSON or json_text.may_hold_long_integers(value):
+        # what orjson refuses or reads inexactly (see json_text); lone surrogates are poison
         try:
-            item = json.loads(value)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            return Malformed(_key_text(key), position, f"not JSON: {str(exc)[:120]}")
-        if _holds_lone_surrogate(item):
-            # JSON's \ud800 escapes can spell what is not Unicode text: no meter id, changelog key
-            # or database text can hold it, so the message is poison like any other
-            return Malformed(_key_text(key), position, "a string holds a lone surrogate, not Unicode text")
+            item = json_text.loads(value)
+        except json_text.NotJson as exc:
+            return Malformed(_key_text(key), position, f"not JSON: {exc}")
     if type(item) is not dict:
         return Malformed(_key_text(key), position, f"a JSON {type(item).__name__}, not an object")
     if len(item) == 3 and "meter_id" in item and "timestamp" in item and "consumption_kwh" in item:
         return RawReading(item["meter_id"], item["timestamp"], item["consumption_kwh"], None, position)
     return reading_from_mapping(item)._replace(position=position)
-
-
-def _holds_lone_surrogate(value: Any) -> bool:
-    if type(value) is str:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if type(value) is dict:
-        return any(_holds_lone_surrogate(k) or _holds_lone_surrogate(v) for k, v in value.items())
-    if type(value) is list:
-        return any(_holds_lone_surrogate(v) for v in value)
-    return False
 
 
 def _key_text(key: bytes | None) -> str:
@@ -227,7 +202,7 @@ def decode_records(kind: str, value: bytes) -> list[Any]:
     records = orjson.loads(value)
     if kind == READINGS:
         # Only a reading's extras can hold an integer beyond 64 bits (that orjson reads inexactly).
-        if any(r[6] is not None for r in records) and _LONG_DIGITS.search(value) is not None:
+        if any(r[6] is not None for r in records) and json_text.may_hold_long_integers(value):
             records = json.loads(value)
         return [ReadingAccepted(*r) for r in records]
     if kind == AGGREGATES:

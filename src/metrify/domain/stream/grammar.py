@@ -185,13 +185,15 @@ def _parse_timestamp_text(text: str) -> int | None:
             return None
         offset = zone_hours * 3600 + zone_minutes * 60
         seconds -= offset if zone[0] == "+" else -offset
-    micros = int(frac[:6].ljust(6, "0")) if frac else 0
-    return seconds * 1_000_000 + micros
+    micros = seconds * 1_000_000 + (int(frac[:6].ljust(6, "0")) if frac else 0)
+    # a zone can move 0001-01-01 or 9999-12-31 out of the years a time is written in: as year 0000
+    return micros if _FIRST_US <= micros <= _LAST_US else None
 
 
 def parse_timestamp_text(text: str) -> int | None:
     """`YYYY-MM-DD[T ]HH:MM:SS[.fraction][Z|±HH:MM]`, surrounding whitespace ignored, UTC when
-    no zone; the fraction is kept to the microsecond. A date or time that does not exist is None.
+    no zone; the fraction is kept to the microsecond. A date or time that does not exist is None,
+    and so is one that its zone moves out of years 0001-9999 in UTC.
     Texts of whole seconds are remembered in TIMESTAMPS (bounded): fleets send the same instants
     again and again (every meter at :00 and :30), while sub-second clock jitter never repeats."""
     value = TIMESTAMPS.get(text)

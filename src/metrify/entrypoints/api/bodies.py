@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import io
 
-import orjson
 from fastapi import Request
 
+from metrify.adapters import json_text
 from metrify.adapters.files.readers import (
     CONSUMPTION_COLUMNS,
     EXTRA_COLUMNS,
@@ -92,8 +92,8 @@ def _reading(item: object) -> RawReading:
 
 def _json(body: bytes) -> list[RawReading]:
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        document = json_text.loads(body)
+    except json_text.NotJson as exc:
         raise ApiProblem(400, "malformed-body", f"the body is not JSON ({exc})") from None
     items = document.get("readings") if isinstance(document, dict) else None
     if not isinstance(items, list):
@@ -107,8 +107,8 @@ def _ndjson(body: bytes) -> list[RawReading]:
         if not line.strip():
             continue
         try:
-            item = orjson.loads(line)
-        except orjson.JSONDecodeError:  # a line is a reading, as in a JSON-lines file: rejected, not fatal
+            item = json_text.loads(line)
+        except json_text.NotJson:  # a line is a reading, as in a JSON-lines file: rejected, not fatal
             rows.append(_UNREADABLE)
             continue
         rows.append(_reading(item))

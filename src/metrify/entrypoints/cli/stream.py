@@ -120,6 +120,7 @@ def export(
     """Write stored outcomes, ordered by meter then time, with UTC timestamps."""
     from metrify.adapters.files.writers import write_export
     from metrify.application.ports import ExportFilter
+    from metrify.domain.readings import normalise_meter_id
     from metrify.domain.stream.grammar import parse_timestamp_text
     from metrify.settings import format_duration, parse_duration
 
@@ -146,6 +147,7 @@ def export(
         if window_us not in configured:
             names = ", ".join(format_duration(w) for w in state.settings.stream.windows)
             raise UserError(f"--window {window} is not one of the configured windows ({names})")
+    meter = None if meter is None else normalise_meter_id(meter)  # ids are trimmed, as everywhere
     where = ExportFilter(meter_id=meter, start=when(start, "--from"), end=when(end, "--to"), window=window_us)
     if where.start is not None and where.end is not None and where.start >= where.end:
         raise UserError(f"--from {start} is not before --to {end}: nothing lies between them")

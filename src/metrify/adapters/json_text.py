@@ -1,0 +1,60 @@
+"""JSON text read exactly as it was written, for every way readings come in (files, HTTP bodies,
+the raw Kafka topic).
+
+orjson reads nearly all of it, fast. What it refuses or changes goes through the standard
+library instead: numbers beyond a double (`1e400`, which the contract reads as out of range,
+not as a broken line), NaN, and integers beyond 64 bits (orjson reads those as floats, and a
+rejected reading keeps its raw values as received). JSON's escapes can also spell lone
+surrogates (`\\ud800`), which are not Unicode text: no meter id, key or database text can hold
+one, so a document holding one is refused like any other that is not JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+class NotJson(ValueError):
+    """Not a JSON document, or one that spells what is not Unicode text."""
+
+
+def may_hold_long_integers(data: bytes) -> bool:
+    """Whether `data` has a run of digits orjson may read inexactly (an integer beyond 64 bits)."""
+    return _LONG_DIGITS.search(data) is not None
+
+
+def loads(data: bytes, *, text_only: bool = True) -> Any:
+    """The JSON value of `data`, exactly; NotJson when there is none. With `text_only` False, lone
+    surrogates are kept (the stream's own outputs carry a reading's raw values that way)."""
+    if not may_hold_long_integers(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise NotJson(str(exc)[:120]) from None
+    if text_only and holds_lone_surrogate(value):
+        raise NotJson("a string holds a lone surrogate, not Unicode text")
+    return value
+
+
+def holds_lone_surrogate(value: Any) -> bool:
+    if type(value) is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if type(value) is dict:
+        return any(holds_lone_surrogate(k) or holds_lone_surrogate(v) for k, v in value.items())
+    if type(value) is list:
+        return any(holds_lone_surrogate(v) for v in value)
+    return False
