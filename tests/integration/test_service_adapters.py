@@ -92,3 +92,30 @@ def test_kafka_event_bus_round_trip_keeps_kafka_partitioning(kafka_bootstrap: st
     admin.delete_topics([topic])
     assert set(seen) == set(meters)
     assert all(seen[m] == partition_for(m, 4) for m in meters), "the producer must partition like Kafka's Java client"
+
+
+def test_a_worker_refuses_a_state_changelog_that_is_not_compacted(kafka_bootstrap: str) -> None:
+    from confluent_kafka.admin import ConfigResource
+
+    from metrify.adapters.kafka.admin import (
+        TopicsMismatch,
+        admin_client,
+        create_topics,
+        delete_topics,
+        require_topics,
+    )
+    from metrify.adapters.kafka.clients import TopicNames
+
+    names = TopicNames(f"test-compact-{uuid.uuid4().hex[:8]}.")
+    admin = admin_client(kafka_bootstrap)
+    try:
+        create_topics(kafka_bootstrap, names, partitions=2, replication=1)
+        assert require_topics(admin, names) == 2
+        # as if made by hand with the default policy: the state of quiet meters would expire
+        changelog = ConfigResource(ConfigResource.Type.TOPIC, names.changelog, set_config={"cleanup.policy": "delete"})
+        for future in admin.alter_configs([changelog]).values():
+            future.result()
+        with pytest.raises(TopicsMismatch, match="cleanup.policy=delete"):
+            require_topics(admin, names)
+    finally:
+        delete_topics(kafka_bootstrap, names)

@@ -205,6 +205,13 @@ def require_topics(admin: AdminClient, names: TopicNames, timeout: float = 10.0)
             f"{names.raw} has {count} partitions but {'; '.join(wrong)}: every Metrify topic needs the "
             "input's partition count (the changelog and outputs are partitioned like the input)"
         )
+    # A changelog made by hand with the default policy (delete) would drop the state of meters
+    # quiet for longer than its retention: a worker restoring from it would start them afresh.
+    states = [TopicState(spec, exists=True) for spec in specs if spec.config.get("cleanup.policy")]
+    _compare_configs(admin, states, timeout)
+    differing = [f"{state.spec.name} has {', '.join(state.differences)}" for state in states if state.differences]
+    if differing:
+        raise TopicsMismatch(f"{'; '.join(differing)}: the stream state changelog must be compacted")
     return count
 
 
