@@ -121,3 +121,25 @@ def test_an_unexpected_error_is_one_line_naming_the_log_and_exit_1(
     log_file = tmp_path / "logs" / "metrify.log"
     assert str(log_file) in err
     assert "boom" in log_file.read_text()
+
+
+def test_an_unknown_migration_revision_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["db", "upgrade", "nope"], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "nope" in err
+
+
+def test_migrating_a_server_that_does_not_answer_says_so_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRIFY_DATABASE_URL", "postgresql+psycopg://metrify:x@127.0.0.1:1/metrify")
+    code, _, err = run(["db", "upgrade"], capsys)
+    assert code == 1
+    assert_one_line(err)
+    assert "database unreachable" in err and "unexpected" not in err
+
+
+def test_debug_is_taken_after_the_command_too(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["db", "upgrade", "nope", "--debug"], capsys)
+    assert code == 2 and "No such option" not in err

@@ -41,7 +41,11 @@ def _fail(message: str, code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
+    options = args[: args.index("--")] if "--" in args else args
+    debug = "--debug" in options
+    if debug:  # a global option, taken wherever it is typed (`metrify db upgrade --debug` too)
+        args.remove("--debug")
+        args.insert(0, "--debug")
     try:
         state.settings = load_settings()
     except SettingsError as exc:

@@ -51,7 +51,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-db_app = typer.Typer(help="Database schema: upgrade, downgrade, current revision.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The database: schema (upgrade, downgrade, current revision) and storage (partitions, retention, maintain).",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 
 
@@ -143,11 +146,18 @@ def _database_url() -> str:
 
 def _run_migration(action):  # noqa: ANN001, ANN202
     from metrify.adapters.probes import describe_database_error
+    from metrify.application.ports import TransientStoreError
 
     try:
         return action()
     except Exception as exc:
-        reason = describe_database_error(exc)
+        if type(exc).__name__ == "CommandError":  # alembic: no such revision, and its kin
+            raise UserError(f"cannot migrate: {exc}", 2) from None
+        if isinstance(exc, TransientStoreError):  # the server does not answer
+            cause = exc.__cause__
+            reason = (describe_database_error(cause) if cause is not None else None) or str(exc)
+        else:
+            reason = describe_database_error(exc)
         if reason is None:
             raise
         raise UserError(f"database unreachable: {reason}", 1) from None
