@@ -258,6 +258,34 @@ def test_rows_written_straight_into_the_parent_never_fail(db: Db) -> None:
     assert db.where_rows_are("aggregates") == {"aggregates_p19991201": 1, "aggregates_p20000101": 1}
 
 
+def test_a_row_written_into_default_while_its_month_is_made_moves_with_the_others(db: Db) -> None:
+    month = at(2018, 7, 4)
+    insert = (
+        "INSERT INTO readings (meter_id, ts, slot, consumption_kwh, status, partition) "
+        "VALUES (:m, :t, :t, 1, 'ON_TIME', 0)"
+    )
+    with db.engine.begin() as connection:
+        connection.execute(sa.text(insert), {"m": "OLD", "t": month})  # a backlog for July 2018 in DEFAULT
+    writer = db.engine.connect()  # another process's write of July, routed to DEFAULT, not committed yet
+    writer.execute(sa.text(insert), {"m": "NEW", "t": month + 1})
+    outcome: list[Any] = []
+
+    def make_the_month() -> None:  # what the sink (or maintenance) runs for its own batch of July
+        try:
+            outcome.append(ensure_partitions(db.engine, {"readings": [month + 2]}, lock_timeout=10.0))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome.append(exc)
+
+    maker = threading.Thread(target=make_the_month)
+    maker.start()
+    maker.join(1.0)  # waiting for the writer: before, it moved OLD and waited for its ATTACH
+    writer.commit()
+    writer.close()
+    maker.join()
+    assert [p.name for p in outcome[0]] == ["metrify_partitions.readings_p20180701"], outcome
+    assert db.where_rows_are("readings") == {"readings_p20180701": 2}  # both rows, none left behind
+
+
 def test_processes_racing_for_the_same_month_make_it_once(db: Db) -> None:
     engines = [create_engine_for(db.url) for _ in range(4)]
     errors: list[BaseException] = []

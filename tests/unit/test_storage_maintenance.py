@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+import pytest
+
 from metrify.adapters.sqlalchemy.partitions import (
     _covered,
     _missing_months,
@@ -66,6 +68,18 @@ def test_the_job_creates_then_expires_then_reorders_and_a_dry_run_only_looks() -
     storage = FakeStorage()
     run_storage_maintenance(storage, policy, 5 * DAY, months_ahead=3, dry_run=True, reorder=True)
     assert storage.calls == [("expire", True)]
+
+
+def test_retention_runs_even_when_the_partitions_ahead_cannot_be_made() -> None:
+    class Busy(FakeStorage):
+        def create_ahead(self, months: int, now_us: int) -> list[PartitionInfo]:
+            self.calls.append(("create_ahead", months))
+            raise RuntimeError("another process holds the table")
+
+    storage = Busy()
+    with pytest.raises(RuntimeError, match="holds the table"):
+        run_storage_maintenance(storage, RetentionPolicy(1, 1, 1, 1), 5 * DAY, months_ahead=3, reorder=True)
+    assert storage.calls == [("create_ahead", 3), ("expire", False)]  # dropped what was due, then failed
 
 
 def test_months_are_utc_calendar_months() -> None:

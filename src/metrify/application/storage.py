@@ -109,12 +109,19 @@ def run_storage_maintenance(
     (with `reorder`) the months that are over rewritten in key order. Creating first moves any
     rows out of DEFAULT partitions into months of their own, which retention can then drop whole;
     reordering last spends no work on months retention drops. A dry run changes nothing and
-    reports what retention would drop."""
+    reports what retention would drop. Partitions that cannot be made now (busy, or a table in
+    the way) do not hold retention back: it runs, and then the job fails with that error."""
     cutoffs = policy.cutoffs(now_us)
     report = MaintenanceReport(storage.layout(), cutoffs, dry_run)
+    failure: Exception | None = None
     if months_ahead is not None and not dry_run:
-        report.created = storage.create_ahead(months_ahead, now_us)
+        try:
+            report.created = storage.create_ahead(months_ahead, now_us)
+        except Exception as exc:  # raised below, once retention has run
+            failure = exc
     report.dropped = storage.expire(cutoffs, dry_run)
+    if failure is not None:
+        raise failure
     if reorder and not dry_run:
         report.reordered = storage.reorder(now_us)
     return report

@@ -39,16 +39,28 @@ _TRANSIENT_MESSAGES = (
 )
 
 
-def _psycopg_transient(exc: BaseException) -> bool:
+# SQLSTATEs a retry can cure: the connection (class 08), the server's resources (53: too many
+# connections, out of memory or disk), an operator, a crash, a start-up or an idle timeout (57P0x), a query
+# cancelled by a timeout (57014), a transaction that lost a race (40001, 40P01), a lock not
+# granted in time (55P03), a standby read-only until the failover ends (25006). Any other state is
+# the statement's own fault (psycopg files some of those, like 54000 "index row size exceeds
+# maximum", under OperationalError too): retrying it would retry for ever.
+_TRANSIENT_CLASSES = frozenset({"08", "53"})
+_TRANSIENT_STATES = frozenset({"57P01", "57P02", "57P03", "57P05", "57014", "40001", "40P01", "55P03", "25006"})
+
+
+def _psycopg_verdict(exc: BaseException) -> bool | None:
+    """For a psycopg error: whether a retry can cure it; None for anything else."""
     try:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is a dependency
-        return False
-    if isinstance(exc, psycopg.OperationalError):  # connection problems, admin shutdown, ...
-        return True
-    if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
-        return True
-    return False
+        return None
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = exc.sqlstate
+    if state is None:  # the client's side: a connection refused, lost or closed
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -58,12 +70,13 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
-        if exc.orig is not None and _psycopg_transient(exc.orig):
-            return True
+        verdict = _psycopg_verdict(exc.orig) if exc.orig is not None else None
+        if verdict is not None:
+            return verdict
     elif isinstance(exc, sa_exc.DisconnectionError | sa_exc.TimeoutError):
         return True
-    elif _psycopg_transient(exc):
-        return True
+    elif (verdict := _psycopg_verdict(exc)) is not None:
+        return verdict
     elif not isinstance(exc, sa_exc.SQLAlchemyError | OSError | sqlite3.Error):
         return False
     message = str(exc).lower()

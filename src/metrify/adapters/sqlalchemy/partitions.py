@@ -335,6 +335,11 @@ def _create_month_partitions(
             )
             if default is not None:
                 schema, default_name = default.split(".", 1)
+                # No row may enter DEFAULT between the move and the ATTACH (which checks that none
+                # of the month is left there): a writer routed there meanwhile, committing before
+                # the ATTACH got its lock, failed the creation with a check violation. Writers wait
+                # here instead (readers do not); within the lock timeout, or the month waits.
+                connection.execute(sa.text(f"LOCK TABLE {_q(schema)}.{_q(default_name)} IN SHARE ROW EXCLUSIVE MODE"))
                 connection.execute(
                     sa.text(
                         f"WITH moved AS (DELETE FROM {_q(schema)}.{_q(default_name)} "
