@@ -20,9 +20,10 @@ from metrify.adapters.files.readers import reading_from_mapping
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
 from metrify.adapters.memory.users import InMemoryIngestKeyRepository
 from metrify.adapters.system import SystemClock
-from metrify.application.errors import AuthenticationFailed
+from metrify.application.errors import AuthenticationFailed, Unavailable
 from metrify.application.ingest import KeyAdmin
-from metrify.application.serial import SerialPipeline
+from metrify.application.ports import TransientStoreError
+from metrify.application.serial import BoundedBackoff, SerialPipeline
 from metrify.application.stream import StreamPipeline
 from metrify.domain.readings import Meter, RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
@@ -319,3 +320,38 @@ def test_a_key_revoked_elsewhere_stops_within_seconds_and_at_once_here() -> None
     clock.now += 2_000_001
     with pytest.raises(AuthenticationFailed):
         here.authenticate(token)
+
+
+def test_a_committed_batch_is_answered_202_even_when_its_meters_cannot_be_registered_now(
+    api: Api, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a 503 would invite a retry that records the batch's rejected readings a second time
+    def locked(meters: object, created_at: int) -> None:
+        raise TransientStoreError("database is locked")
+
+    monkeypatch.setattr(fakes.meters, "register_missing", locked)
+    out = post(api, api.ingest_key(), {"readings": [reading("M1"), reading("M2", kwh="abc")]})
+    assert (out["accepted"], out["rejected"]) == (1, 1)
+    monkeypatch.undo()
+    post(api, api.ingest_key(), {"readings": [reading("M1", ts="2024-03-04T10:30:00Z")]})
+    assert fakes.meters.get("M1") == Meter("M1", None)  # registered with its next reading
+
+
+def test_an_electrical_measurement_beyond_a_double_is_not_stored_and_fails_nothing() -> None:
+    from metrify.adapters.sqlalchemy.codec import extra_columns
+
+    assert extra_columns({"voltage": 10**400, "current": "1e999", "power_kw": 2})[:3] == (None, float("inf"), 2.0)
+
+
+def test_the_ingest_retry_budget_is_of_time_the_tries_included() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def locked() -> None:
+        now[0] += 30.0  # a try that waited out SQLite's busy timeout
+        raise TransientStoreError("database is locked")
+
+    backoff = BoundedBackoff(budget=5.0, sleep=slept.append, clock=lambda: now[0])
+    with pytest.raises(Unavailable):
+        backoff.run(locked)
+    assert slept == []  # one try spent the budget: a 503 now, not nine tries and 275 s later

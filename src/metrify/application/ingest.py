@@ -8,6 +8,7 @@ topic; the stream workers own the state.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from collections import Counter
@@ -23,6 +24,8 @@ from metrify.domain.ingest_keys import TOKEN_PREFIX, IngestKey, hash_token, read
 from metrify.domain.readings import RawReading, normalise_meter_id
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate
 from metrify.domain.users import Role, User
+
+log = logging.getLogger("metrify.ingest")
 
 
 class IngestKeyRepository(Protocol):
@@ -173,10 +176,19 @@ class Ingest:
             elif kind is ReadingTooLate:
                 report.too_late += 1
         if seen:
-            self.meters.register_missing(seen, self.clock.now_us())
-            if len(self._registered) > 1_000_000:  # a memory of meters already registered, bounded
-                self._registered.clear()
-            self._registered.update(seen)
+            # The batch is committed: whatever happens here, the answer is its 202 (a 503 would
+            # invite a retry that records its rejected and too-late readings twice). A meter not
+            # registered now is tried again with its next reading.
+            try:
+                self.meters.register_missing(seen, self.clock.now_us())
+            except Exception:
+                log.warning(
+                    "meters of a committed batch not registered yet: %s", ", ".join(sorted(seen)[:5]), exc_info=True
+                )
+            else:
+                if len(self._registered) > 1_000_000:  # a memory of meters already registered, bounded
+                    self._registered.clear()
+                self._registered.update(seen)
         return report
 
     def _admit(

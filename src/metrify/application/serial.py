@@ -31,24 +31,33 @@ class BoundedBackoff:
     an HTTP client is better served by a 503 than by a request that hangs."""
 
     def __init__(
-        self, budget: float = 5.0, first: float = 0.1, cap: float = 1.0, sleep: Callable[[float], None] = time.sleep
+        self,
+        budget: float = 5.0,
+        first: float = 0.1,
+        cap: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.budget = budget
         self.first = first
         self.cap = cap
         self.sleep = sleep
+        self.clock = clock
 
     def run(self, action: Callable[[], Any]) -> Any:
-        waited, attempt = 0.0, 0
+        """The budget is of time since the first try, the tries included: a try that waited for
+        a lock (SQLite's busy timeout: 30 s) spends it too, so a few slow tries end in a 503
+        instead of minutes of them, with every other ingest request queued behind."""
+        started, attempt = self.clock(), 0
         while True:
             try:
                 return action()
             except TransientStoreError as exc:
-                if waited >= self.budget:
+                left = self.budget - (self.clock() - started)
+                if left <= 0:
                     raise Unavailable(f"the database does not answer: {exc}") from exc
-                delay = min(self.cap, self.first * (2**attempt), self.budget - waited)
+                delay = min(self.cap, self.first * (2**attempt), left)
                 attempt += 1
-                waited += delay
                 self.sleep(delay)
 
 

@@ -45,12 +45,12 @@ def decode_state(text: str) -> Any:
 
 
 def _number(value: Any) -> float | None:
+    """A measurement as a number the column holds: None for what is not one (an integer beyond
+    a double, which raised at commit and failed the whole batch, included)."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, float | int):
-        return float(value)
     try:
-        return float(str(value).strip())
+        return float(value if isinstance(value, float | int) else str(value).strip())
     except (TypeError, ValueError, OverflowError):
         return None
 
