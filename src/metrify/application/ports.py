@@ -73,6 +73,11 @@ class StreamStateRepository(Protocol):
 
     def partitions(self, stream: str) -> list[int]: ...
 
+    def expect(self, stream: str, partition: int, next_offset: int) -> None:
+        """Commit only if the partition still holds `next_offset` (0 when it holds nothing), as
+        this writer last committed or loaded it; else the commit raises StreamWrittenElsewhere."""
+        ...
+
 
 class ProgressRepository(Protocol):
     def get(self, source_key: str) -> SourceProgress | None: ...
@@ -114,6 +119,12 @@ class OutcomeQueries(Protocol):
 
 class TransientStoreError(Exception):
     """The store is unreachable for now (connection refused, server restarting): retry later."""
+
+
+class StreamWrittenElsewhere(Exception):
+    """Another process committed to a partition of this stream since this one loaded or last
+    committed it: its state here is stale (two writers of one stream, e.g. `metrify api` and
+    `metrify replay` on one data folder). Nothing of this unit of work was committed."""
 
 
 class EventBus(Protocol):

@@ -4,6 +4,7 @@ outcomes, state changes and input position committed together in one unit of wor
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from metrify.application.ports import (
     Clock,
     SourceProgress,
     StreamUnitOfWork,
+    StreamWrittenElsewhere,
     TransientStoreError,
 )
 from metrify.domain.readings import RawReading, normalise_meter_id
@@ -22,6 +24,8 @@ from metrify.domain.stream.partitioner import partition_for
 
 _new: Any = tuple.__new__  # a RawReading from a ready tuple, without the NamedTuple's Python __new__
 _ROUTES_LIMIT = 1 << 20
+_RELOADS = 3  # times a batch is processed again on state another writer committed
+log = logging.getLogger("metrify.stream")
 
 
 @contextmanager
@@ -92,8 +96,12 @@ class StreamPipeline:
         self.clock = clock
         self.stream = stream
         self.backoff = backoff or Backoff()
+        self.intervals = intervals
         self.cores = [PartitionStream(config, p, intervals) for p in range(partitions)]
         self.next_offsets = [0] * partitions
+        # per partition, the input offset the store held when this process last loaded or
+        # committed it: each commit expects it still there (one writer per stream, checked)
+        self.committed_offsets = [0] * partitions
         self._routes: dict[str, int] = {}  # meter id as received -> partition
 
     def load(self) -> None:
@@ -114,6 +122,13 @@ class StreamPipeline:
                         self.next_offsets[core.partition] = state.next_offset
 
         self.backoff.run(read)
+        self.committed_offsets = list(self.next_offsets)
+
+    def reload(self) -> None:
+        """Forget the state held here and load the store's: after another writer committed."""
+        self.cores = [PartitionStream(self.config, p, self.intervals) for p in range(self.partition_count)]
+        self.next_offsets = [0] * self.partition_count
+        self.load()
 
     def split(self, rows: Sequence[RawReading]) -> list[list[RawReading]]:
         """Route rows to partitions by meter id (murmur2, as Kafka) and give each its offset."""
@@ -150,9 +165,19 @@ class StreamPipeline:
         return min(horizons) if horizons else None
 
     def process(self, rows: Sequence[RawReading], progress: SourceProgress | None = None) -> list[Any]:
-        """Process one batch and commit its outcomes, state and progress in one transaction."""
-        with gc_paused():  # the whole batch: its events stay alive until written (see gc_paused)
-            return self._process(rows, progress)
+        """Process one batch and commit its outcomes, state and progress in one transaction. When
+        another process committed to the stream meanwhile (StreamWrittenElsewhere: nothing of this
+        batch was committed), the store's state is loaded again and the batch processed on it."""
+        for attempt in range(_RELOADS + 1):
+            try:
+                with gc_paused():  # the whole batch: its events stay alive until written (see gc_paused)
+                    return self._process(rows, progress)
+            except StreamWrittenElsewhere as exc:
+                if attempt == _RELOADS:
+                    raise
+                log.warning("%s: loading the stream's state again and processing the batch on it", exc)
+                self.reload()
+        raise AssertionError("unreachable")
 
     def _process(self, rows: Sequence[RawReading], progress: SourceProgress | None) -> list[Any]:
         now = self.clock.now_us()
@@ -163,10 +188,13 @@ class StreamPipeline:
                 events.extend(core.process(part, now))
                 touched.append((core, core.take_dirty()))
 
+        committed = self.committed_offsets
+
         def write() -> None:
             with self.uow_factory() as uow:
                 uow.outcomes.add_events(events)
                 for core, dirty in touched:
+                    uow.state.expect(self.stream, core.partition, committed[core.partition])
                     uow.state.save(
                         self.stream,
                         core.partition,
@@ -179,4 +207,6 @@ class StreamPipeline:
                 uow.commit()
 
         self.backoff.run(write)
+        for core, _ in touched:
+            committed[core.partition] = self.next_offsets[core.partition]
         return events

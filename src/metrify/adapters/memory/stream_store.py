@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Any
 
 from metrify.application.outcomes import OutcomeBatch, fold_events
-from metrify.application.ports import ExportFilter, GapRow, PartitionState, SourceProgress
+from metrify.application.ports import ExportFilter, GapRow, PartitionState, SourceProgress, StreamWrittenElsewhere
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate, WindowUpdated
 
 _NULLS_FIRST = -(1 << 62)
@@ -114,6 +114,10 @@ class _StagedState:
     def __init__(self, store: InMemoryStreamStore) -> None:
         self.store = store
         self.saved: list[tuple[str, int, int | None, int, dict[str, list[Any]]]] = []
+        self.expected: list[tuple[str, int, int]] = []
+
+    def expect(self, stream: str, partition: int, next_offset: int) -> None:
+        self.expected.append((stream, partition, next_offset))
 
     def load(self, stream: str, partition: int) -> PartitionState | None:
         header = self.store.partitions.get((stream, partition))
@@ -167,6 +171,12 @@ class InMemoryStreamUnitOfWork:
 
     def commit(self) -> None:
         store = self.store
+        for stream, partition, offset in self.state.expected:
+            header = store.partitions.get((stream, partition))
+            held = 0 if header is None else header[1]
+            if held != offset:
+                self.rollback()
+                raise StreamWrittenElsewhere(f"partition {partition} holds offset {held}, not {offset}")
         store.apply(fold_events(self.outcomes.events))
         for stream, partition, max_event_time, next_offset, meters in self.state.saved:
             store.partitions[(stream, partition)] = (max_event_time, next_offset)

@@ -19,7 +19,7 @@ from metrify.adapters.sqlalchemy.codec import decode_state
 from metrify.adapters.sqlalchemy.errors import is_transient, transient_errors
 from metrify.adapters.sqlalchemy.sink import Prepared, StateSave, batch_rows, writer_for
 from metrify.application.outcomes import fold_events
-from metrify.application.ports import PartitionState, SourceProgress, TransientStoreError
+from metrify.application.ports import PartitionState, SourceProgress, StreamWrittenElsewhere, TransientStoreError
 
 
 class _StagedOutcomes:
@@ -34,6 +34,27 @@ class _SqlState:
     def __init__(self, uow: SqlAlchemyStreamUnitOfWork) -> None:
         self.uow = uow
         self.saved: list[StateSave] = []
+        self.expected: list[tuple[str, int, int]] = []
+
+    def expect(self, stream: str, partition: int, next_offset: int) -> None:
+        self.expected.append((stream, partition, next_offset))
+
+    def check_expected(self, connection: sa.Connection) -> None:
+        """Inside the commit's transaction: every expected partition still holds its offset. The
+        headers are locked on PostgreSQL; on SQLite the transaction's first write would fail
+        (busy, retried) if another writer had committed since its read."""
+        c = t.stream_partitions.c
+        for stream, partition, offset in self.expected:
+            stmt = sa.select(c.next_offset).where(c.stream == stream, c.partition == partition)
+            if connection.dialect.name == "postgresql":
+                stmt = stmt.with_for_update()
+            row = connection.execute(stmt).first()
+            held = 0 if row is None else row[0]
+            if held != offset:
+                raise StreamWrittenElsewhere(
+                    f"another process wrote partition {partition} of stream {stream!r} meanwhile "
+                    f"(it holds input offset {held}; this process expected {offset})"
+                )
 
     def load(self, stream: str, partition: int) -> PartitionState | None:
         with transient_errors():
@@ -173,6 +194,7 @@ class SqlAlchemyStreamUnitOfWork:
         connection = self.connection
         try:
             with transient_errors():
+                self.state.check_expected(connection)
                 self.writer.write(connection, rows, encoded, on_sending)
                 connection.commit()
         except Exception as error:
