@@ -355,3 +355,13 @@ def test_the_ingest_retry_budget_is_of_time_the_tries_included() -> None:
     with pytest.raises(Unavailable):
         backoff.run(locked)
     assert slept == []  # one try spent the budget: a 503 now, not nine tries and 275 s later
+
+
+def test_ingest_into_a_stream_cut_into_other_partitions_is_a_503_that_says_so() -> None:
+    store = InMemoryStreamStore()
+    store.partitions[("main", 2)] = (None, 0)  # cut into three partitions by an earlier replay
+    serial = SerialPipeline(
+        lambda: StreamPipeline(StreamConfig(), 1, lambda: InMemoryStreamUnitOfWork(store), SystemClock())
+    )
+    with pytest.raises(Unavailable, match="3 partitions"):
+        serial.submit([RawReading("M1", T0, "0.5")])

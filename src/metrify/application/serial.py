@@ -18,7 +18,7 @@ from typing import Any
 
 from metrify.application.errors import Unavailable
 from metrify.application.ports import TransientStoreError
-from metrify.application.stream import StreamPipeline
+from metrify.application.stream import PartitionCountMismatch, StreamPipeline
 from metrify.domain.readings import RawReading, normalise_meter_id
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate
 from metrify.domain.stream.partitioner import partition_for
@@ -102,7 +102,10 @@ class SerialPipeline:
     def _loaded(self) -> StreamPipeline:
         if self._pipeline is None:
             pipeline = self.factory()
-            pipeline.load()
+            try:
+                pipeline.load()
+            except PartitionCountMismatch as exc:  # the operator's to mend: say what, not a bare 500
+                raise Unavailable(f"ingest cannot run: {exc}", retry_after=60) from exc
             self._pipeline = pipeline
         return self._pipeline
 
