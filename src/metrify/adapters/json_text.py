@@ -58,3 +58,16 @@ def holds_lone_surrogate(value: Any) -> bool:
     if type(value) is list:
         return any(holds_lone_surrogate(v) for v in value)
     return False
+
+
+def dumps_exact(value: Any) -> str:
+    """The standard library's encoder, for what orjson cannot write or writes inexactly: integers
+    beyond 64 bits, NaN and infinities (`NaN`, `Infinity`), lone surrogates (escaped: the text is
+    ASCII). Anything else it does not know is written as its text."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)

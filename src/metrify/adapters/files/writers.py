@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import IO, Any
 
 import orjson
 
+from metrify.adapters import json_text
 from metrify.application.exports import FIELDS, export_rows
 from metrify.application.ports import ExportFilter, OutcomeQueries
 from metrify.application.simulator import FleetProfile, fleet_rows
@@ -33,7 +33,7 @@ def _json(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(_finite(value), ensure_ascii=True, separators=(",", ":"))
+        return json_text.dumps_exact(_finite(value))
 
 
 def _finite(value: Any) -> Any:

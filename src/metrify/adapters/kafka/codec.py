@@ -71,15 +71,8 @@ def encode_raw(reading: RawReading) -> bytes:
 
 
 def _exact_dumps(value: Any) -> bytes:
-    """The standard library's encoder: integers beyond 64 bits, NaN and infinities, lone
-    surrogates all come back exactly (orjson turns NaN into null and refuses the others)."""
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_plain).encode("ascii")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    return str(value)
+    """Values that come back exactly (orjson turns NaN into null and refuses the others)."""
+    return json_text.dumps_exact(value).encode("ascii")
 
 
 def _loads_exact(data: bytes) -> Any:
