@@ -79,31 +79,115 @@ def test_replaying_two_files_continues_the_stream(fleet_csv: Path, uninterrupted
     assert export_all(env) == uninterrupted
 
 
+@pytest.fixture(scope="module")
+def large_fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Large enough that a replay is still running seconds after it starts, on a fast machine too."""
+    path = tmp_path_factory.mktemp("large") / "fleet.csv"
+    write_fleet_csv(path, FleetProfile(meters=800, days=4, seed=12))
+    return path
+
+
+@pytest.fixture(scope="module")
+def large_reference(large_fleet: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    env = metrify_env(tmp_path_factory.mktemp("reference"))
+    metrify(["replay", str(large_fleet), "--partitions", "3"], env)
+    return export_all(env)
+
+
 def test_a_replay_killed_at_any_moment_resumes_to_the_same_outcome(
-    fleet_csv: Path, uninterrupted: dict, tmp_path: Path
+    large_fleet: Path, large_reference: dict, tmp_path: Path
 ) -> None:
     env = metrify_env(tmp_path)
     chance = random.Random(3)
     kills = 0
-    for _ in range(12):
+    for _ in range(8):
         process = subprocess.Popen(
-            [sys.executable, "-m", "metrify", "replay", str(fleet_csv), "--batch-size", "300"],
+            [sys.executable, "-m", "metrify", "replay", str(large_fleet), "--partitions", "3", "--batch-size", "300"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        time.sleep(chance.uniform(1.0, 3.0))
+        time.sleep(chance.uniform(1.0, 2.0))
         if process.poll() is not None:
             break
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills += 1
-    assert kills >= 1, "the replay finished before it could be killed: make the fleet larger"
-    finished = metrify(["replay", str(fleet_csv), "--batch-size", "300"], env)
+    assert kills >= 2, "the replay finished before it could be killed: make the fleet larger"
+    finished = metrify(["replay", str(large_fleet), "--partitions", "3", "--batch-size", "700"], env)
     assert "Traceback" not in finished.stderr
-    assert export_all(env) == uninterrupted
-    again = metrify(["replay", str(fleet_csv)], env)
+    assert export_all(env) == large_reference
+    again = metrify(["replay", str(large_fleet), "--partitions", "3"], env)
     assert "already replayed" in again.stdout
+
+
+@pytest.fixture(scope="module")
+def three_partitions(fleet_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    env = metrify_env(tmp_path_factory.mktemp("three"))
+    metrify(["replay", str(fleet_csv), "--partitions", "3", "--batch-size", "700"], env)
+    return export_all(env)
+
+
+def test_a_replay_shared_by_workers_gives_the_exports_of_one_process(
+    fleet_csv: Path, three_partitions: dict, tmp_path: Path
+) -> None:
+    env = metrify_env(tmp_path)
+    done = metrify(["replay", str(fleet_csv), "--partitions", "3", "--workers", "2", "--batch-size", "500"], env)
+    assert "windows" in done.stdout and "Traceback" not in done.stderr
+    assert export_all(env) == three_partitions
+    assert {r["partition"] for r in three_partitions["readings"]} == {0, 1, 2}
+    again = metrify(["replay", str(fleet_csv), "--partitions", "3"], env)
+    assert "already replayed" in again.stdout
+
+
+def _replays_running(path: Path) -> list[int]:
+    """Processes whose command line names this file (a worker left behind would be one)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(path).encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_replay_with_workers_killed_at_any_moment_resumes_to_the_same_outcome(
+    large_fleet: Path, large_reference: dict, tmp_path: Path
+) -> None:
+    """SIGKILL reaches only the replay itself; its workers end with it (none keeps writing), and
+    the next run resumes each partition after its last commit, with another number of workers."""
+    fleet = large_fleet
+    env = metrify_env(tmp_path / "killed")
+    chance = random.Random(5)
+    kills = 0
+    for workers in ("2", "3", "2", "3", "2", "3"):
+        command = ["replay", str(fleet), "--partitions", "3", "--workers", workers, "--batch-size", "200"]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "metrify", *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        time.sleep(chance.uniform(1.0, 2.0))
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        deadline = time.monotonic() + 10
+        while _replays_running(fleet) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _replays_running(fleet), "a worker outlived the replay that started it"
+    assert kills >= 2, "the replay finished before it could be killed: make the fleet larger"
+    finished = metrify(["replay", str(fleet), "--partitions", "3", "--batch-size", "300"], env)
+    assert "Traceback" not in finished.stderr
+    assert export_all(env) == large_reference
+
+
+def test_more_workers_than_partitions_is_refused_in_one_line(fleet_csv: Path, tmp_path: Path) -> None:
+    done = metrify(
+        ["replay", str(fleet_csv), "--partitions", "2", "--workers", "3"], metrify_env(tmp_path), check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["metrify: --workers 3 needs at least 3 partitions (--partitions)"]
 
 
 def test_replay_into_postgres_gives_the_same_exports_as_sqlite(

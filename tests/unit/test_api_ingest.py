@@ -226,7 +226,7 @@ class RecordingPipeline(StreamPipeline):
 
     calls: list[list[RawReading]]
 
-    def process(self, rows, progress=None):  # noqa: ANN001, ANN201
+    def process(self, rows, progress=()):  # noqa: ANN001, ANN201
         self.calls.append(list(rows))
         time.sleep(0.003)
         return super().process(rows, progress)

@@ -108,3 +108,104 @@ def test_the_simulated_network_is_deterministic_for_a_seed_and_loses_what_it_dro
     assert first != [r for r in rows if r in first], "some rows should arrive out of their file order"
     other = list(through_network(rows, NetworkProfile(delay_prob=0.1, max_delay=300, drop_prob=0.05, seed=10)))
     assert other != first
+
+
+def outcome_of(store: InMemoryStreamStore) -> tuple:
+    """All that a replay leaves: outcomes and stream state (positions aside)."""
+    return (
+        store.readings,
+        store.rejected,
+        store.too_late,
+        store.gaps,
+        store.windows,
+        store.partitions,
+        store.meter_states,
+    )
+
+
+NETWORK = NetworkProfile(delay_prob=0.2, max_delay=3000, drop_prob=0.05, seed=8)
+
+
+def replay_in_workers(store: InMemoryStreamStore, rows: list[RawReading], shares: list[list[int]], **kwargs) -> list:
+    """The workers of a parallel replay, one after the other (each its own pipeline, as a process)."""
+    options = ReplayOptions(partitions=3, network=NETWORK, batch_size=kwargs.pop("batch_size", 90))
+    return [
+        run_replay(ListSource(rows), pipeline_on(store, partitions=3), options, partitions=share, **kwargs)
+        for share in shares
+    ]
+
+
+def test_workers_each_replaying_their_partitions_leave_the_outcome_of_one_replay() -> None:
+    rows = fleet(12, 2)
+    whole = InMemoryStreamStore()
+    single = run_replay(
+        ListSource(rows), pipeline_on(whole, partitions=3), ReplayOptions(partitions=3, network=NETWORK, batch_size=90)
+    )
+    shared = InMemoryStreamStore()
+    reports = replay_in_workers(shared, rows, [[0, 2], [1]])
+    assert outcome_of(shared) == outcome_of(whole)
+    merged = Tally()
+    for report in reports:
+        merged.merge(report.tally.compacted())
+    assert merged.rows == single.tally.rows
+    assert (merged.accepted, merged.rejected, merged.too_late) == (
+        single.tally.accepted,
+        single.tally.rejected,
+        single.tally.too_late,
+    )
+    assert (merged.gaps_open, merged.gaps_closed, merged.windows_emitted) == (
+        single.tally.gaps_open,
+        single.tally.gaps_closed,
+        single.tally.windows_emitted,
+    )
+    again = run_replay(
+        ListSource(rows), pipeline_on(shared, partitions=3), ReplayOptions(partitions=3, network=NETWORK)
+    )
+    assert again.already_done
+
+
+def test_a_parallel_replay_that_died_resumes_with_any_number_of_workers() -> None:
+    rows = fleet(12, 2)
+    whole = InMemoryStreamStore()
+    run_replay(ListSource(rows), pipeline_on(whole, partitions=3), ReplayOptions(partitions=3, network=NETWORK))
+    for resumed_by in ([[0, 1, 2]], [[2], [0], [1]], None):
+        broken = InMemoryStreamStore()
+        calls = {"n": 0}
+
+        def dying_batch(_tally: Tally, calls: dict = calls) -> None:
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise Crash
+
+        try:
+            replay_in_workers(broken, rows, [[1], [0, 2]], on_batch=dying_batch)
+        except Crash:
+            pass
+        assert 0 < len(broken.readings) < len(whole.readings)
+        if resumed_by is None:  # one process, no partitions named: the plain `metrify replay`
+            options = ReplayOptions(partitions=3, network=NETWORK, batch_size=70)
+            report = run_replay(ListSource(rows), pipeline_on(broken, partitions=3), options)
+            assert 0 < report.skipped_rows < len(rows)
+        else:
+            replay_in_workers(broken, rows, resumed_by, batch_size=70)
+        assert outcome_of(broken) == outcome_of(whole)
+
+
+def test_workers_resume_a_replay_of_one_process_that_died() -> None:
+    rows = fleet(12, 2)
+    whole = InMemoryStreamStore()
+    options = ReplayOptions(partitions=3, network=NETWORK, batch_size=90)
+    run_replay(ListSource(rows), pipeline_on(whole, partitions=3), options)
+    broken = InMemoryStreamStore()
+
+    def dying_batch(tally: Tally) -> None:
+        if tally.rows >= 500:
+            raise Crash
+
+    try:
+        run_replay(ListSource(rows), pipeline_on(broken, partitions=3), options, on_batch=dying_batch)
+    except Crash:
+        pass
+    reports = replay_in_workers(broken, rows, [[0], [1, 2]], batch_size=50)
+    assert all(report.skipped_rows == 540 for report in reports)  # six batches of 90 committed
+    assert outcome_of(broken) == outcome_of(whole)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,6 +111,27 @@ class Tally:
         self.rejected.update(rejected)
         self.too_late += too_late
 
+    def compacted(self) -> Tally:
+        """A copy with the windows only counted: what one worker of a parallel replay reports."""
+        return Tally(
+            self.rows,
+            Counter(self.accepted),
+            Counter(self.rejected),
+            self.too_late,
+            dict(self.gaps),
+            {},
+            self.windows_emitted,
+        )
+
+    def merge(self, other: Tally) -> None:
+        """Add another worker's tally: its partitions, so its meters, gaps and windows are others."""
+        self.rows += other.rows
+        self.accepted.update(other.accepted)
+        self.rejected.update(other.rejected)
+        self.too_late += other.too_late
+        self.gaps.update(other.gaps)
+        self.windows_settled += other.windows_emitted
+
     @property
     def gaps_open(self) -> int:
         return sum(1 for is_open in self.gaps.values() if is_open)
@@ -148,36 +169,86 @@ class EventTimePacer:
         return max(0.0, self.origin[1] + (t - self.origin[0]) / 1e6 / self.speed - now)
 
 
+def partition_progress_key(source_key: str, partition: int) -> str:
+    """Where one worker of a parallel replay keeps how far a partition's rows are committed."""
+    return f"{source_key}#{partition}"
+
+
+class _Positioned:
+    """The rows of some partitions from a position on, skipping each partition's rows before its
+    own position; `position` counts the rows read, skipped ones included."""
+
+    def __init__(self, rows: Iterator[RawReading], start: int, done: dict[int, int], route: Callable[[Any], int]):
+        self.rows = rows
+        self.position = start
+        self.done = done
+        self.route = route
+
+    def __iter__(self) -> Iterator[RawReading]:
+        done, route = self.done, self.route
+        for row in self.rows:
+            index = self.position
+            self.position = index + 1
+            before = done.get(route(row[0]))
+            if before is not None and index >= before:
+                yield row
+
+
 def run_replay(
     source: ReadingSource,
     pipeline: StreamPipeline,
     options: ReplayOptions,
     on_batch: Callable[[Tally], None] | None = None,
+    partitions: Sequence[int] | None = None,
 ) -> ReplayReport:
     """Replay a source from where the last run of the same source stopped. Each batch's outcomes,
-    state and row count commit together, so a killed replay resumes without loss or repeat."""
+    state and position commit together, so a killed replay resumes without loss or repeat.
+
+    `partitions` makes this one worker of a parallel replay (`--workers`): it reads every row,
+    processes only those of its partitions, and keeps its position per partition (the others'
+    rows are another worker's). A replay of all partitions keeps one position per source. Both
+    say how far a partition's rows are committed, the higher one wins, so a replay resumes after
+    any earlier one whatever its number of workers: the outcome of each partition depends only
+    on the order of its own rows (DESIGN §3)."""
     started = time.monotonic()
     key = options.source_key(source.fingerprint)
+    every = range(pipeline.partition_count)
+    owned = list(every) if partitions is None else sorted(set(partitions))
     with pipeline.uow_factory() as uow:
-        progress = uow.progress.get(key)
+        whole = uow.progress.get(key)
+        apart = {p: uow.progress.get(partition_progress_key(key, p)) for p in every}
+    done = {p: max(whole.rows_done if whole else 0, saved.rows_done if saved else 0) for p, saved in apart.items()}
+    start = min(done[p] for p in owned) if owned else 0
     tally = Tally()
-    if progress is not None and progress.finished:
-        return ReplayReport(tally, progress.rows_done, True, 0.0)
-    done = progress.rows_done if progress is not None else 0
+    finished = {p for p, saved in apart.items() if (whole is not None and whole.finished) or (saved and saved.finished)}
+    if finished.issuperset(owned):
+        return ReplayReport(tally, start, True, 0.0)
     pipeline.load()
-    rows = itertools.islice(through_network(source, options.network), done, None)
+    arriving = itertools.islice(through_network(source, options.network), start, None)
+    cursor = _Positioned(arriving, start, {p: done[p] for p in owned}, pipeline.partition_of)
+    rows: Iterator[RawReading]
+    if partitions is None and all(done[p] == start for p in owned):
+        rows = arriving  # every row is due: no routing, no skipping
+    else:
+        rows = iter(cursor)
+    read = 0  # rows taken from `rows`, for the position when they are all due
     pacer = EventTimePacer(options.speed) if options.speed else None
     batch: list[RawReading] = []
     size = options.batch_size
 
     def flush(finished: bool) -> None:
-        nonlocal done
-        done += len(batch)
+        nonlocal read
+        read += len(batch)
+        position = cursor.position if rows is not arriving else start + read
         tally.rows += len(batch)
+        if partitions is None:
+            progress = [SourceProgress(key, position, finished)]
+        else:
+            progress = [SourceProgress(partition_progress_key(key, p), position, finished) for p in owned]
         with gc_paused():  # until the batch's events are counted and gone
-            tally.add(pipeline.process(batch, SourceProgress(key, done, finished)))
+            tally.add(pipeline.process(batch, progress))
             batch.clear()
-        tally.settle(pipeline.late_horizon())
+        tally.settle(pipeline.late_horizon(owned))
         if on_batch is not None:
             on_batch(tally)
 
@@ -199,4 +270,4 @@ def run_replay(
             if len(batch) >= size:
                 flush(False)
     flush(True)
-    return ReplayReport(tally, done - tally.rows, False, time.monotonic() - started)
+    return ReplayReport(tally, start, False, time.monotonic() - started)

@@ -144,27 +144,37 @@ class StreamPipeline:
             raw_id = row[0]
             p = routes.get(raw_id) if type(raw_id) is str else None
             if p is None:
-                p = partition_for(normalise_meter_id(raw_id), count)
-                if type(raw_id) is str:
-                    if len(routes) >= _ROUTES_LIMIT:
-                        routes.clear()
-                    routes[raw_id] = p
+                p = self.partition_of(raw_id)
             parts[p].append(_new(RawReading, (*row[:4], offsets[p])))
             offsets[p] += 1
         return parts
 
-    def late_horizon(self) -> int | None:
-        """The event time no reading can reach any more in any partition (older is TOO_LATE):
-        the lowest watermark minus the allowed lateness; None while a partition has seen nothing."""
+    def partition_of(self, raw_id: Any) -> int:
+        """The partition of a meter id as received (murmur2 of the normalised id, as Kafka)."""
+        routes = self._routes
+        p = routes.get(raw_id) if type(raw_id) is str else None
+        if p is None:
+            p = partition_for(normalise_meter_id(raw_id), self.partition_count)
+            if type(raw_id) is str:
+                if len(routes) >= _ROUTES_LIMIT:
+                    routes.clear()
+                routes[raw_id] = p
+        return p
+
+    def late_horizon(self, partitions: Sequence[int] | None = None) -> int | None:
+        """The event time no reading can reach any more in these partitions (default: all; older
+        is TOO_LATE): the lowest watermark minus the allowed lateness; None while one of them
+        has seen nothing."""
         horizons = []
-        for core in self.cores:
+        cores = self.cores if partitions is None else [self.cores[p] for p in partitions]
+        for core in cores:
             if core.max_event_time is None:
                 return None
             config = core.config
             horizons.append(core.max_event_time - config.out_of_orderness - config.allowed_lateness)
         return min(horizons) if horizons else None
 
-    def process(self, rows: Sequence[RawReading], progress: SourceProgress | None = None) -> list[Any]:
+    def process(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress] = ()) -> list[Any]:
         """Process one batch and commit its outcomes, state and progress in one transaction. When
         another process committed to the stream meanwhile (StreamWrittenElsewhere: nothing of this
         batch was committed), the store's state is loaded again and the batch processed on it."""
@@ -179,7 +189,7 @@ class StreamPipeline:
                 self.reload()
         raise AssertionError("unreachable")
 
-    def _process(self, rows: Sequence[RawReading], progress: SourceProgress | None) -> list[Any]:
+    def _process(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress]) -> list[Any]:
         now = self.clock.now_us()
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
@@ -202,8 +212,8 @@ class StreamPipeline:
                         self.next_offsets[core.partition],
                         {meter_id: core.snapshot_meter(meter_id) for meter_id in dirty},
                     )
-                if progress is not None:
-                    uow.progress.set(progress)
+                for source in progress:
+                    uow.progress.set(source)
                 uow.commit()
 
         self.backoff.run(write)

@@ -65,6 +65,12 @@ def replay(
         bool,
         typer.Option("--to-kafka", help="Produce the rows to the Kafka raw topic instead (workers process them)."),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=256, help="Processes sharing the partitions (at most --partitions; default 1, this process)."
+        ),
+    ] = 1,
 ) -> None:
     """Run FILE through the stream core and store every outcome; a second run resumes or continues."""
     settings = state.settings
@@ -75,15 +81,20 @@ def replay(
         network=NetworkProfile(delay_prob=delay_prob, max_delay=max_delay, drop_prob=drop_prob, seed=seed),
         batch_size=batch_size or settings.stream.batch_size,
     )
+    if workers > 1:
+        if workers > options.partitions:
+            raise UserError(f"--workers {workers} needs at least {workers} partitions (--partitions)")
+        if to_kafka or speed is not None:
+            raise UserError("--workers goes with neither --to-kafka nor --speed")
     if to_kafka:
         from metrify.entrypoints.cli.kafka import replay_to_kafka
 
         replay_to_kafka(file, options, partitions_given=partitions is not None)
         return
-    _replay_file(file, options)
+    _replay_file(file, options, workers)
 
 
-def _replay_file(file: Path, options: ReplayOptions) -> None:
+def _replay_file(file: Path, options: ReplayOptions, workers: int = 1) -> None:
     from metrify.adapters.files.readers import FileReadingSource
 
     try:
@@ -91,12 +102,17 @@ def _replay_file(file: Path, options: ReplayOptions) -> None:
     except SourceError as exc:
         raise UserError(str(exc)) from None
     _ensure_schema()
-    container = state.get_container()
-    pipeline = container.stream_pipeline(partitions=options.partitions)
     progress = ReplayProgress(file.name)
     try:
         with progress:
-            report = run_replay(source, pipeline, options, on_batch=progress.update)
+            if workers > 1:
+                from metrify.entrypoints.cli.workers import replay_in_workers
+
+                assert state.settings is not None
+                report = replay_in_workers(source, options, state.settings, workers, progress)
+            else:
+                pipeline = state.get_container().stream_pipeline(partitions=options.partitions)
+                report = run_replay(source, pipeline, options, on_batch=progress.update)
     except PartitionCountMismatch as exc:
         raise UserError(str(exc)) from None
     if report.already_done:
