@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 import signal
 import subprocess
@@ -179,6 +180,31 @@ def test_a_replay_with_workers_killed_at_any_moment_resumes_to_the_same_outcome(
     assert kills >= 2, "the replay finished before it could be killed: make the fleet larger"
     finished = metrify(["replay", str(fleet), "--partitions", "3", "--batch-size", "300"], env)
     assert "Traceback" not in finished.stderr
+    assert export_all(env) == large_reference
+
+
+def test_a_worker_killed_alone_stops_the_replay_at_once_and_a_rerun_resumes(
+    large_fleet: Path, large_reference: dict, tmp_path: Path
+) -> None:
+    env = metrify_env(tmp_path)
+    command = ["replay", str(large_fleet), "--partitions", "3", "--workers", "3", "--batch-size", "200"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metrify", *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(children.read_text().split()) < 3:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    victim = int(children.read_text().split()[1])
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - killed < 5, "the replay went on long after one of its workers died"
+    assert process.returncode == 1
+    assert stderr.decode().strip().splitlines()[-1].endswith("stopped (killed by SIGKILL)")
+    assert "Traceback" not in stderr.decode()
+    metrify(["replay", str(large_fleet), "--partitions", "3", "--workers", "2"], env)
     assert export_all(env) == large_reference
 
 

@@ -60,6 +60,7 @@ class Tally:
     # bounded however long the replay.
     windows: dict[int, set[tuple[str, int, int]]] = field(default_factory=dict)  # end -> keys
     windows_settled: int = 0
+    gaps_elsewhere: int = 0  # gaps counted in a progress report, not held (see `compacted`)
 
     @property
     def windows_held(self) -> int:
@@ -111,16 +112,22 @@ class Tally:
         self.rejected.update(rejected)
         self.too_late += too_late
 
-    def compacted(self) -> Tally:
-        """A copy with the windows only counted: what one worker of a parallel replay reports."""
+    @property
+    def gaps_seen(self) -> int:
+        return len(self.gaps) + self.gaps_elsewhere
+
+    def compacted(self, gaps: bool = True) -> Tally:
+        """A copy with the windows only counted (and without `gaps`, the gaps too): what one
+        worker of a parallel replay reports, at the end and (lighter) while it runs."""
         return Tally(
             self.rows,
             Counter(self.accepted),
             Counter(self.rejected),
             self.too_late,
-            dict(self.gaps),
+            dict(self.gaps) if gaps else {},
             {},
             self.windows_emitted,
+            self.gaps_elsewhere + (0 if gaps else len(self.gaps)),
         )
 
     def merge(self, other: Tally) -> None:
@@ -130,6 +137,7 @@ class Tally:
         self.rejected.update(other.rejected)
         self.too_late += other.too_late
         self.gaps.update(other.gaps)
+        self.gaps_elsewhere += other.gaps_elsewhere
         self.windows_settled += other.windows_emitted
 
     @property

@@ -57,7 +57,7 @@ class ReplayProgress:
         if self._progress is not None and self._task is not None:
             line = (
                 f"{tally.rows:,} rows  {rate:,.0f} rows/s  accepted {accepted:,}  rejected {rejected:,}  "
-                f"too late {tally.too_late:,}  gaps {len(tally.gaps):,}"
+                f"too late {tally.too_late:,}  gaps {tally.gaps_seen:,}"
             )
             self._progress.update(self._task, line=line)
         elif now - self.last_log >= self.every:
@@ -80,7 +80,11 @@ def print_summary(console: Console, name: str, report: ReplayReport) -> None:
     table.add_column("detail")
     table.add_column("count", justify="right")
     if report.skipped_rows:
-        table.add_row("resumed", "rows already committed by an earlier run", f"{report.skipped_rows:,}")
+        table.add_row(
+            "resumed",
+            "from this row of the file on (an earlier run committed the rows before)",
+            f"{report.skipped_rows:,}",
+        )
     for status in ("ON_TIME", "LATE"):
         table.add_row("accepted", status, f"{tally.accepted.get(status, 0):,}")
     for reason, count in sorted(tally.rejected.items()):

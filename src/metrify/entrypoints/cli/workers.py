@@ -54,25 +54,39 @@ def replay_in_workers(
         process.start()
     tallies: dict[int, Tally] = {}
     reports: dict[int, ReplayReport] = {}
+
+    def take(message: tuple[str, int, Any]) -> None:
+        kind, worker, payload = message
+        if kind == "progress":
+            tallies[worker] = payload
+            progress.update(_merged(tallies.values()))
+        elif kind == "done":
+            reports[worker] = payload
+            tallies[worker] = payload.tally
+        elif kind == "refused":
+            raise UserError(payload)
+        else:
+            raise UserError(f"replay worker {worker} failed: {payload}", 1)
+
     try:
         while len(reports) < workers:
             try:
-                kind, worker, payload = inbox.get(timeout=0.5)
+                take(inbox.get(timeout=0.5))
             except queues.Empty:
-                for worker, process in enumerate(processes):
-                    if worker not in reports and not process.is_alive() and inbox.empty():
-                        raise UserError(f"replay worker {worker} stopped ({_how(process.exitcode)})", 1) from None
-                continue
-            if kind == "progress":
-                tallies[worker] = payload
-                progress.update(_merged(tallies.values()))
-            elif kind == "done":
-                reports[worker] = payload
-                tallies[worker] = payload.tally
-            elif kind == "refused":
-                raise UserError(payload)
-            else:
-                raise UserError(f"replay worker {worker} failed: {payload}", 1)
+                pass
+            # checked on every pass: the others' progress keeps the queue busy
+            gone = [w for w, process in enumerate(processes) if w not in reports and not process.is_alive()]
+            if gone:
+                settle = time.monotonic() + 1.0  # its last words may still be on their way
+                while time.monotonic() < settle and any(w not in reports for w in gone):
+                    try:
+                        take(inbox.get(timeout=0.1))
+                    except queues.Empty:
+                        break
+                for worker in gone:
+                    if worker not in reports:
+                        how = _how(processes[worker].exitcode)
+                        raise UserError(f"replay worker {worker} stopped ({how})", 1)
     finally:
         for process in processes:
             if process.is_alive() and len(reports) < workers:
@@ -124,8 +138,9 @@ def _work(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the replay's to handle: it stops the workers
     from metrify.container import build_container
 
-    container = build_container(settings)
+    container = None
     try:
+        container = build_container(settings)
         pipeline = container.stream_pipeline(partitions=options.partitions)
         last = 0.0
 
@@ -134,7 +149,7 @@ def _work(
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY:
                 last = now
-                outbox.put(("progress", worker, tally.compacted()))
+                outbox.put(("progress", worker, tally.compacted(gaps=False)))
 
         owned = owned_partitions(worker, workers, options.partitions)
         report = run_replay(source, pipeline, options, report_progress, partitions=owned)
@@ -150,4 +165,5 @@ def _work(
         )
         outbox.put(("failed", worker, f"{type(exc).__name__}: {exc}"))
     finally:
-        container.shutdown_resources()
+        if container is not None:
+            container.shutdown_resources()
