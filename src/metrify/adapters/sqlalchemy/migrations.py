@@ -1,7 +1,10 @@
 """Running the Alembic migrations from code, wherever Metrify is installed.
 
 The scripts live in the repository's top-level `alembic/` folder, which the wheel ships as
-`metrify/alembic`; Alembic is configured here, so no alembic.ini is needed.
+`metrify/alembic`; Alembic is configured here, so no alembic.ini is needed. Alembic itself is
+loaded only to migrate or to read the scripts: a command that only checks that the schema is
+current (every replay and export) reads the version table and compares it with `HEAD`, which
+saves it a fifth of a second of start-up.
 """
 
 from __future__ import annotations
@@ -10,15 +13,19 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from metrify.adapters.sqlalchemy.engine import create_engine_for, normalise_url
 from metrify.adapters.sqlalchemy.errors import transient_errors
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest revision of the scripts (a test keeps it equal to what Alembic reads in them).
+HEAD = "0006_time_partitions"
 
 
 @contextmanager
@@ -39,6 +46,8 @@ def script_location() -> Iterator[Path]:
 
 
 def _config(location: Path, url: str | URL | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(location))
     if url is not None:
@@ -53,6 +62,8 @@ def _run(url: str | URL, action: str, revision: str) -> None:
     engine = create_engine_for(url, atomic_ddl=True)
     try:
         with script_location() as location, transient_errors(), engine.begin() as connection:
+            from alembic import command
+
             config = _config(location, url)
             config.attributes["connection"] = connection
             getattr(command, action)(config, revision)
@@ -71,27 +82,37 @@ def downgrade(url: str | URL, revision: str) -> None:
 
 
 def current(url: str | URL) -> str | None:
-    """The database's schema revision, or None when it has never been migrated."""
+    """The database's schema revision (Alembic's version table), or None when it has never been
+    migrated."""
     engine = create_engine_for(url)
     try:
         with transient_errors(), engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not sa.inspect(connection).has_table("alembic_version"):
+                return None
+            versions = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+            if len(versions) > 1:
+                raise RuntimeError(f"the database names several schema revisions: {', '.join(versions)}")
+            return versions[0] if versions else None
     finally:
         engine.dispose()
 
 
 def heads() -> list[str]:
     """The newest revision(s) the scripts define."""
+    from alembic.script import ScriptDirectory
+
     with script_location() as location:
         return list(ScriptDirectory.from_config(_config(location)).get_heads())
 
 
 def revisions() -> list[str]:
     """Every revision, oldest first."""
+    from alembic.script import ScriptDirectory
+
     with script_location() as location:
         walked = ScriptDirectory.from_config(_config(location)).walk_revisions()
         return [script.revision for script in reversed(list(walked))]
 
 
 def is_up_to_date(url: str | URL) -> bool:
-    return current(url) in heads()
+    return current(url) == HEAD

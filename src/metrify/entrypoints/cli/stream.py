@@ -215,7 +215,7 @@ def _ensure_schema(create: bool = True) -> None:
     url = state.settings.resolved_database_url
     try:
         current = migrations.current(url)
-        if current not in migrations.heads():
+        if current != migrations.HEAD:
             if not create:
                 if current is None:
                     raise UserError("the database is empty: run `metrify replay FILE` or `metrify db upgrade` first")
