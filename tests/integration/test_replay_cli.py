@@ -253,3 +253,21 @@ def test_json_numbers_beyond_the_years_a_timestamp_can_name_are_rejected_and_the
         (1e16, "invalid_timestamp"),
         (-10000000000000, "invalid_timestamp"),
     ]
+
+
+def test_export_needs_a_current_schema_and_replay_brings_it_there(fleet_csv: Path, tmp_path: Path) -> None:
+    env = metrify_env(tmp_path)
+    empty = metrify(["export", "readings"], env, check=False)
+    assert (empty.returncode, empty.stderr.strip()) == (
+        2,
+        "metrify: the database is empty: run `metrify replay FILE` or `metrify db upgrade` first",
+    )
+    metrify(["db", "upgrade", "0005_users_and_ingest_keys"], env)
+    behind = metrify(["export", "readings"], env, check=False)
+    assert (behind.returncode, behind.stderr.strip()) == (
+        2,
+        "metrify: the database schema is behind: run `metrify db upgrade`",
+    )
+    metrify(["replay", str(fleet_csv)], env)
+    assert metrify(["export", "readings"], env).stdout.count("\n") > 1000
+    assert "0006_time_partitions" in metrify(["db", "current"], env).stdout
