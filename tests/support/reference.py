@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 from metrify.domain.readings import RawReading
@@ -61,8 +62,9 @@ def validation_failure(row: RawReading, config: StreamConfig, now_us: int) -> st
         return "invalid_consumption"
     if kwh < 0:
         return "negative_consumption"
-    if kwh > config.max_kwh:
-        return "out_of_range"
+    spelled = row.consumption_kwh.strip() if isinstance(row.consumption_kwh, str) else None
+    if kwh > config.max_kwh or (spelled is not None and Decimal(spelled) > Decimal(config.max_kwh)):
+        return "out_of_range"  # the number as written: 1000.00000000000001 is above 1000
     return None
 
 

@@ -222,6 +222,18 @@ def test_exactly_the_maximum_and_minus_zero_are_valid():
     assert reasons(out) == ["out_of_range"]
 
 
+def test_text_above_the_maximum_by_less_than_a_float_can_tell_is_out_of_range():
+    """The float of 5.000000000000000001 is 5.0, the maximum; the number written is above it."""
+    out = run(
+        row("M1", ts(0), "5.000000000000000001"),
+        row("M2", ts(0), " 5.000000000000000000 "),
+        row("M3", ts(0), "0.5000000000000000001e1"),
+        row("M4", ts(0), 5.000000000000000001),  # a JSON number: a double, 5.0 as it arrives
+    )
+    assert [r["meter_id"] for r in out["readings"]] == ["M2", "M4"]
+    assert [(r["meter_id"], r["reason"]) for r in out["rejected"]] == [("M1", "out_of_range"), ("M3", "out_of_range")]
+
+
 def test_future_tolerance_is_inclusive():
     out = run(row("M1", "2024-03-04T11:01:00Z"), row("M2", "2024-03-04T11:01:00.000001Z"))
     assert statuses(out) == [("M1", "2024-03-04T11:01:00Z", "ON_TIME")]

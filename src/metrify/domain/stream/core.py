@@ -31,6 +31,7 @@ from metrify.domain.stream.grammar import (
     parse_consumption,
     parse_timestamp,
     parse_unseen_timestamp_text,
+    text_above,
 )
 from metrify.domain.stream.meter_state import WINDOW_KEYS, WINDOW_KEYS_LIMIT, MeterState, Partial, slots_in_window
 
@@ -185,7 +186,7 @@ class PartitionStream:
                     emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_consumption", partition, t, raw[4]))
                     continue
             kwh = cast(float, energy)
-            if not 0.0 <= kwh <= max_kwh:
+            if not 0.0 <= kwh <= max_kwh or (kwh == max_kwh and text_above(raw[2], max_kwh)):
                 reason = "negative_consumption" if kwh < 0 else "out_of_range"
                 emit(ReadingRejected(meter_id, raw[1], raw[2], reason, partition, t, raw[4]))
                 continue

@@ -7,6 +7,7 @@ Time comes out as integer microseconds since the Unix epoch (UTC).
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 from metrify.domain.stream import COMPILED  # this process runs the mypyc build (build_native.sh)
 
@@ -265,6 +266,19 @@ def _parse_consumption_text(value: str) -> float | None:
     if number == 0.0 and text[0] == "-" and any(c in "123456789" for c in text.split("e")[0].split("E")[0]):
         return -_SMALLEST  # below a float's range but still negative: `-1e-400` is not zero
     return number
+
+
+def text_above(value: object, limit: float) -> bool:
+    """Whether `value` is text of a number above `limit` though its float is `limit` itself: the
+    float of `1000.00000000000001` is 1000.0, yet that number is above a 1000 kWh maximum and
+    so out of range (§3.1: a number in the grammar is that number; exactly the maximum is valid).
+    Asked only of values whose float equals the limit, so it costs nothing on the way of the rest."""
+    if not isinstance(value, str):
+        return False  # a JSON number is a double already: what it was written as is gone
+    try:
+        return Decimal(value.strip()) > Decimal(limit)
+    except InvalidOperation:
+        return False
 
 
 def format_timestamp(micros: int) -> str:
