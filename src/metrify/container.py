@@ -22,6 +22,7 @@ from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
 from metrify.adapters.sqlalchemy.users import SqlAlchemyIngestKeyRepository, SqlAlchemyUserRepository
 from metrify.adapters.system import SystemClock
+from metrify.application.meters import stream_intervals
 from metrify.application.storage import RetentionPolicy
 from metrify.application.stream import Backoff, StreamPipeline
 from metrify.settings import Settings, SettingsError
@@ -142,6 +143,10 @@ class Container(containers.DeclarativeContainer):
     outcome_queries = providers.Factory(SqlAlchemyOutcomeQueries, engine=engine)
     backoff = providers.Factory(Backoff, on_retry=_log_store_retry)
 
+    meter_registry = providers.Singleton(SqlAlchemyMeterRegistry, engine=engine)
+
+    # The registry's intervals are read each time a pipeline is made (a replay, the API's first
+    # ingest or its reload after a failed write): meters the stream meets later take them.
     stream_pipeline = providers.Factory(
         StreamPipeline,
         config=settings.provided.stream.to_config.call(),
@@ -149,6 +154,7 @@ class Container(containers.DeclarativeContainer):
         uow_factory=stream_uow.provider,
         clock=clock,
         backoff=backoff,
+        intervals=providers.Callable(stream_intervals, registry=meter_registry),
     )
 
     redis_client = providers.Resource(_redis_client, url=settings.provided.redis_url)
@@ -198,7 +204,6 @@ class Container(containers.DeclarativeContainer):
     token_codec = providers.Singleton(JwtTokenCodec, secret=providers.Callable(_jwt_secret, settings))
     user_repository = providers.Singleton(SqlAlchemyUserRepository, engine=engine)
     ingest_key_repository = providers.Singleton(SqlAlchemyIngestKeyRepository, engine=engine)
-    meter_registry = providers.Singleton(SqlAlchemyMeterRegistry, engine=engine)
     fleet_queries = providers.Singleton(SqlAlchemyFleetQueries, engine=engine)
 
 

@@ -124,6 +124,7 @@ def test_the_meter_registry_lists_by_scope_and_registers_only_what_is_missing(po
     assert [m.meter_id for m in registry.list(everything, "north", None, 10)] == ["A", "B", "D"]
     assert registry.list(Scope(), None, None, 10) == []
     assert registry.regions_of(["A", "C", "Z"]) == {"A": "north", "C": None}
+    assert registry.intervals() == {"A": 1800, "B": 900}  # what the stream takes for these meters
 
 
 PROFILE = FleetProfile(meters=24, days=2, seed=5)

@@ -271,3 +271,38 @@ def test_export_needs_a_current_schema_and_replay_brings_it_there(fleet_csv: Pat
     metrify(["replay", str(fleet_csv)], env)
     assert metrify(["export", "readings"], env).stdout.count("\n") > 1000
     assert "0006_time_partitions" in metrify(["db", "current"], env).stdout
+
+
+def test_a_meter_registered_with_its_own_interval_is_slotted_and_gapped_by_it(tmp_path: Path) -> None:
+    """§3: the expected interval I is the registry's for a meter that has one (15 min here,
+    against the default 30): 10:15 is a slot of its own, and the gaps count 15-minute slots."""
+    from metrify.adapters.sqlalchemy.engine import create_engine_for
+    from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
+    from metrify.domain.readings import Meter
+
+    env = metrify_env(tmp_path / "data")
+    metrify(["db", "upgrade"], env)
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'data' / 'metrify.db'}")
+    try:
+        SqlAlchemyMeterRegistry(engine).add(Meter("M15", None, 900), created_at=0)
+    finally:
+        engine.dispose()
+    source = tmp_path / "m15.csv"
+    times = ["10:00", "10:15", "10:30", "11:15", "13:00"]
+    source.write_text(
+        "meter_id,timestamp,consumption_kwh\n"
+        + "".join(f"{m},2024-03-04T{t}:00Z,0.5\n" for t in times for m in ("M15", "M30"))
+    )
+    metrify(["replay", str(source)], env)
+    out = export_all(env)
+    accepted = [(r["meter_id"], r["timestamp"][11:16]) for r in out["readings"]]
+    assert [t for m, t in accepted if m == "M15"] == times
+    assert [(r["meter_id"], r["timestamp"][11:16], r["reason"]) for r in out["rejected"]] == [
+        ("M30", "10:30", "duplicate")  # the default 30 min: 10:15 took the 10:30 slot (half up)
+    ]
+    m15 = [
+        (g["missing_from"][11:16], g["missing_to"][11:16], g["missing_intervals"])
+        for g in out["gaps"]
+        if g["meter_id"] == "M15"
+    ]
+    assert m15 == [("10:45", "11:15", 2), ("11:30", "13:00", 6)]

@@ -12,9 +12,10 @@ from dependency_injector import providers
 
 from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
+from metrify.adapters.memory.users import InMemoryMeterRegistry
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
 from metrify.container import adapter_names, build_container
-from metrify.domain.readings import RawReading
+from metrify.domain.readings import Meter, RawReading
 from metrify.settings import Settings
 
 
@@ -71,7 +72,11 @@ def test_a_test_can_override_storage_with_the_in_memory_fake(embedded: Settings)
     container = build_container(embedded)
     store = InMemoryStreamStore()
     container.stream_uow.override(providers.Factory(InMemoryStreamUnitOfWork, store))
+    registry = InMemoryMeterRegistry()
+    registry.add(Meter("M2", None, 900), created_at=0)  # the stream takes registered intervals from it
+    container.meter_registry.override(providers.Object(registry))
     pipeline = container.stream_pipeline()
+    assert pipeline.intervals == {"M2": 900_000_000}
     pipeline.load()
     pipeline.process([RawReading("M1", "2024-03-04T10:00:00Z", "0.5")])
     assert [r.meter_id for r in store.readings.values()] == ["M1"]

@@ -39,6 +39,17 @@ class MeterRegistry(Protocol):
         """Register the meters not registered yet, with these regions; leave the others as they are."""
         ...
 
+    def intervals(self) -> dict[str, int]:
+        """The expected interval, in seconds, of every meter registered with one."""
+        ...
+
+
+def stream_intervals(registry: MeterRegistry) -> dict[str, int]:
+    """The registry's intervals as the stream core takes them (microseconds by meter id): §3's
+    "expected interval I (per meter when the meter registry gives one)". A meter takes its
+    interval when the stream first meets it; one it holds state for keeps the interval it had."""
+    return {meter_id: seconds * 1_000_000 for meter_id, seconds in registry.intervals().items()}
+
 
 def _region(region: object) -> str | None:
     """Regions are compared trimmed; an empty one is none."""

@@ -73,6 +73,9 @@ class InMemoryMeterRegistry:
     def get(self, meter_id: str) -> Meter | None:
         return self.meters.get(meter_id)
 
+    def intervals(self) -> dict[str, int]:
+        return {m.meter_id: m.interval_seconds for m in list(self.meters.values()) if m.interval_seconds is not None}
+
     def add(self, meter: Meter, created_at: int) -> None:
         with self._lock:
             if meter.meter_id in self.meters:

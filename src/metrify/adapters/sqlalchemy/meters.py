@@ -70,6 +70,12 @@ class SqlAlchemyMeterRegistry:
                 .values(region=meter.region, interval_seconds=meter.interval_seconds)
             )
 
+    def intervals(self) -> dict[str, int]:
+        c = t.meters.c
+        stmt = sa.select(c.meter_id, c.interval_seconds).where(c.interval_seconds.is_not(None))
+        with transient_errors(), self.engine.connect() as connection:
+            return {meter_id: seconds for meter_id, seconds in connection.execute(stmt)}
+
     def list(self, scope: Scope, region: str | None, after: str | None, limit: int) -> list[Meter]:
         c = t.meters.c
         stmt = sa.select(t.meters).order_by(c.meter_id).limit(limit)
