@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -95,18 +96,16 @@ def large_reference(large_fleet: Path, tmp_path_factory: pytest.TempPathFactory)
     return export_all(env)
 
 
-def test_a_replay_killed_at_any_moment_resumes_to_the_same_outcome(
-    large_fleet: Path, large_reference: dict, tmp_path: Path
+def kill_at_random_moments(
+    commands: list[list[str]], env: dict[str, str], seed: int, after_each_kill: Callable[[], None] | None = None
 ) -> None:
-    env = metrify_env(tmp_path)
-    chance = random.Random(3)
+    """Run the commands one after the other, each SIGKILLed 1-2 s after it starts, until one
+    finishes first; at least two must have been killed, or the test proved nothing."""
+    chance = random.Random(seed)
     kills = 0
-    for _ in range(8):
+    for command in commands:
         process = subprocess.Popen(
-            [sys.executable, "-m", "metrify", "replay", str(large_fleet), "--partitions", "3", "--batch-size", "300"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            [sys.executable, "-m", "metrify", *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         time.sleep(chance.uniform(1.0, 2.0))
         if process.poll() is not None:
@@ -114,7 +113,17 @@ def test_a_replay_killed_at_any_moment_resumes_to_the_same_outcome(
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills += 1
+        if after_each_kill is not None:
+            after_each_kill()
     assert kills >= 2, "the replay finished before it could be killed: make the fleet larger"
+
+
+def test_a_replay_killed_at_any_moment_resumes_to_the_same_outcome(
+    large_fleet: Path, large_reference: dict, tmp_path: Path
+) -> None:
+    env = metrify_env(tmp_path)
+    command = ["replay", str(large_fleet), "--partitions", "3", "--batch-size", "300"]
+    kill_at_random_moments([command] * 8, env, seed=3)
     finished = metrify(["replay", str(large_fleet), "--partitions", "3", "--batch-size", "700"], env)
     assert "Traceback" not in finished.stderr
     assert export_all(env) == large_reference
@@ -158,27 +167,20 @@ def test_a_replay_with_workers_killed_at_any_moment_resumes_to_the_same_outcome(
 ) -> None:
     """SIGKILL reaches only the replay itself; its workers end with it (none keeps writing), and
     the next run resumes each partition after its last commit, with another number of workers."""
-    fleet = large_fleet
     env = metrify_env(tmp_path / "killed")
-    chance = random.Random(5)
-    kills = 0
-    for workers in ("2", "3", "2", "3", "2", "3"):
-        command = ["replay", str(fleet), "--partitions", "3", "--workers", workers, "--batch-size", "200"]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "metrify", *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        time.sleep(chance.uniform(1.0, 2.0))
-        if process.poll() is not None:
-            break
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        kills += 1
+
+    def no_worker_left() -> None:
         deadline = time.monotonic() + 10
-        while _replays_running(fleet) and time.monotonic() < deadline:
+        while _replays_running(large_fleet) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _replays_running(fleet), "a worker outlived the replay that started it"
-    assert kills >= 2, "the replay finished before it could be killed: make the fleet larger"
-    finished = metrify(["replay", str(fleet), "--partitions", "3", "--batch-size", "300"], env)
+        assert not _replays_running(large_fleet), "a worker outlived the replay that started it"
+
+    commands = [
+        ["replay", str(large_fleet), "--partitions", "3", "--workers", workers, "--batch-size", "200"]
+        for workers in ("2", "3", "2", "3", "2", "3")
+    ]
+    kill_at_random_moments(commands, env, seed=5, after_each_kill=no_worker_left)
+    finished = metrify(["replay", str(large_fleet), "--partitions", "3", "--batch-size", "300"], env)
     assert "Traceback" not in finished.stderr
     assert export_all(env) == large_reference
 
