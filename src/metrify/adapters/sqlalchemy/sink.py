@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -293,9 +294,9 @@ class SqliteWriter:
         per = 1 if target.delete else self.max_parameters // width
         whole = len(run) - len(run) % per if per > 1 else 0
         if whole:
-            flat = [value for row in run[:whole] for value in row]
-            step = per * width
-            cursor.executemany(target.sql("?", width, per), [flat[i : i + step] for i in range(0, len(flat), step)])
+            flat = chain.from_iterable
+            statements = [list(flat(run[i : i + per])) for i in range(0, whole, per)]
+            cursor.executemany(target.sql("?", width, per), statements)
         if whole < len(run):
             cursor.executemany(target.sql("?", width), run[whole:])
 
