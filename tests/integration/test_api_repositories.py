@@ -171,6 +171,7 @@ def read_side(ports: Ports) -> dict[str, Any]:
         "region, 15m, all time": pages(
             lambda a, n: q.region_aggregates("REGION-1", 900 * US, TimeRange(), a, n), lambda w: w.window_start
         ),
+        "region, after the last cursor there can be": q.region_aggregates("REGION-1", 900 * US, when, 2**63 - 1, 5),
         "region, 1h, from": pages(
             lambda a, n: q.region_aggregates("REGION-3", 3600 * US, TimeRange(start=day + 40 * 3600 * US), a, n),
             lambda w: w.window_start,

@@ -4,6 +4,7 @@ and up again (the stairway), and at head the schema is exactly what the adapter'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -77,7 +78,16 @@ def test_the_migrated_schema_matches_the_adapter_tables(empty_url: str) -> None:
     engine = create_engine_for(empty_url)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            dialect = connection.dialect.name
+
+            def made_here(item: Any, name: str | None, kind: str, reflected: bool, compare_to: Any) -> bool:
+                """Alembic's comparison does not read `ddl_if`: an index the tables make on
+                another database only (the aggregates' index by window) is not expected here."""
+                only = getattr(item, "_ddl_if", None)
+                return reflected or only is None or only.dialect in (None, dialect)
+
+            opts = {"compare_type": True, "include_object": made_here}
+            context = MigrationContext.configure(connection, opts=opts)
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()

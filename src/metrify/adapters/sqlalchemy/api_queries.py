@@ -39,6 +39,31 @@ def _of(stmt: sa.Select[Any], meter: sa.ColumnElement[Any], subjects: Subjects) 
     return stmt
 
 
+_BIGINT_MAX = 2**63 - 1
+_WIDEST = 4  # a region page's span: at most this many times the windows still wanted
+
+
+def _region_windows(region: str, window: int, first: int | None, upper: int | None) -> sa.Select[Any]:
+    """The region's windows of one size starting in [first, upper), summed over its meters, in order."""
+    a, m = t.aggregates.c, t.meters.c
+    stmt = (
+        sa.select(a.window_start, sa.func.count(), sa.func.sum(a.count), sa.func.sum(a.sum_kwh))
+        .select_from(t.meters.join(t.aggregates, a.meter_id == m.meter_id))
+        .where(m.region == region, a.window_us == window)
+    )
+    stmt = _during(stmt, a.window_start, TimeRange(first, upper))
+    return stmt.group_by(a.window_start).order_by(a.window_start)
+
+
+def _region_page(
+    region: str, window: int, connection: sa.Connection, windows: sa.Select[Any], limit: int
+) -> list[RegionWindow]:
+    return [
+        RegionWindow(region, window, start, int(meters), int(count), float(total))
+        for start, meters, count, total in connection.execute(windows.limit(limit))
+    ]
+
+
 class SqlAlchemyFleetQueries:
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -68,40 +93,41 @@ class SqlAlchemyFleetQueries:
     def region_aggregates(
         self, region: str, window: int, when: TimeRange, after: int | None, limit: int
     ) -> list[RegionWindow]:
-        """A page of the region's windows, in order. The aggregates table has no index by window
-        (it would cost every closed window a third more to write): the query goes meter by meter
-        through the primary key (meter_id, window_us, window_start). So that a page never sums a
-        region's whole history, it first finds the page's first window (one seek per meter) and
-        sums only the `limit` window lengths from there; windows are aligned tumbling windows, so
-        no more than `limit` of them start in that span. Where the span holds fewer (stretches
-        with no window), a span twice as wide follows, until the page is full or no window is left."""
-        a, m = t.aggregates.c, t.meters.c
+        """A page of the region's windows, in order. On PostgreSQL, one GROUP BY through the index
+        by window (kept there by Alembic 0007), which walks the windows in order and stops once
+        the page is full. SQLite has no such index: so that a page never sums a region's whole
+        history, it first finds the page's first window (one seek per meter of the region,
+        through the primary key) and sums only the `limit` window lengths from there, through the
+        key again. Windows are aligned tumbling windows, so no more than `limit` of them start in
+        that span. Where the span holds fewer (stretches with no window, or windows shorter than
+        the meters' interval), the next span starts at the next window there is and is twice as
+        wide, up to `_WIDEST` times the windows still wanted: wide enough to fill a page of
+        15-minute windows of 30-minute meters in two spans, never so wide that a few stray
+        windows ahead of the data make a page sum months of it."""
         lower = when.start
         if after is not None:
+            if after >= _BIGINT_MAX:
+                return []
             lower = after + 1 if lower is None else max(lower, after + 1)
         found: list[RegionWindow] = []
         widen = 1
         with transient_errors(), self.engine.connect() as connection:
+            if connection.dialect.name != "sqlite":
+                return _region_page(region, window, connection, _region_windows(region, window, lower, when.end), limit)
             while len(found) < limit:
                 first = connection.execute(self._first_region_window(region, window, lower, when.end)).scalar()
                 if first is None:
                     break
-                upper = first + window * (limit - len(found)) * widen
+                reach = first + window * (limit - len(found)) * widen
                 if when.end is not None:
-                    upper = min(upper, when.end)
-                stmt = (
-                    sa.select(a.window_start, sa.func.count(), sa.func.sum(a.count), sa.func.sum(a.sum_kwh))
-                    .select_from(t.meters.join(t.aggregates, a.meter_id == m.meter_id))
-                    .where(m.region == region, a.window_us == window, a.window_start >= first, a.window_start < upper)
-                    .group_by(a.window_start)
-                    .order_by(a.window_start)
-                    .limit(limit - len(found))
+                    reach = min(reach, when.end)
+                upper = reach if reach <= _BIGINT_MAX else None  # None: the rest of time
+                found += _region_page(
+                    region, window, connection, _region_windows(region, window, first, upper), limit - len(found)
                 )
-                found += [
-                    RegionWindow(region, window, start, int(meters), int(count), float(total))
-                    for start, meters, count, total in connection.execute(stmt)
-                ]
-                lower, widen = upper, widen * 2
+                if upper is None:
+                    break
+                lower, widen = upper, min(widen * 2, _WIDEST)
         return found
 
     @staticmethod

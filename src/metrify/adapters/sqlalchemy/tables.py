@@ -105,8 +105,11 @@ aggregates = sa.Table(
     sa.Column("sum_kwh", Kwh, nullable=False),
     sa.Column("min_kwh", Kwh, nullable=False),
     sa.Column("max_kwh", Kwh, nullable=False),
-    # No index by window (Alembic 0007): a region's windows are read meter by meter through the
-    # key (api_queries.region_aggregates), and every closed window is written a third faster.
+    # Every meter's value of one window (regional load, tariffs), on PostgreSQL only (Alembic
+    # 0007): there the rows lie in the order they arrived, window after window, and this index
+    # reads a region's windows from a few pages. SQLite reads them meter by meter through the key
+    # as fast without it, and writes every closed window a third faster.
+    sa.Index("ix_aggregates_window_us_window_start", "window_us", "window_start").ddl_if(dialect="postgresql"),
 )
 
 stream_partitions = sa.Table(
