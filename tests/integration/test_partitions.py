@@ -526,6 +526,27 @@ def test_sqlite_retention_deletes_the_rows_older_than_the_cut_off(migrated_sqlit
         db.engine.dispose()
 
 
+def test_sqlite_maintenance_gives_the_planner_statistics_to_read_a_time_range_meter_by_meter(
+    migrated_sqlite_url: str,
+) -> None:
+    db = Db(migrated_sqlite_url)
+    try:
+        may = at(2024, 5, 1)
+        db.write([WindowUpdated(f"M{m}", HOUR, may + i * HOUR, 2, 0.5, 0.2, 0.3) for m in range(3) for i in range(60)])
+        day = (
+            "EXPLAIN QUERY PLAN SELECT * FROM aggregates WHERE window_us = :w "
+            "AND window_start >= :start AND window_start < :end"
+        )
+        plan = lambda: " ".join(r[-1] for r in db.rows(day, w=HOUR, start=may, end=may + DAY))  # noqa: E731
+        assert "ANY(meter_id)" not in plan()  # no statistics: the whole key is scanned
+        keep_all = RetentionPolicy(readings=0, rejected=0, too_late=0, aggregates=0)
+        run_storage_maintenance(db.storage, keep_all, at(2024, 6, 5), reorder=True)
+        assert "ANY(meter_id)" in plan()  # skip-scan: each meter's day through the key
+        assert len(db.rows("SELECT * FROM aggregates WHERE window_start >= :s", s=may)) == 180
+    finally:
+        db.engine.dispose()
+
+
 def test_month_bounds_are_utc_calendar_months() -> None:
     assert month_bounds(at(2024, 2, 29, 23)) == (at(2024, 2), at(2024, 3))
     assert month_bounds(at(2024, 12, 31, 23)) == (at(2024, 12), at(2025, 1))

@@ -59,6 +59,7 @@ LOCK_TIMEOUT_S = 2.0  # creating a partition: give up (rows go to DEFAULT) rathe
 DROP_LOCK_TIMEOUT_S = 5.0
 DROP_ATTEMPTS = 3
 KNOWN_TTL_S = 600.0  # how long this process trusts what it read of the catalog
+SQLITE_ANALYSIS_LIMIT = 1000  # rows ANALYZE reads per index on SQLite (an estimate is enough)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = 1_000_000
@@ -522,12 +523,21 @@ class SqlAlchemyStorageMaintenance:
         month is spread over one page per reading; ordered, it sits in a few pages, and reading it
         back touches ~40 pages instead of ~1,500 (TimescaleDB's compression does the same, by
         segment). Online: the month is copied under a SHARE lock (reads go on, writes into that
-        month wait), then swapped for the copy with ACCESS EXCLUSIVE on the table for a moment."""
+        month wait), then swapped for the copy with ACCESS EXCLUSIVE on the table for a moment.
+
+        SQLite has no months to rewrite: there the step refreshes the query planner's statistics
+        instead, with an ANALYZE bounded to `SQLITE_ANALYSIS_LIMIT` rows per index (tens of ms
+        whatever the size). Knowing that each meter has many rows, SQLite reads a time range
+        without a meter (an export's `--from/--to`) by skip-scan through the key, meter after
+        meter, instead of scanning it all: one day of 30 over 2.2M aggregate rows, 400 -> 120 ms."""
         done: list[PartitionInfo] = []
         with transient_errors(), self.engine.connect() as connection:
             layouts = _required(_layouts(connection))
             connection.commit()
             if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql(f"PRAGMA analysis_limit = {SQLITE_ANALYSIS_LIMIT}")
+                connection.exec_driver_sql("ANALYZE")
+                connection.commit()
                 return done
             for table, key in ORDERED_KEYS.items():
                 if layouts[table] != "native":
