@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
+from _figures import percentile  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 from metrify.domain.stream.grammar import format_timestamp  # noqa: E402
@@ -155,11 +156,6 @@ def load(base: str, key: str, payloads: list[bytes], clients: int, seconds: floa
     for thread in threads:
         thread.join()
     return latencies, accepted, time.perf_counter() - started
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import sqlalchemy as sa  # noqa: E402
+from _figures import percentile  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 from metrify.adapters.kafka.admin import create_topics, delete_topics  # noqa: E402
@@ -161,11 +162,6 @@ def batch_figures(port: int, name: str) -> str:
         return f"{name}: no batches"
     p99 = next((bound for bound, seen in buckets if seen >= 0.99 * count), float("inf"))
     return f"{name}: {int(count)} batches, mean {total / count * 1000:.0f} ms, p99 <= {p99 * 1000:.0f} ms"
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import sqlalchemy as sa  # noqa: E402
+from _figures import percentile  # noqa: E402
 from _machine import cpu_model, load_average  # noqa: E402
 
 from metrify.adapters.sqlalchemy import migrations  # noqa: E402
@@ -96,11 +97,6 @@ def old_query(engine: sa.Engine) -> Callable[[str, int, TimeRange, int | None, i
             return list(connection.execute(stmt))
 
     return run
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def main() -> None:
