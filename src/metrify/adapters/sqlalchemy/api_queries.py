@@ -43,6 +43,15 @@ _BIGINT_MAX = 2**63 - 1
 _WIDEST = 4  # a region page's span: at most this many times the windows still wanted
 
 
+def _first_region_window(region: str, window: int, lower: int | None, end: int | None) -> sa.Select[Any]:
+    """The earliest window start at or after `lower` (before `end`) of any meter of the region."""
+    a, m = t.aggregates.c, t.meters.c
+    first = sa.select(a.window_start).where(a.meter_id == m.meter_id, a.window_us == window)
+    first = _during(first, a.window_start, TimeRange(lower, end))
+    earliest = first.order_by(a.window_start).limit(1).correlate(t.meters).scalar_subquery()
+    return sa.select(sa.func.min(earliest)).where(m.region == region)
+
+
 def _region_windows(region: str, window: int, first: int | None, upper: int | None) -> sa.Select[Any]:
     """The region's windows of one size starting in [first, upper), summed over its meters, in order."""
     a, m = t.aggregates.c, t.meters.c
@@ -115,7 +124,7 @@ class SqlAlchemyFleetQueries:
             if connection.dialect.name != "sqlite":
                 return _region_page(region, window, connection, _region_windows(region, window, lower, when.end), limit)
             while len(found) < limit:
-                first = connection.execute(self._first_region_window(region, window, lower, when.end)).scalar()
+                first = connection.execute(_first_region_window(region, window, lower, when.end)).scalar()
                 if first is None:
                     break
                 reach = first + window * (limit - len(found)) * widen
@@ -129,15 +138,6 @@ class SqlAlchemyFleetQueries:
                     break
                 lower, widen = upper, min(widen * 2, _WIDEST)
         return found
-
-    @staticmethod
-    def _first_region_window(region: str, window: int, lower: int | None, end: int | None) -> sa.Select[Any]:
-        """The earliest window start at or after `lower` (before `end`) of any meter of the region."""
-        a, m = t.aggregates.c, t.meters.c
-        first = sa.select(a.window_start).where(a.meter_id == m.meter_id, a.window_us == window)
-        first = _during(first, a.window_start, TimeRange(lower, end))
-        earliest = first.order_by(a.window_start).limit(1).correlate(t.meters).scalar_subquery()
-        return sa.select(sa.func.min(earliest)).where(m.region == region)
 
     def gaps(
         self, subjects: Subjects, status: str | None, when: TimeRange, after: tuple[str, int] | None, limit: int
