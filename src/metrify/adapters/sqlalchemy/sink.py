@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -160,7 +159,22 @@ PROGRESS = Target(
 TARGETS = (READINGS, REJECTED, TOO_LATE, GAP_DELETES, GAP_UPSERTS, AGGREGATES, PARTITIONS, METER_STATES, PROGRESS)
 TIME_SERIES = tuple(target for target in TARGETS if target.time_index is not None)
 
-_by_meter = itemgetter(0)  # a reading's meter_id, the first column of its key (meter_id, ts)
+
+def _by_meter(rows: list[Any]) -> list[tuple[Any, ...]]:
+    """The rows grouped by their first column (the meter), meters in order, each meter's rows in
+    the order they came: what a stable sort by meter gives, in one pass over the rows and a sort
+    of the meters alone (a batch holds each meter many times: half the time of the sort)."""
+    groups: dict[Any, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        group = groups.get(row[0])
+        if group is None:
+            groups[row[0]] = [row]
+        else:
+            group.append(row)
+    if len(groups) == 1:
+        return rows
+    return list(chain.from_iterable(groups[meter] for meter in sorted(groups)))
+
 
 StateSave = tuple[str, int, int | None, int, dict[str, list[Any]]]
 
@@ -194,14 +208,12 @@ def batch_rows(
     now = time.time_ns() // 1000 if now_us is None else now_us
     rows: dict[Target, list[tuple[Any, ...]]] = {}
     if batch.readings:
-        rows[READINGS] = [r[:6] if r[6] is None else r[:6] + extra_columns(r[6]) for r in batch.readings]
         # Meter by meter: a fleet's batch arrives time after time, so as it comes, consecutive
         # rows land all over the (meter_id, ts) index; grouped, they go through it in one sweep
         # (about a third less of SQLite's CPU per row, a quarter less of PostgreSQL's) and each
-        # meter's rows of a batch end up side by side. The sort is stable, so a meter's rows
-        # keep their order (mostly time order already) and of two rows with one key the first
-        # still wins; sorting by meter alone costs a seventh of sorting by (meter_id, ts).
-        rows[READINGS].sort(key=_by_meter)
+        # meter's rows of a batch end up side by side. A meter's rows keep their order (mostly
+        # time order already), so of two rows with one key the first still wins.
+        rows[READINGS] = _by_meter([r[:6] if r[6] is None else r[:6] + extra_columns(r[6]) for r in batch.readings])
     if batch.rejected:
         rows[REJECTED] = [
             (
@@ -229,9 +241,9 @@ def batch_rows(
     if batch.windows:
         # Closed windows arrive time after time as well: grouped by meter for the same reason
         # (a replay of a 1,500-meter week: SQLite's time for them 8.8 s -> 4.5 s; PostgreSQL's
-        # COPY of the same windows 9.2 s -> 6.2 s).
-        rows[AGGREGATES] = [tuple(w) for w in batch.windows.values()]
-        rows[AGGREGATES].sort(key=_by_meter)
+        # COPY of the same windows 9.2 s -> 6.2 s). The events are the rows: a WindowUpdated is
+        # a tuple in the table's column order.
+        rows[AGGREGATES] = _by_meter(list(batch.windows.values()))
     if saves:
         headers: dict[tuple[str, int], tuple[Any, ...]] = {}
         states: dict[tuple[str, int, str], tuple[Any, ...]] = {}

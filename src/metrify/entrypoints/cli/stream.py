@@ -16,6 +16,7 @@ from metrify.application.stream import PartitionCountMismatch
 from metrify.entrypoints.cli.app import app, console, state
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.cli.render import ReplayProgress, print_summary
+from metrify.entrypoints.process import freeze_startup_heap
 
 
 class ExportKind(StrEnum):
@@ -103,6 +104,7 @@ def _replay_file(file: Path, options: ReplayOptions, workers: int = 1) -> None:
         raise UserError(str(exc)) from None
     _ensure_schema()
     progress = ReplayProgress(file.name)
+    freeze_startup_heap()  # before the workers are forked: theirs too (gc.freeze's own advice)
     try:
         with progress:
             if workers > 1:
