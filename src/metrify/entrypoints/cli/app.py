@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metrify import __version__
+import metrify
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.logs import configure_logging
 from metrify.settings import Settings
@@ -60,7 +60,7 @@ app.add_typer(db_app, name="db")
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"metrify {__version__}")
+        console.print(f"metrify {metrify.__version__}")
         raise typer.Exit()
 
 
@@ -86,7 +86,7 @@ def info() -> None:
 
     settings = state.settings
     assert settings is not None
-    table = Table(title=f"metrify {__version__} — {settings.profile} profile", show_header=False)
+    table = Table(title=f"metrify {metrify.__version__} — {settings.profile} profile", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("data folder", str(settings.data_dir))
