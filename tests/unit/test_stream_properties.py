@@ -138,3 +138,19 @@ def test_three_partitions_give_the_reference_outcome_whatever_the_batching_and_r
     restore_at = data.draw(st.sets(st.integers(0, max(batches - 1, 0))), label="restore_at")
     actual = run_core(rows, config, now_us, partitions, batch_sizes=sizes, restore_at=restore_at)
     assert_same_outcome(actual, expected, f"core, 3 partitions, batches {sizes}, restored after {sorted(restore_at)}")
+
+
+@PROPERTY_SETTINGS
+@given(streams(partitions=1), st.integers(0, 2**40))
+def test_a_numbered_batch_gives_the_events_of_rows_that_carry_their_offsets(stream, first_offset):
+    """`process(batch, now, first_offset)` (the embedded pipeline's rows) and rows carrying their
+    own input offsets (Kafka's) are one and the same input."""
+    from metrify.domain.stream.core import PartitionStream
+
+    rows, config, now_us, _ = stream
+    _note_stream(*stream)
+    carried = [row._replace(position=first_offset + index) for index, row in enumerate(rows)]
+    unnumbered = [row._replace(position=-1) for row in rows]
+    assert PartitionStream(config).process(unnumbered, now_us, first_offset) == PartitionStream(config).process(
+        carried, now_us
+    )

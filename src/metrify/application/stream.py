@@ -22,7 +22,6 @@ from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
 from metrify.domain.stream.partitioner import partition_for
 
-_new: Any = tuple.__new__  # a RawReading from a ready tuple, without the NamedTuple's Python __new__
 _ROUTES_LIMIT = 1 << 20
 _RELOADS = 3  # times a batch is processed again on state another writer committed
 log = logging.getLogger("metrify.stream")
@@ -130,14 +129,15 @@ class StreamPipeline:
         self.next_offsets = [0] * self.partition_count
         self.load()
 
-    def split(self, rows: Sequence[RawReading]) -> list[list[RawReading]]:
-        """Route rows to partitions by meter id (murmur2, as Kafka) and give each its offset."""
+    def split(self, rows: Sequence[RawReading]) -> list[tuple[Sequence[RawReading], int]]:
+        """Route rows to partitions by meter id (murmur2, as Kafka): each partition's rows, in
+        order, and the input offset of its first one (the next rows are numbered on from it)."""
         count = self.partition_count
         offsets = self.next_offsets
         if count == 1:
             start = offsets[0]
             offsets[0] = start + len(rows)
-            return [[_new(RawReading, (*row[:4], start + i)) for i, row in enumerate(rows)]]
+            return [(rows, start)]
         parts: list[list[RawReading]] = [[] for _ in range(count)]
         routes = self._routes
         for row in rows:
@@ -145,9 +145,11 @@ class StreamPipeline:
             p = routes.get(raw_id) if type(raw_id) is str else None
             if p is None:
                 p = self.partition_of(raw_id)
-            parts[p].append(_new(RawReading, (*row[:4], offsets[p])))
-            offsets[p] += 1
-        return parts
+            parts[p].append(row)
+        firsts = list(offsets)
+        for p, part in enumerate(parts):
+            offsets[p] += len(part)
+        return list(zip(parts, firsts, strict=True))
 
     def partition_of(self, raw_id: Any) -> int:
         """The partition of a meter id as received (murmur2 of the normalised id, as Kafka)."""
@@ -193,9 +195,9 @@ class StreamPipeline:
         now = self.clock.now_us()
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
-        for core, part in zip(self.cores, self.split(rows), strict=True):
+        for core, (part, first_offset) in zip(self.cores, self.split(rows), strict=True):
             if part:
-                events.extend(core.process(part, now))
+                events.extend(core.process(part, now, first_offset))
                 touched.append((core, core.take_dirty()))
 
         committed = self.committed_offsets

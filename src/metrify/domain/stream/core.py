@@ -119,8 +119,13 @@ class PartitionStream:
 
     # -- processing -------------------------------------------------------------------------
 
-    def process(self, batch: Iterable[RawReading], now: int) -> list[Any]:
-        """Run a batch through validate, watermark, lateness, slot, gaps and windows, in order."""
+    def process(self, batch: Iterable[RawReading], now: int, first_offset: int | None = None) -> list[Any]:
+        """Run a batch through validate, watermark, lateness, slot, gaps and windows, in order.
+
+        A reading's input offset (its `position`) names it in the rejected and too-late events.
+        With `first_offset` the batch's readings are numbered first_offset, first_offset + 1, ...
+        in order and their own positions are not read: a caller that numbers its rows need not
+        copy every row to number it."""
         events: list[Any] = []
         emit = events.append
         # Module names bound once: compiled, each use of a module-level name is a dict lookup.
@@ -149,7 +154,11 @@ class PartitionStream:
         max_event_time = self.max_event_time
         watermark = self.watermark
         late_from = watermark - lateness
+        numbered = first_offset is not None
+        next_offset: int = 0 if first_offset is None else first_offset
         for raw in batch:
+            position: int = next_offset if numbered else raw[4]
+            next_offset += 1
             raw_id = raw[0]
             if isinstance(raw_id, str):
                 meter_id = raw_id.strip()
@@ -157,9 +166,8 @@ class PartitionStream:
                 meter_id = "" if raw_id is None else str(raw_id).strip()
             # Validation, in the contract's order: the first failure is the reason (§3.1).
             if not meter_id:
-                emit(
-                    ReadingRejected("", raw[1], raw[2], "missing_meter_id", partition, parse_timestamp(raw[1]), raw[4])
-                )
+                stamp_read = parse_timestamp(raw[1])
+                emit(ReadingRejected("", raw[1], raw[2], "missing_meter_id", partition, stamp_read, position))
                 continue
             text = raw[1]
             t: int | None
@@ -173,22 +181,22 @@ class PartitionStream:
             # read back from its machine form would be a new object each time.
             stamp: object = t
             if t is None:
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_timestamp", partition, None, raw[4]))
+                emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_timestamp", partition, None, position))
                 continue
             if t > future_limit:
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "future_timestamp", partition, t, raw[4]))
+                emit(ReadingRejected(meter_id, raw[1], raw[2], "future_timestamp", partition, t, position))
                 continue
             text = raw[2]
             energy: object = consumptions.get(text) if isinstance(text, str) else None
             if energy is None:
                 energy = parse_consumption(text)
                 if energy is None:
-                    emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_consumption", partition, t, raw[4]))
+                    emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_consumption", partition, t, position))
                     continue
             kwh = cast(float, energy)
             if not 0.0 <= kwh <= max_kwh or (kwh == max_kwh and text_above(raw[2], max_kwh)):
                 reason = "negative_consumption" if kwh < 0 else "out_of_range"
-                emit(ReadingRejected(meter_id, raw[1], raw[2], reason, partition, t, raw[4]))
+                emit(ReadingRejected(meter_id, raw[1], raw[2], reason, partition, t, position))
                 continue
             # Lateness against W as it was before this reading (§3.2-3.3).
             if t >= watermark:
@@ -196,7 +204,7 @@ class PartitionStream:
             elif t >= late_from:
                 status = "LATE"
             else:
-                emit(new(too_late_event, (meter_id, stamp, energy, watermark - t, partition, raw[4])))
+                emit(new(too_late_event, (meter_id, stamp, energy, watermark - t, partition, position)))
                 continue
             state = meters.get(meter_id)
             if state is None:
@@ -217,7 +225,7 @@ class PartitionStream:
                 state.mask = ((state.mask << 1) | 1) & keep
                 state.last = cast("int | None", slot_object)
             elif not self._fill(state, meter_id, slot, watermark, events):
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "duplicate", partition, t, raw[4]))
+                emit(ReadingRejected(meter_id, raw[1], raw[2], "duplicate", partition, t, position))
                 if max_event_time is None or t > max_event_time:
                     self.max_event_time = max_event_time = cast("int | None", stamp)
                     watermark = t - bound
