@@ -1,6 +1,7 @@
 """The stream core: one partition's readings, in arrival order, through the contract of DESIGN §3.
 
-`PartitionStream.process(batch, now)` takes raw readings of one partition and returns events.
+`PartitionStream.process(batch, now[, first_offset])` takes raw readings of one partition and
+returns events.
 Everything is decided by event time: the wall clock `now` is read only for `future_timestamp`.
 The state is plain data (`snapshot_meter`, `restore`) so that it can be saved with each commit
 and restored exactly after a crash or a rebalance.
@@ -50,6 +51,12 @@ def _due(state: MeterState, grace: int) -> int:
     if count == 0:
         return last + state.interval + grace
     return last + (count + 1) * state.interval + grace
+
+
+def _position(raw: RawReading, numbered: bool, offset: int) -> int:
+    """A reading's input offset: its number in a numbered batch, else its own. Read only for the
+    readings whose events name it (rejected, too late), not for every reading."""
+    return offset if numbered else raw[4]
 
 
 class InconsistentStreamState(Exception):
@@ -157,7 +164,7 @@ class PartitionStream:
         numbered = first_offset is not None
         next_offset: int = 0 if first_offset is None else first_offset
         for raw in batch:
-            position: int = next_offset if numbered else raw[4]
+            offset = next_offset  # this reading's, when the batch is numbered
             next_offset += 1
             raw_id = raw[0]
             if isinstance(raw_id, str):
@@ -167,7 +174,11 @@ class PartitionStream:
             # Validation, in the contract's order: the first failure is the reason (§3.1).
             if not meter_id:
                 stamp_read = parse_timestamp(raw[1])
-                emit(ReadingRejected("", raw[1], raw[2], "missing_meter_id", partition, stamp_read, position))
+                emit(
+                    ReadingRejected(
+                        "", raw[1], raw[2], "missing_meter_id", partition, stamp_read, _position(raw, numbered, offset)
+                    )
+                )
                 continue
             text = raw[1]
             t: int | None
@@ -181,22 +192,40 @@ class PartitionStream:
             # read back from its machine form would be a new object each time.
             stamp: object = t
             if t is None:
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_timestamp", partition, None, position))
+                emit(
+                    ReadingRejected(
+                        meter_id, raw[1], raw[2], "invalid_timestamp", partition, None, _position(raw, numbered, offset)
+                    )
+                )
                 continue
             if t > future_limit:
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "future_timestamp", partition, t, position))
+                emit(
+                    ReadingRejected(
+                        meter_id, raw[1], raw[2], "future_timestamp", partition, t, _position(raw, numbered, offset)
+                    )
+                )
                 continue
             text = raw[2]
             energy: object = consumptions.get(text) if isinstance(text, str) else None
             if energy is None:
                 energy = parse_consumption(text)
                 if energy is None:
-                    emit(ReadingRejected(meter_id, raw[1], raw[2], "invalid_consumption", partition, t, position))
+                    emit(
+                        ReadingRejected(
+                            meter_id,
+                            raw[1],
+                            raw[2],
+                            "invalid_consumption",
+                            partition,
+                            t,
+                            _position(raw, numbered, offset),
+                        )
+                    )
                     continue
             kwh = cast(float, energy)
             if not 0.0 <= kwh <= max_kwh or (kwh == max_kwh and text_above(raw[2], max_kwh)):
                 reason = "negative_consumption" if kwh < 0 else "out_of_range"
-                emit(ReadingRejected(meter_id, raw[1], raw[2], reason, partition, t, position))
+                emit(ReadingRejected(meter_id, raw[1], raw[2], reason, partition, t, _position(raw, numbered, offset)))
                 continue
             # Lateness against W as it was before this reading (§3.2-3.3).
             if t >= watermark:
@@ -204,7 +233,12 @@ class PartitionStream:
             elif t >= late_from:
                 status = "LATE"
             else:
-                emit(new(too_late_event, (meter_id, stamp, energy, watermark - t, partition, position)))
+                emit(
+                    new(
+                        too_late_event,
+                        (meter_id, stamp, energy, watermark - t, partition, _position(raw, numbered, offset)),
+                    )
+                )
                 continue
             state = meters.get(meter_id)
             if state is None:
@@ -225,7 +259,11 @@ class PartitionStream:
                 state.mask = ((state.mask << 1) | 1) & keep
                 state.last = cast("int | None", slot_object)
             elif not self._fill(state, meter_id, slot, watermark, events):
-                emit(ReadingRejected(meter_id, raw[1], raw[2], "duplicate", partition, t, position))
+                emit(
+                    ReadingRejected(
+                        meter_id, raw[1], raw[2], "duplicate", partition, t, _position(raw, numbered, offset)
+                    )
+                )
                 if max_event_time is None or t > max_event_time:
                     self.max_event_time = max_event_time = cast("int | None", stamp)
                     watermark = t - bound

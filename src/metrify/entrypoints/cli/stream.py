@@ -104,16 +104,17 @@ def _replay_file(file: Path, options: ReplayOptions, workers: int = 1) -> None:
         raise UserError(str(exc)) from None
     _ensure_schema()
     progress = ReplayProgress(file.name)
-    freeze_startup_heap()  # before the workers are forked: theirs too (gc.freeze's own advice)
     try:
         with progress:
             if workers > 1:
                 from metrify.entrypoints.cli.workers import replay_in_workers
 
                 assert state.settings is not None
+                freeze_startup_heap()  # before the workers are forked: theirs too (gc.freeze's own advice)
                 report = replay_in_workers(source, options, state.settings, workers, progress)
             else:
                 pipeline = state.get_container().stream_pipeline(partitions=options.partitions)
+                freeze_startup_heap()  # full collections would walk start-up's objects in every batch
                 report = run_replay(source, pipeline, options, on_batch=progress.update)
     except PartitionCountMismatch as exc:
         raise UserError(str(exc)) from None
