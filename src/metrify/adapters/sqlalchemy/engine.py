@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_WRITER_CHECKPOINT_PAGES = 100_000  # the writer's own checkpoint: a safety net (see below)
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -53,8 +54,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA temp_store = MEMORY")
         # 64 MiB of page cache (the default is 2 MiB): inserts land all over the readings index.
         cursor.execute("PRAGMA cache_size = -65536")
-        # Checkpoint every ~40 MiB of WAL rather than 4 MiB: a hot page is copied back less often.
-        cursor.execute("PRAGMA wal_autocheckpoint = 10000")
+        # The writer copies the log back itself only past ~400 MiB: SqliteCheckpointer does it from
+        # a thread of its own. At 40 MiB a replay's 50,000-row transactions (12-45 MiB of pages
+        # each) passed the mark every other commit, which then copied the log inside the commit:
+        # 150-250 ms each, half a second of a one-process replay's 8.5-9 s.
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WRITER_CHECKPOINT_PAGES}")
     finally:
         cursor.close()
 
@@ -97,13 +101,13 @@ class SqliteCheckpointer:
     own, so that the process that writes never does it inside a commit.
 
     In WAL mode every commit appends pages to the log; by default the committing connection itself
-    copies them back once the log passes `wal_autocheckpoint` pages (40 MiB here). That copy took a
-    few hundred ms each time: a fifth of a replay's time, and the p99 of API ingest. Here a PASSIVE
-    checkpoint runs every `interval` seconds on a separate connection (sqlite3 lets go of the GIL
-    while SQLite works, so it runs beside the writer); once it has copied the whole log, the next
-    write starts the log again from its beginning. The writer's own autocheckpoint stays as the
-    safety net when this thread falls behind. A PASSIVE checkpoint never waits for a lock and never
-    blocks a reader or writer."""
+    copies them back once the log passes `wal_autocheckpoint` pages (4 MiB by default, ~400 MiB
+    here). That copy took a few hundred ms each time: a fifth of a replay's time, and the p99 of
+    API ingest. Here a PASSIVE checkpoint runs every `interval` seconds on a separate connection
+    (sqlite3 lets go of the GIL while SQLite works, so it runs beside the writer); once it has
+    copied the whole log, the next write starts the log again from its beginning. The writer's own
+    autocheckpoint stays as the safety net when this thread falls behind. A PASSIVE checkpoint
+    never waits for a lock and never blocks a reader or writer."""
 
     def __init__(self, path: Path, interval: float = 0.25) -> None:
         self.path = path
