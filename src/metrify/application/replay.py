@@ -252,7 +252,10 @@ def run_replay(
         if partitions is None:
             progress = [SourceProgress(key, position, finished)]
         else:
-            progress = [SourceProgress(partition_progress_key(key, p), position, finished) for p in owned]
+            # A partition committed further than this worker's start (by a worker of an earlier
+            # run) keeps its own position until this one passes it: writing the lower position
+            # would have the next run process that partition's rows between the two again.
+            progress = [SourceProgress(partition_progress_key(key, p), max(position, done[p]), finished) for p in owned]
         with gc_paused():  # until the batch's events are counted and gone
             tally.add(pipeline.process(batch, progress))
             batch.clear()
