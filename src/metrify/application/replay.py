@@ -55,46 +55,23 @@ class Tally:
     rejected: Counter[str] = field(default_factory=Counter)
     too_late: int = 0
     gaps: dict[tuple[str, int], bool] = field(default_factory=dict)  # (meter, from) -> open
-    # Windows emitted (once each, however often re-emitted): those LATE readings can still change
-    # are kept by key, grouped by the time they end; the others are only counted, so memory stays
-    # bounded however long the replay.
-    windows: dict[int, set[tuple[str, int, int]]] = field(default_factory=dict)  # end -> keys
-    windows_settled: int = 0
+    # Windows emitted, each once however often a LATE reading re-emits it: counted by the core
+    # (StreamPipeline.windows_emitted), as no count of the events could tell a re-emission.
+    windows_emitted: int = 0
     gaps_elsewhere: int = 0  # gaps counted in a progress report, not held (see `compacted`)
 
-    @property
-    def windows_held(self) -> int:
-        return sum(map(len, self.windows.values()))
-
-    @property
-    def windows_emitted(self) -> int:
-        return self.windows_settled + self.windows_held
-
-    def settle(self, horizon: int | None) -> None:
-        """Forget the keys of windows that end at or before `horizon` (no reading can reach them:
-        it would be too late), keeping their count. Whole groups go: ends are few (window sizes
-        times the ends within the allowed lateness), so this costs next to nothing per batch."""
-        if horizon is None:
-            return
-        for end in [end for end in self.windows if end <= horizon]:
-            self.windows_settled += len(self.windows.pop(end))
-
     def add(self, events: Iterable[Any]) -> None:
+        """Count a batch's readings by outcome and follow its gaps (windows: see windows_emitted)."""
         accepted: dict[str, int] = {}
         rejected: dict[str, int] = {}
         too_late = 0
-        windows = self.windows
         gaps = self.gaps
+        window_event = WindowUpdated
         for event in events:
             kind = type(event)
-            if kind is WindowUpdated:
-                end = event[1] + event[2]  # window + window_start
-                held = windows.get(end)
-                if held is None:
-                    windows[end] = {event[:3]}  # (meter_id, window, window_start)
-                else:
-                    held.add(event[:3])
-            elif kind is ReadingAccepted:
+            if kind is window_event:
+                continue
+            if kind is ReadingAccepted:
                 status = event[4]
                 accepted[status] = accepted.get(status, 0) + 1
             elif kind is ReadingRejected:
@@ -125,7 +102,6 @@ class Tally:
             Counter(self.rejected),
             self.too_late,
             dict(self.gaps) if gaps else {},
-            {},
             self.windows_emitted,
             self.gaps_elsewhere + (0 if gaps else len(self.gaps)),
         )
@@ -138,7 +114,7 @@ class Tally:
         self.too_late += other.too_late
         self.gaps.update(other.gaps)
         self.gaps_elsewhere += other.gaps_elsewhere
-        self.windows_settled += other.windows_emitted
+        self.windows_emitted += other.windows_emitted
 
     @property
     def gaps_open(self) -> int:
@@ -256,10 +232,11 @@ def run_replay(
             # run) keeps its own position until this one passes it: writing the lower position
             # would have the next run process that partition's rows between the two again.
             progress = [SourceProgress(partition_progress_key(key, p), max(position, done[p]), finished) for p in owned]
+        emitted = pipeline.windows_emitted
         with gc_paused():  # until the batch's events are counted and gone
             tally.add(pipeline.process(batch, progress))
             batch.clear()
-        tally.settle(pipeline.late_horizon(owned))
+        tally.windows_emitted += pipeline.windows_emitted - emitted
         if on_batch is not None:
             on_batch(tally)
 

@@ -102,6 +102,9 @@ class StreamPipeline:
         # committed it: each commit expects it still there (one writer per stream, checked)
         self.committed_offsets = [0] * partitions
         self._routes: dict[str, int] = {}  # meter id as received -> partition
+        # Windows emitted for the first time by the batches this object committed (each window
+        # counted once however often a LATE reading re-emits it): what a replay reports.
+        self.windows_emitted = 0
 
     def load(self) -> None:
         """Restore every partition from the store (a fresh store gives empty partitions)."""
@@ -163,19 +166,6 @@ class StreamPipeline:
                 routes[raw_id] = p
         return p
 
-    def late_horizon(self, partitions: Sequence[int] | None = None) -> int | None:
-        """The event time no reading can reach any more in these partitions (default: all; older
-        is TOO_LATE): the lowest watermark minus the allowed lateness; None while one of them
-        has seen nothing."""
-        horizons = []
-        cores = self.cores if partitions is None else [self.cores[p] for p in partitions]
-        for core in cores:
-            if core.max_event_time is None:
-                return None
-            config = core.config
-            horizons.append(core.max_event_time - config.out_of_orderness - config.allowed_lateness)
-        return min(horizons) if horizons else None
-
     def process(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress] = ()) -> list[Any]:
         """Process one batch and commit its outcomes, state and progress in one transaction. When
         another process committed to the stream meanwhile (StreamWrittenElsewhere: nothing of this
@@ -195,9 +185,12 @@ class StreamPipeline:
         now = self.clock.now_us()
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
+        emitted = 0
         for core, (part, first_offset) in zip(self.cores, self.split(rows), strict=True):
             if part:
+                before = core.windows_emitted
                 events.extend(core.process(part, now, first_offset))
+                emitted += core.windows_emitted - before
                 touched.append((core, core.take_dirty()))
 
         committed = self.committed_offsets
@@ -221,4 +214,5 @@ class StreamPipeline:
         self.backoff.run(write)
         for core, _ in touched:
             committed[core.partition] = self.next_offsets[core.partition]
+        self.windows_emitted += emitted
         return events

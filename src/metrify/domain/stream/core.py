@@ -89,6 +89,7 @@ class PartitionStream:
         "_windows",
         "_keep_masks",
         "_dirty",
+        "windows_emitted",
     )
 
     def __init__(self, config: StreamConfig, partition: int = 0, intervals: Mapping[str, int] | None = None) -> None:
@@ -99,6 +100,9 @@ class PartitionStream:
         self.intervals: Mapping[str, int] = intervals or {}
         self._dirty: set[str] = set()
         self._keep_masks: dict[int, int] = {}
+        # Windows emitted for the first time by this object: at their close, or at their first
+        # reading after it (a LATE reading changing an emitted window re-emits it: not counted).
+        self.windows_emitted = 0
         self._reset_timers()
 
     def _reset_timers(self) -> None:
@@ -163,6 +167,7 @@ class PartitionStream:
         late_from = watermark - lateness
         numbered = first_offset is not None
         next_offset: int = 0 if first_offset is None else first_offset
+        first_emitted = 0  # windows emitted here for the first time (see windows_emitted)
         for raw in batch:
             offset = next_offset  # this reading's, when the batch is numbered
             next_offset += 1
@@ -295,6 +300,7 @@ class PartitionStream:
                         else:
                             bucket.append(meter_id)
                         continue
+                    first_emitted += 1
                 else:
                     partial.count += 1
                     partial.total += kwh
@@ -312,6 +318,7 @@ class PartitionStream:
                 watermark = t - bound
                 late_from = watermark - lateness
                 self._advance(watermark, events)
+        self.windows_emitted += first_emitted
         return events
 
     def _new_meter(self, meter_id: str) -> MeterState:
@@ -421,6 +428,7 @@ class PartitionStream:
         """W moved: close the windows that end at or before it and open or grow silent meters' gaps."""
         new = _new
         window_event: Any = WindowUpdated
+        closed = 0
         for index, size, closing, ends, size_object in self._windows:
             if ends and ends[0] <= watermark:
                 meters = self.meters
@@ -436,11 +444,13 @@ class PartitionStream:
                         for position, partial in enumerate(windows):
                             if partial.key == key:
                                 events.append(new(window_event, partial.updated(meter_id, size_object, start)))
+                                closed += 1
                                 interval = state.interval
                                 if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
                                     # Every slot filled: it cannot change again (see MeterState.prune).
                                     windows.pop(position)
                                 break
+        self.windows_emitted += closed
         dues = self._timer_dues
         if not dues or dues[0] > watermark:
             return
