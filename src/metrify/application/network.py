@@ -33,8 +33,11 @@ def through_network(rows: Iterable[RawReading], profile: NetworkProfile) -> Iter
     """Rows in the order they would arrive: a delayed row is released once the source has moved
     `delay` seconds of event time past it. Rows without a readable time are never delayed."""
     if not profile.active:
-        yield from rows
-        return
+        return iter(rows)  # no generator in between: a replay's every row passes here
+    return _arriving(rows, profile)
+
+
+def _arriving(rows: Iterable[RawReading], profile: NetworkProfile) -> Iterator[RawReading]:
     chance = random.Random(profile.seed)
     held: list[tuple[int, int, RawReading]] = []
     clock: int | None = None  # event time the source has reached

@@ -162,20 +162,28 @@ class _Positioned:
     """The rows of some partitions from a position on, skipping each partition's rows before its
     own position; `position` counts the rows read, skipped ones included."""
 
-    def __init__(self, rows: Iterator[RawReading], start: int, done: dict[int, int], route: Callable[[Any], int]):
+    def __init__(self, rows: Iterator[RawReading], start: int, done: dict[int, int], pipeline: StreamPipeline):
         self.rows = rows
         self.position = start
         self.done = done
-        self.route = route
+        self.pipeline = pipeline
 
     def __iter__(self) -> Iterator[RawReading]:
-        done, route = self.done, self.route
+        done = self.done
+        routes = self.pipeline.routes  # the pipeline's cache of partition_of, read inline (hot path)
+        route = self.pipeline.partition_of
+        index = self.position
         for row in self.rows:
-            index = self.position
-            self.position = index + 1
-            before = done.get(route(row[0]))
-            if before is not None and index >= before:
+            raw_id = row[0]
+            p = routes.get(raw_id) if type(raw_id) is str else None
+            if p is None:
+                p = route(raw_id)
+            before = done.get(p)
+            index += 1
+            if before is not None and index > before:
+                self.position = index  # read while this row is held: it counts as read
                 yield row
+        self.position = index
 
 
 def run_replay(
@@ -209,7 +217,7 @@ def run_replay(
         return ReplayReport(tally, start, True, 0.0)
     pipeline.load()
     arriving = itertools.islice(through_network(source, options.network), start, None)
-    cursor = _Positioned(arriving, start, {p: done[p] for p in owned}, pipeline.partition_of)
+    cursor = _Positioned(arriving, start, {p: done[p] for p in owned}, pipeline)
     rows: Iterator[RawReading]
     if partitions is None and all(done[p] == start for p in owned):
         rows = arriving  # every row is due: no routing, no skipping

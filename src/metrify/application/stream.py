@@ -101,7 +101,7 @@ class StreamPipeline:
         # per partition, the input offset the store held when this process last loaded or
         # committed it: each commit expects it still there (one writer per stream, checked)
         self.committed_offsets = [0] * partitions
-        self._routes: dict[str, int] = {}  # meter id as received -> partition
+        self.routes: dict[str, int] = {}  # meter id as received -> partition, filled by partition_of
         # Windows emitted for the first time by the batches this object committed (each window
         # counted once however often a LATE reading re-emits it): what a replay reports.
         self.windows_emitted = 0
@@ -142,7 +142,7 @@ class StreamPipeline:
             offsets[0] = start + len(rows)
             return [(rows, start)]
         parts: list[list[RawReading]] = [[] for _ in range(count)]
-        routes = self._routes
+        routes = self.routes
         for row in rows:
             raw_id = row[0]
             p = routes.get(raw_id) if type(raw_id) is str else None
@@ -156,7 +156,7 @@ class StreamPipeline:
 
     def partition_of(self, raw_id: Any) -> int:
         """The partition of a meter id as received (murmur2 of the normalised id, as Kafka)."""
-        routes = self._routes
+        routes = self.routes
         p = routes.get(raw_id) if type(raw_id) is str else None
         if p is None:
             p = partition_for(normalise_meter_id(raw_id), self.partition_count)
