@@ -228,10 +228,12 @@ def run_replay(
     batch: list[RawReading] = []
     size = options.batch_size
 
-    def flush(finished: bool) -> None:
+    def flush(finished: bool, holding: bool = False) -> None:
+        """Commit the batch. `holding`: the cursor has already given the row after it (which
+        waits for its time), so that row is not yet done."""
         nonlocal read
         read += len(batch)
-        position = cursor.position if rows is not arriving else start + read
+        position = cursor.position - holding if rows is not arriving else start + read
         tally.rows += len(batch)
         if partitions is None:
             progress = [SourceProgress(key, position, finished)]
@@ -263,7 +265,7 @@ def run_replay(
             delay = pacer.delay_for(row)
             if delay > 0:
                 if batch:  # what is held goes out before the wait, so it is not delayed too
-                    flush(False)
+                    flush(False, holding=True)
                 pacer.sleep(delay)
             batch.append(row)
             if len(batch) >= size:

@@ -194,25 +194,57 @@ class StreamPipeline:
                 touched.append((core, core.take_dirty()))
 
         committed = self.committed_offsets
+        saves = [
+            (
+                core.partition,
+                core.max_event_time,
+                self.next_offsets[core.partition],
+                {meter_id: core.snapshot_meter(meter_id) for meter_id in dirty},
+            )
+            for core, dirty in touched
+        ]
+        tries = 0
 
         def write() -> None:
+            nonlocal tries
+            tries += 1
             with self.uow_factory() as uow:
                 uow.outcomes.add_events(events)
-                for core, dirty in touched:
-                    uow.state.expect(self.stream, core.partition, committed[core.partition])
-                    uow.state.save(
-                        self.stream,
-                        core.partition,
-                        core.max_event_time,
-                        self.next_offsets[core.partition],
-                        {meter_id: core.snapshot_meter(meter_id) for meter_id in dirty},
-                    )
+                for partition, max_event_time, next_offset, meters in saves:
+                    uow.state.expect(self.stream, partition, committed[partition])
+                    uow.state.save(self.stream, partition, max_event_time, next_offset, meters)
                 for source in progress:
                     uow.progress.set(source)
                 uow.commit()
 
-        self.backoff.run(write)
+        try:
+            self.backoff.run(write)
+        except StreamWrittenElsewhere:
+            # After a try that failed, the store may hold this very batch: a commit that went
+            # through but whose acknowledgement was lost (a connection dropped during COMMIT).
+            # Processing the batch again on it would store every reading twice.
+            if tries < 2 or not self._store_holds(saves, progress):
+                raise
+            log.warning("the store holds this batch already: its commit went through, its acknowledgement was lost")
         for core, _ in touched:
             committed[core.partition] = self.next_offsets[core.partition]
         self.windows_emitted += emitted
         return events
+
+    def _store_holds(
+        self, saves: Sequence[tuple[int, int | None, int, dict[str, Any]]], progress: Sequence[SourceProgress]
+    ) -> bool:
+        """Whether the store holds exactly what this batch would commit: each partition's offset,
+        watermark and changed meters, and the progress."""
+
+        def read() -> bool:
+            with self.uow_factory() as uow:
+                for partition, max_event_time, next_offset, meters in saves:
+                    saved = uow.state.load(self.stream, partition)
+                    if saved is None or (saved.next_offset, saved.max_event_time) != (next_offset, max_event_time):
+                        return False
+                    if any(saved.meters.get(meter_id) != data for meter_id, data in meters.items()):
+                        return False
+                return all(uow.progress.get(source.source_key) == source for source in progress)
+
+        return bool(self.backoff.run(read))
