@@ -17,7 +17,7 @@ from metrify.application.ports import TransientStoreError
 from metrify.application.replay import ReplayOptions, Tally, run_replay
 from metrify.application.serial import BoundedBackoff, SerialPipeline
 from metrify.application.simulator import FleetProfile, fleet_rows
-from metrify.application.stream import Backoff, StreamPipeline
+from metrify.application.stream import Backoff, ReplayedElsewhere, StreamPipeline
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.events import ReadingAccepted, WindowUpdated
@@ -417,4 +417,29 @@ def test_a_paced_replay_killed_while_it_waits_does_not_skip_the_row_it_holds() -
     finally:
         replay_module.EventTimePacer = original  # type: ignore[misc]
     run_replay(ListSource(rows), pipeline_on(store, partitions=3), options)
+    assert exported_by(store) == exported_by(whole)
+
+
+@pytest.mark.parametrize("share", [None, [0, 1, 2]])
+def test_a_replay_that_finds_another_run_of_itself_committing_stops_instead_of_writing_on(share) -> None:
+    """Two replays of one file at once (the same command started twice, or a worker outliving
+    its replay where PR_SET_PDEATHSIG does not exist): the second finishes while the first
+    waits; the first must not process its batch again on the rows the second stored (found by
+    a review: every row then stored twice), but stop, leaving the outcome of one replay."""
+    rows = fleet(12, 2)
+    options = ReplayOptions(partitions=3, network=NETWORK, batch_size=90)
+    whole = InMemoryStreamStore()
+    run_replay(ListSource(rows), pipeline_on(whole, partitions=3), options)
+    store = InMemoryStreamStore()
+    batches = [0]
+
+    def another_run_starts_and_finishes(_tally: Tally) -> None:
+        batches[0] += 1
+        if batches[0] == 2:
+            run_replay(ListSource(rows), pipeline_on(store, partitions=3), options, partitions=share)
+
+    with pytest.raises(ReplayedElsewhere):
+        run_replay(
+            ListSource(rows), pipeline_on(store, partitions=3), options, on_batch=another_run_starts_and_finishes
+        )
     assert exported_by(store) == exported_by(whole)

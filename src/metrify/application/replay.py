@@ -216,6 +216,7 @@ def run_replay(
     if finished.issuperset(owned):
         return ReplayReport(tally, start, True, 0.0)
     pipeline.load()
+    pipeline.progress_seen = {key: whole, **{partition_progress_key(key, p): apart[p] for p in owned}}
     arriving = itertools.islice(through_network(source, options.network), start, None)
     cursor = _Positioned(arriving, start, {p: done[p] for p in owned}, pipeline)
     rows: Iterator[RawReading]

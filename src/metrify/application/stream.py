@@ -47,6 +47,11 @@ class PartitionCountMismatch(Exception):
     """The store holds a stream cut into another number of partitions than asked for."""
 
 
+class ReplayedElsewhere(Exception):
+    """Another run of the same replay committed meanwhile (its progress moved): two replays of one
+    file at once. Processing this batch on its state would store its rows twice: stop instead."""
+
+
 class Backoff:
     """Capped exponential backoff for an unreachable store: 0.5 s, 1 s, 2 s ... up to `cap`."""
 
@@ -105,6 +110,9 @@ class StreamPipeline:
         # Windows emitted for the first time by the batches this object committed (each window
         # counted once however often a LATE reading re-emits it): what a replay reports.
         self.windows_emitted = 0
+        # A replay's progress rows as this process last read (run_replay) or committed them: when
+        # another writer commits, one of these moved means that writer replays the same rows.
+        self.progress_seen: dict[str, SourceProgress | None] = {}
 
     def load(self) -> None:
         """Restore every partition from the store (a fresh store gives empty partitions)."""
@@ -177,6 +185,7 @@ class StreamPipeline:
             except StreamWrittenElsewhere as exc:
                 if attempt == _RELOADS:
                     raise
+                self._refuse_if_replayed_elsewhere()
                 log.warning("%s: loading the stream's state again and processing the batch on it", exc)
                 self.reload()
         raise AssertionError("unreachable")
@@ -229,7 +238,24 @@ class StreamPipeline:
         for core, _ in touched:
             committed[core.partition] = self.next_offsets[core.partition]
         self.windows_emitted += emitted
+        for source in progress:
+            self.progress_seen[source.source_key] = source
         return events
+
+    def _refuse_if_replayed_elsewhere(self) -> None:
+        seen = self.progress_seen
+        if not seen:
+            return
+
+        def moved() -> list[str]:
+            with self.uow_factory() as uow:
+                return [key for key, progress in seen.items() if uow.progress.get(key) != progress]
+
+        if self.backoff.run(moved):
+            raise ReplayedElsewhere(
+                "another run of this replay committed to the database meanwhile (two replays of one file at "
+                "once): this one stopped; once the other has finished or stopped, run it again to go on"
+            )
 
     def _store_holds(
         self, saves: Sequence[tuple[int, int | None, int, dict[str, Any]]], progress: Sequence[SourceProgress]

@@ -12,7 +12,7 @@ import typer
 from metrify.application.exports import EXPORT_KINDS
 from metrify.application.network import NetworkProfile
 from metrify.application.replay import ReplayOptions, SourceError, run_replay
-from metrify.application.stream import PartitionCountMismatch
+from metrify.application.stream import PartitionCountMismatch, ReplayedElsewhere
 from metrify.entrypoints.cli.app import app, console, state
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.cli.render import ReplayProgress, print_summary
@@ -118,6 +118,8 @@ def _replay_file(file: Path, options: ReplayOptions, workers: int = 1) -> None:
                 report = run_replay(source, pipeline, options, on_batch=progress.update)
     except PartitionCountMismatch as exc:
         raise UserError(str(exc)) from None
+    except ReplayedElsewhere as exc:
+        raise UserError(str(exc), 1) from None
     if report.already_done:
         console.print(f"{file} was already replayed into this database ({report.skipped_rows} rows); nothing to do.")
         return

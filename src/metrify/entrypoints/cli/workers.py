@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from metrify.application.replay import ReadingSource, ReplayOptions, ReplayReport, Tally, run_replay
-from metrify.application.stream import PartitionCountMismatch
+from metrify.application.stream import PartitionCountMismatch, ReplayedElsewhere
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.cli.render import ReplayProgress
 from metrify.entrypoints.process import freeze_startup_heap
@@ -66,6 +66,8 @@ def replay_in_workers(
             tallies[worker] = payload.tally
         elif kind == "refused":
             raise UserError(payload)
+        elif kind == "stopped":
+            raise UserError(payload, 1)
         else:
             raise UserError(f"replay worker {worker} failed: {payload}", 1)
 
@@ -159,6 +161,8 @@ def _work(
         outbox.put(("done", worker, report))
     except PartitionCountMismatch as exc:
         outbox.put(("refused", worker, str(exc)))
+    except ReplayedElsewhere as exc:
+        outbox.put(("stopped", worker, str(exc)))
     except Exception as exc:  # said in one line by the replay; the log has the rest
         import logging
 
