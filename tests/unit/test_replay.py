@@ -17,7 +17,7 @@ from metrify.application.ports import TransientStoreError
 from metrify.application.replay import ReplayOptions, Tally, run_replay
 from metrify.application.serial import BoundedBackoff, SerialPipeline
 from metrify.application.simulator import FleetProfile, fleet_rows
-from metrify.application.stream import Backoff, ReplayedElsewhere, StreamPipeline
+from metrify.application.stream import Backoff, PartitionCountMismatch, ReplayedElsewhere, StreamPipeline
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.events import ReadingAccepted, WindowUpdated
@@ -443,3 +443,17 @@ def test_a_replay_that_finds_another_run_of_itself_committing_stops_instead_of_w
             ListSource(rows), pipeline_on(store, partitions=3), options, on_batch=another_run_starts_and_finishes
         )
     assert exported_by(store) == exported_by(whole)
+
+
+@pytest.mark.parametrize(("before", "after"), [(1, 2), (2, 3), (3, 2), (4, 2)])
+def test_a_stream_cut_into_other_partitions_is_refused_with_the_count_it_was_cut_into(before: int, after: int) -> None:
+    """More partitions than the saved stream was cut into went unnoticed before: every saved
+    partition exists among more, but its meters are routed elsewhere and would start afresh."""
+    store = InMemoryStreamStore()
+    run_replay(ListSource(fleet(6, 1)), pipeline_on(store, partitions=before), ReplayOptions(partitions=before))
+    plural = "s" if before > 1 else ""
+    with pytest.raises(
+        PartitionCountMismatch, match=f"cut into {before} partition{plural}, not {after}; use --partitions {before} "
+    ):
+        pipeline_on(store, partitions=after).load()
+    pipeline_on(store, partitions=before).load()

@@ -12,6 +12,7 @@ from typing import Any
 
 from metrify.application.ports import (
     Clock,
+    PartitionState,
     SourceProgress,
     StreamUnitOfWork,
     StreamWrittenElsewhere,
@@ -23,6 +24,7 @@ from metrify.domain.stream.core import PartitionStream
 from metrify.domain.stream.partitioner import partition_for
 
 _ROUTES_LIMIT = 1 << 20
+_PARTITIONS_GUESSED = 256  # tried when telling a user the partition count a stream was cut into
 _RELOADS = 3  # times a batch is processed again on state another writer committed
 log = logging.getLogger("metrify.stream")
 
@@ -45,6 +47,24 @@ def gc_paused() -> Iterator[None]:
 
 class PartitionCountMismatch(Exception):
     """The store holds a stream cut into another number of partitions than asked for."""
+
+
+def _cut_otherwise(states: Mapping[int, PartitionState | None], asked: int) -> str:
+    """What to say when the saved stream was cut into another number of partitions than `asked`:
+    the smallest number under which every saved meter lies in the partition that holds it."""
+    least = max(states) + 1
+    for count in range(least, max(least, _PARTITIONS_GUESSED) + 1):
+        if all(
+            partition_for(meter_id, count) == p
+            for p, state in states.items()
+            if state is not None
+            for meter_id in state.meters
+        ):
+            return (
+                f"the database holds this stream cut into {count} partition{'s' if count > 1 else ''}, "
+                f"not {asked}; use --partitions {count} or a fresh database"
+            )
+    return f"the database holds this stream cut into another number of partitions than {asked}; use a fresh database"
 
 
 class ReplayedElsewhere(Exception):
@@ -120,16 +140,21 @@ class StreamPipeline:
         def read() -> None:
             with self.uow_factory() as uow:
                 saved = uow.state.partitions(self.stream)
-                if saved and max(saved) >= self.partition_count:
-                    raise PartitionCountMismatch(
-                        f"the database holds this stream cut into {max(saved) + 1} partitions, "
-                        f"not {self.partition_count}; use --partitions {max(saved) + 1} or a fresh database"
-                    )
-                for core in self.cores:
-                    state = uow.state.load(self.stream, core.partition)
-                    if state is not None:
-                        core.restore(state.max_event_time, state.meters)
-                        self.next_offsets[core.partition] = state.next_offset
+                states = {p: uow.state.load(self.stream, p) for p in saved}
+            count = self.partition_count
+            misplaced = any(
+                partition_for(meter_id, count) != p
+                for p, state in states.items()
+                if state is not None
+                for meter_id in state.meters
+            )
+            if misplaced or (saved and max(saved) >= count):
+                raise PartitionCountMismatch(_cut_otherwise(states, count))
+            for core in self.cores:
+                state = states.get(core.partition)
+                if state is not None:
+                    core.restore(state.max_event_time, state.meters)
+                    self.next_offsets[core.partition] = state.next_offset
 
         self.backoff.run(read)
         self.committed_offsets = list(self.next_offsets)
