@@ -64,7 +64,11 @@ def replay(
     ] = None,
     to_kafka: Annotated[
         bool,
-        typer.Option("--to-kafka", help="Produce the rows to the Kafka raw topic instead (workers process them)."),
+        typer.Option(
+            "--to-kafka",
+            help="Produce the rows to the Kafka raw topic instead (workers process them); "
+            "a second run produces them all again.",
+        ),
     ] = False,
     workers: Annotated[
         int,
@@ -73,7 +77,8 @@ def replay(
         ),
     ] = 1,
 ) -> None:
-    """Run FILE through the stream core and store every outcome; a second run resumes or continues."""
+    """Run FILE through the stream core and store every outcome; a second run resumes or continues
+    (with --to-kafka: produces every row again)."""
     settings = state.settings
     assert settings is not None
     options = ReplayOptions(
