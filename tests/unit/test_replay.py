@@ -20,7 +20,7 @@ from metrify.application.simulator import FleetProfile, fleet_rows
 from metrify.application.stream import Backoff, PartitionCountMismatch, ReplayedElsewhere, StreamPipeline
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
-from metrify.domain.stream.events import ReadingAccepted, WindowUpdated
+from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, WindowUpdated
 
 NOW = 2_000_000_000 * 1_000_000
 
@@ -457,3 +457,60 @@ def test_a_stream_cut_into_other_partitions_is_refused_with_the_count_it_was_cut
     ):
         pipeline_on(store, partitions=after).load()
     pipeline_on(store, partitions=before).load()
+
+
+def test_another_writer_s_batch_of_as_many_rows_is_not_taken_for_a_batch_that_changes_no_meter() -> None:
+    """X's first try fails without committing; meanwhile Y commits as many rows, which leave the
+    watermark where it was. X's batch (two rejected readings) changes no meter: nothing of its
+    own to recognise in the store, so it is processed again on Y's state, not taken as committed
+    (found by a review: X's rejected readings were lost, and its state lacked Y's rows)."""
+
+    def reading(meter: str, hour: str, kwh: str) -> RawReading:
+        return RawReading(meter, f"2024-03-04T{hour}:00Z", kwh)
+
+    store = InMemoryStreamStore()
+    seed = pipeline_on(store, partitions=1)
+    seed.load()
+    seed.process([reading(m, t, "1") for m, t in (("A", "10:00"), ("B", "10:00"), ("C", "12:00"))])
+    other = pipeline_on(store, partitions=1)
+    other.load()
+    fails = [True]
+
+    class FailsBeforeCommitting(InMemoryStreamUnitOfWork):
+        def commit(self) -> None:
+            if fails[0]:
+                fails[0] = False
+                other.process([reading("A", "11:30", "2"), reading("B", "11:30", "2")])  # two LATE rows
+                raise TransientStoreError("server closed the connection unexpectedly")
+            super().commit()
+
+    writer = StreamPipeline(
+        StreamConfig(), 1, lambda: FailsBeforeCommitting(store), FixedClock(NOW), backoff=Backoff(sleep=lambda s: None)
+    )
+    writer.load()
+    writer.process([reading("A", "11:00", "abc"), reading("", "11:00", "1")])
+    assert sorted(r.reason for r in store.rejected.values()) == ["invalid_consumption", "missing_meter_id"]
+    again = writer.process([reading("A", "11:30", "2")])
+    assert [e.reason for e in again if isinstance(e, ReadingRejected)] == ["duplicate"]
+
+
+def test_a_replay_that_another_run_overtakes_while_it_loads_stops() -> None:
+    """Another run of the replay commits between this run's reading of its positions and its
+    loading of the state: this run would process those rows again on that state (found by a
+    review); it stops instead, leaving the other run's outcome."""
+    rows = fleet(12, 2)
+    options = ReplayOptions(partitions=3, network=NETWORK, batch_size=90)
+    whole = InMemoryStreamStore()
+    run_replay(ListSource(rows), pipeline_on(whole, partitions=3), options)
+    store = InMemoryStreamStore()
+    late = pipeline_on(store, partitions=3)
+    load = late.load
+
+    def overtaken_while_loading() -> None:
+        run_replay(ListSource(rows), pipeline_on(store, partitions=3), options)
+        load()
+
+    late.load = overtaken_while_loading  # type: ignore[method-assign]
+    with pytest.raises(ReplayedElsewhere):
+        run_replay(ListSource(rows), late, options)
+    assert exported_by(store) == exported_by(whole)

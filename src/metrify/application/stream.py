@@ -67,6 +67,12 @@ def _cut_otherwise(states: Mapping[int, PartitionState | None], asked: int) -> s
     return f"the database holds this stream cut into another number of partitions than {asked}; use a fresh database"
 
 
+REPLAYED_ELSEWHERE = (
+    "another run of this replay committed to the database meanwhile (two replays of one file at once): "
+    "this one stopped; once the other has finished or stopped, run it again to go on"
+)
+
+
 class ReplayedElsewhere(Exception):
     """Another run of the same replay committed meanwhile (its progress moved): two replays of one
     file at once. Processing this batch on its state would store its rows twice: stop instead."""
@@ -277,16 +283,20 @@ class StreamPipeline:
                 return [key for key, progress in seen.items() if uow.progress.get(key) != progress]
 
         if self.backoff.run(moved):
-            raise ReplayedElsewhere(
-                "another run of this replay committed to the database meanwhile (two replays of one file at "
-                "once): this one stopped; once the other has finished or stopped, run it again to go on"
-            )
+            raise ReplayedElsewhere(REPLAYED_ELSEWHERE)
 
     def _store_holds(
         self, saves: Sequence[tuple[int, int | None, int, dict[str, Any]]], progress: Sequence[SourceProgress]
     ) -> bool:
         """Whether the store holds exactly what this batch would commit: each partition's offset,
-        watermark and changed meters, and the progress."""
+        watermark and changed meters, and the progress. Only a batch that carries something of its
+        own can tell: a replay's position, or changed meters in every partition it touched (a
+        batch of rejected readings changes none, and another writer's batch of as many rows that
+        leaves the watermark where it was would look the same): else the answer is no, and the
+        batch is processed again on the store's state (the rare loss: its rejected readings may
+        be stored twice)."""
+        if not progress and any(not meters for _, _, _, meters in saves):
+            return False
 
         def read() -> bool:
             with self.uow_factory() as uow:
