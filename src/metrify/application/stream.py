@@ -49,17 +49,22 @@ class PartitionCountMismatch(Exception):
     """The store holds a stream cut into another number of partitions than asked for."""
 
 
+def _cut_into(states: Mapping[int, PartitionState | None], count: int) -> bool:
+    """Whether every saved meter lies in the partition that `count` partitions route it to."""
+    return all(
+        partition_for(meter_id, count) == p
+        for p, state in states.items()
+        if state is not None
+        for meter_id in state.meters
+    )
+
+
 def _cut_otherwise(states: Mapping[int, PartitionState | None], asked: int) -> str:
     """What to say when the saved stream was cut into another number of partitions than `asked`:
     the smallest number under which every saved meter lies in the partition that holds it."""
     least = max(states) + 1
     for count in range(least, max(least, _PARTITIONS_GUESSED) + 1):
-        if all(
-            partition_for(meter_id, count) == p
-            for p, state in states.items()
-            if state is not None
-            for meter_id in state.meters
-        ):
+        if _cut_into(states, count):
             return (
                 f"the database holds this stream cut into {count} partition{'s' if count > 1 else ''}, "
                 f"not {asked}; use --partitions {count} or a fresh database"
@@ -148,13 +153,7 @@ class StreamPipeline:
                 saved = uow.state.partitions(self.stream)
                 states = {p: uow.state.load(self.stream, p) for p in saved}
             count = self.partition_count
-            misplaced = any(
-                partition_for(meter_id, count) != p
-                for p, state in states.items()
-                if state is not None
-                for meter_id in state.meters
-            )
-            if misplaced or (saved and max(saved) >= count):
+            if (saved and max(saved) >= count) or not _cut_into(states, count):
                 raise PartitionCountMismatch(_cut_otherwise(states, count))
             for core in self.cores:
                 state = states.get(core.partition)
