@@ -143,3 +143,37 @@ def test_migrating_a_server_that_does_not_answer_says_so_in_one_line(
 def test_debug_is_taken_after_the_command_too(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["db", "upgrade", "nope", "--debug"], capsys)
     assert code == 2 and "No such option" not in err
+
+
+def test_a_replay_with_another_partition_count_than_the_stream_is_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "few.csv"
+    source.write_text(
+        "meter_id,timestamp,consumption_kwh\n" + "".join(f"M{m},2024-03-04T10:00:00Z,0.5\n" for m in range(20))
+    )
+    assert run(["replay", str(source), "--partitions", "2"], capsys)[0] == 0
+    more = tmp_path / "more.csv"
+    more.write_text("meter_id,timestamp,consumption_kwh\nM1,2024-03-04T10:30:00Z,0.5\n")
+    code, _, err = run(["replay", str(more), "--partitions", "3"], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "cut into 2 partitions, not 3; use --partitions 2" in err
+
+
+def test_a_replay_that_meets_another_run_of_itself_stops_in_one_line_with_exit_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metrify.application.stream import REPLAYED_ELSEWHERE, ReplayedElsewhere
+    from metrify.entrypoints.cli import stream
+
+    def overtaken(*args: object, **kwargs: object) -> None:
+        raise ReplayedElsewhere(REPLAYED_ELSEWHERE)
+
+    monkeypatch.setattr(stream, "run_replay", overtaken)
+    source = tmp_path / "one.csv"
+    source.write_text("meter_id,timestamp,consumption_kwh\nM1,2024-03-04T10:00:00Z,0.5\n")
+    code, _, err = run(["replay", str(source)], capsys)
+    assert code == 1
+    assert_one_line(err)
+    assert "another run of this replay committed" in err
