@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from metrify.application.network import NetworkProfile, through_network
 from metrify.application.ports import SourceProgress
-from metrify.application.stream import REPLAYED_ELSEWHERE, ReplayedElsewhere, StreamPipeline, gc_paused
+from metrify.application.stream import StreamPipeline, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.events import (
     GapHealed,
@@ -216,13 +216,10 @@ def run_replay(
     if finished.issuperset(owned):
         return ReplayReport(tally, start, True, 0.0)
     pipeline.load()
-    seen = {key: whole, **{partition_progress_key(key, p): apart[p] for p in owned}}
-    with pipeline.uow_factory() as uow:
-        if any(uow.progress.get(progress_key) != progress for progress_key, progress in seen.items()):
-            # Another run of this replay committed between the positions read above and the state
-            # loaded: its state, these positions, would have this run process its rows again.
-            raise ReplayedElsewhere(REPLAYED_ELSEWHERE)
-    pipeline.progress_seen = seen
+    pipeline.progress_seen = {key: whole, **{partition_progress_key(key, p): apart[p] for p in owned}}
+    # Another run of this replay may have committed between the positions read above and the state
+    # loaded: its state, these positions, would have this run process its rows again.
+    pipeline.refuse_if_replayed_elsewhere()
     arriving = itertools.islice(through_network(source, options.network), start, None)
     cursor = _Positioned(arriving, start, {p: done[p] for p in owned}, pipeline)
     rows: Iterator[RawReading]

@@ -215,7 +215,7 @@ class StreamPipeline:
             except StreamWrittenElsewhere as exc:
                 if attempt == _RELOADS:
                     raise
-                self._refuse_if_replayed_elsewhere()
+                self.refuse_if_replayed_elsewhere()
                 log.warning("%s: loading the stream's state again and processing the batch on it", exc)
                 self.reload()
         raise AssertionError("unreachable")
@@ -272,7 +272,9 @@ class StreamPipeline:
             self.progress_seen[source.source_key] = source
         return events
 
-    def _refuse_if_replayed_elsewhere(self) -> None:
+    def refuse_if_replayed_elsewhere(self) -> None:
+        """Raise ReplayedElsewhere when one of the replay's progress rows (`progress_seen`) is no
+        longer what this process last read or committed: another run of the replay wrote it."""
         seen = self.progress_seen
         if not seen:
             return
