@@ -6,7 +6,9 @@ interval (JSON `{"readings": [...]}` with meter_id, timestamp, consumption_kwh, 
 the bodies encoded before the clock starts. `--clients` connections post concurrently (keep-alive);
 the run stops after `--batches` batches or `--seconds`, whichever comes first. The ingest key's rate
 limit is off (METRIFY_AUTH__INGEST_RATE_LIMIT=0): this measures the ingest path, not the limiter.
-Prints readings/s over the run, and p50/p99 of the time from sending a batch to its 202.
+Prints readings/s over the run, and p50/p99 of the time from sending a batch to its 202; then the
+same per quarter of the run, in the order the batches were sent: the database grows as it runs, and
+so does the work of each batch (see the README's figures).
 
 With `--kafka` (METRIFY_KAFKA__BOOTSTRAP must name a broker) the API runs on the production ingest
 path instead: each batch only goes to the raw topic of a throw-away topic prefix, and `--workers N`
@@ -124,7 +126,7 @@ def ingest_key(base: str) -> str:
 
 def load(base: str, key: str, payloads: list[bytes], clients: int, seconds: float) -> tuple[list[float], int, float]:
     """Post the payloads from `clients` threads; (latency per batch, readings accepted, wall seconds)."""
-    latencies: list[float] = []
+    latencies: list[float] = []  # in the order the batches were sent
     accepted = 0
     lock = threading.Lock()
     position = 0
@@ -138,7 +140,7 @@ def load(base: str, key: str, payloads: list[bytes], clients: int, seconds: floa
                 with lock:
                     if position >= len(payloads):
                         return
-                    body = payloads[position]
+                    index, body = position, payloads[position]
                     position += 1
                 sent = time.perf_counter()
                 response = client.post("/api/v1/telemetry/batch", content=body, headers=headers)
@@ -146,15 +148,17 @@ def load(base: str, key: str, payloads: list[bytes], clients: int, seconds: floa
                 if response.status_code != 202:
                     raise SystemExit(f"batch refused: {response.status_code} {response.text[:300]}")
                 with lock:
-                    latencies.append(took)
+                    timed[index] = took
                     accepted += response.json()["accepted"]
 
+    timed: dict[int, float] = {}
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    latencies.extend(timed[index] for index in sorted(timed))
     return latencies, accepted, time.perf_counter() - started
 
 
@@ -226,6 +230,15 @@ def main() -> None:
         f"per batch: p50 {percentile(latencies, 0.50) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms, "
         f"mean {statistics.fmean(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
     )
+    quarter = max(1, len(latencies) // 4)
+    for number, start in enumerate(range(0, quarter * 4, quarter), 1):
+        part = latencies[start : start + quarter]
+        if part:
+            print(
+                f"  quarter {number} (batches {start + 1}-{start + len(part)}): "
+                f"p50 {percentile(part, 0.50) * 1000:.1f} ms, p99 {percentile(part, 0.99) * 1000:.1f} ms, "
+                f"mean {statistics.fmean(part) * 1000:.1f} ms"
+            )
 
 
 if __name__ == "__main__":
