@@ -227,7 +227,10 @@ def parse_timestamp(value: object) -> int | None:
     if isinstance(value, int):
         us = value * 1000 if value > _EPOCH_MS_ABOVE else value * 1_000_000
     else:
-        us = round(value * 1000) if value > _EPOCH_MS_ABOVE else round(value * 1_000_000)
+        scaled = value * 1000 if value > _EPOCH_MS_ABOVE else value * 1_000_000
+        if not _FIRST_US - 1 <= scaled <= _LAST_US + 1:
+            return None  # far beyond the years (1e308 scales to infinity, which round() refuses)
+        us = round(scaled)
     return us if _FIRST_US <= us <= _LAST_US else None
 
 
