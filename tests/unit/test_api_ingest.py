@@ -120,6 +120,13 @@ def test_json_lines_and_csv_bodies_are_read_like_files(api: Api, fakes: Fakes) -
     ("content", "content_type", "status", "slug"),
     [
         (b"{not json", "application/json", 400, "malformed-body"),
+        # nested past what Python turns back into text without recursing too deep: was a 500
+        (
+            b'{"readings": [{"meter_id": ' + b"[" * 1000 + b"]" * 1000 + b"}]}",
+            "application/json",
+            400,
+            "malformed-body",
+        ),
         (b'{"readings": 5}', "application/json", 422, "validation-error"),
         (b"[1, 2]", "application/json", 422, "validation-error"),
         (b"\xff\xfe\x00", "text/csv", 400, "malformed-body"),
@@ -389,3 +396,10 @@ def test_a_batch_is_parsed_and_processed_without_automatic_garbage_collection(
     assert out["accepted"] == 1
     assert seen == [False]
     assert gc.isenabled()
+
+
+def test_a_json_line_nested_too_deep_is_one_rejected_reading_like_any_unreadable_line(api: Api) -> None:
+    deep = b'{"meter_id": "M2", "timestamp": ' + b"[" * 500 + b"]" * 500 + b', "consumption_kwh": 1}'
+    body = orjson.dumps(reading("M1")) + b"\n" + deep + b"\n"
+    out = post(api, api.ingest_key(), body, "application/x-ndjson")
+    assert (out["accepted"], out["rejected_readings"]) == (1, [{"index": 1, "reason": "missing_meter_id"}])

@@ -48,3 +48,33 @@ def test_what_orjson_reads_exactly_is_read_the_same_either_way() -> None:
 def test_a_lone_surrogate_is_not_text() -> None:
     with pytest.raises(json_text.NotJson):
         json_text.loads(b'{"meter_id": "\\ud800"}')
+
+
+@pytest.mark.parametrize("depth", [1, 2, 63, 64])
+def test_a_document_nested_up_to_the_limit_is_read(depth: int) -> None:
+    for data in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
+        assert json_text.loads(data) is not None
+    assert json_text.MAX_DEPTH == 64
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 1024])
+def test_a_document_nested_deeper_is_not_read(depth: int) -> None:
+    """Past ~1,000 levels Python cannot turn the value back into text (a 500, a stopped replay)."""
+    with pytest.raises(json_text.NotJson, match="nested deeper than 64"):
+        json_text.loads(b"[" * depth + b"]" * depth)
+    with pytest.raises(json_text.NotJson):  # the exact reader's path (the standard library's own limit, or ours)
+        json_text.loads(b"[" * depth + b"12345678901234567890" + b"]" * depth)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    text = "[" * 200
+    assert json_text.loads(b'{"a": "' + text.encode() + b'", "b": [{"c": "]]]}}}"}]}') == {
+        "a": text,
+        "b": [{"c": "]]]}}}"}],
+    }
+
+
+def test_a_batch_of_flat_readings_is_seen_shallow_from_its_bytes_alone() -> None:
+    batch = b'{"readings": [' + b",".join([b'{"meter_id": "M", "kwh": [1]}'] * 1000) + b"]}"
+    assert json_text.nested_within(batch, 3)
+    assert not json_text.nested_within(b"[" * 10 + b"]" * 10, 3)

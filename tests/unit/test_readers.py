@@ -41,13 +41,17 @@ def test_columns_match_case_insensitively_and_extras_are_kept(tmp_path: Path) ->
 
 def test_json_lines_keep_numbers_and_strings_as_received(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
-    path.write_text('{"meter_id": "M1", "tstp": 1709510400, "kwh": 0.5}\n\nnot json\n[1]\n{"id": 7, "time": "x"}\n')
+    deep = '{"id": "M2", "time": ' + "[" * 900 + "]" * 900 + "}"  # too deep to read: a line of nothing
+    path.write_text(
+        '{"meter_id": "M1", "tstp": 1709510400, "kwh": 0.5}\n\nnot json\n[1]\n{"id": 7, "time": "x"}\n' + deep + "\n"
+    )
     rows = list(FileReadingSource(path))
     assert rows == [
         RawReading("M1", 1709510400, 0.5),
         RawReading(None, None, None),
         RawReading(None, None, None),
         RawReading(7, "x", None),
+        RawReading(None, None, None),
     ]
 
 

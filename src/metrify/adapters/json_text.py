@@ -7,6 +7,11 @@ not as a broken line), NaN, and integers beyond 64 bits (orjson reads those as f
 rejected reading keeps its raw values as received). JSON's escapes can also spell lone
 surrogates (`\\ud800`), which are not Unicode text: no meter id, key or database text can hold
 one, so a document holding one is refused like any other that is not JSON.
+
+Nor is a document nested deeper than MAX_DEPTH levels read. orjson reads up to 1,024, but Python
+turns a value back into text (a meter id's `str()`, a rejected reading's raw value in JSON)
+recursively, and past ~1,000 levels that raised RecursionError: a 500 for an HTTP batch, a stopped
+replay, a Kafka message that failed its batch again and again. A reading is a few levels deep.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ import orjson
 # Every ASCII digit as "0", every other byte as a space: a run of 19 digits becomes 19 zeros.
 _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_RUN = b"0" * 19
+
+MAX_DEPTH = 64
+# Every byte but the four brackets deleted: what is left is the document's nesting (with any
+# brackets its strings hold).
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 
 
 class NotJson(ValueError):
@@ -37,16 +47,56 @@ def loads(data: bytes, *, text_only: bool = True) -> Any:
     surrogates are kept (the stream's own outputs carry a reading's raw values that way)."""
     if not may_hold_long_integers(data):
         try:
-            return orjson.loads(data)
+            value = orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
+        else:
+            return _shallow(data, value)
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise NotJson(str(exc)[:120]) from None
+    value = _shallow(data, value)
     if text_only and holds_lone_surrogate(value):
         raise NotJson("a string holds a lone surrogate, not Unicode text")
     return value
+
+
+def _shallow(data: bytes, value: Any) -> Any:
+    """`value`, or NotJson when it is nested deeper than MAX_DEPTH levels."""
+    if type(value) is dict or type(value) is list:
+        if not nested_within(data, MAX_DEPTH // 2) and nested_deeper_than(value, MAX_DEPTH):
+            raise NotJson(f"the document is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def nested_within(data: bytes, passes: int) -> bool:
+    """True when the text's brackets close within `passes` rounds of taking out every adjacent
+    pair (`{}`, `[]`): then no value is nested deeper than 2 x `passes` levels. A batch of flat
+    readings (`{[{}{}...{}]}`) closes in three rounds, at memory speed. False when it does not
+    (deeper, or brackets inside strings): then the value itself has to be walked."""
+    brackets = data.translate(None, _NOT_BRACKETS)
+    for _ in range(passes):
+        if not brackets:
+            return True
+        fewer = brackets.replace(b"{}", b"").replace(b"[]", b"")
+        if len(fewer) == len(brackets):
+            return False
+        brackets = fewer
+    return not brackets
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a container in `value` lies more than `limit` levels deep (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in container.values() if type(container) is dict else container:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 def holds_lone_surrogate(value: Any) -> bool:
