@@ -403,3 +403,46 @@ def test_a_json_line_nested_too_deep_is_one_rejected_reading_like_any_unreadable
     body = orjson.dumps(reading("M1")) + b"\n" + deep + b"\n"
     out = post(api, api.ingest_key(), body, "application/x-ndjson")
     assert (out["accepted"], out["rejected_readings"]) == (1, [{"index": 1, "reason": "missing_meter_id"}])
+
+
+class RefusingUnitOfWork(InMemoryStreamUnitOfWork):
+    """A store that refuses any transaction holding meter POISON's reading (as a database refuses
+    a value it cannot hold): an error that is not the store's being away."""
+
+    def commit(self) -> None:
+        if any(getattr(event, "meter_id", None) == "POISON" for event in self.outcomes.events):
+            self.rollback()
+            raise ValueError("the store refuses meter POISON")
+        super().commit()
+
+
+def test_a_request_that_fails_the_group_s_transaction_fails_alone() -> None:
+    store = InMemoryStreamStore()
+    serial = SerialPipeline(lambda: StreamPipeline(StreamConfig(), 2, lambda: RefusingUnitOfWork(store), SystemClock()))
+    serial.load()
+    results: dict[str, object] = {}
+
+    def send(name: str, rows: list[RawReading]) -> None:
+        try:
+            results[name] = [type(event).__name__ for event in serial.submit(rows)]
+        except ValueError as exc:
+            results[name] = exc
+
+    requests = {
+        "before": [RawReading("M1", T0, "0.5")],
+        "poison": [RawReading("M2", T0, "0.5"), RawReading("POISON", T0, "0.5")],
+        "after": [RawReading("M3", T0, "0.5"), RawReading("M3", T0, "0.7")],
+    }
+    with serial._writer:  # a write in progress: the requests queue up behind it, to go as one group
+        threads = [threading.Thread(target=send, args=item) for item in requests.items()]
+        for thread in threads:
+            thread.start()
+        while len(serial._queue) < len(threads):
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+    assert results["before"] == ["ReadingAccepted"]
+    assert results["after"] == ["ReadingAccepted", "ReadingRejected"]
+    assert isinstance(results["poison"], ValueError)
+    assert sorted(meter for meter, _ in store.readings) == ["M1", "M3"]
+    assert [event.meter_id for event in serial.submit([RawReading("M2", T0, "0.5")])] == ["M2"]  # on the store's state

@@ -118,6 +118,28 @@ class SerialPipeline:
                 jobs.append(job)
                 total += len(job.rows)
         try:
+            self._run(jobs)
+        except BaseException as exc:  # each job holds it: its own thread raises it
+            if len(jobs) == 1 or not isinstance(exc, Exception) or isinstance(exc, Unavailable | TransientStoreError):
+                return
+            # Something in one request's rows, or a fault of ours they set off, failed the group's
+            # one transaction (nothing of it was written). Each request goes again on its own: the
+            # others are answered as if they had come alone, and only the culprit fails.
+            for job in jobs:
+                job.error = None
+                try:
+                    self._run([job])
+                except Exception:  # noqa: BLE001 - already the job's own error
+                    pass
+        finally:
+            for job in jobs:
+                job.done = True
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Process the jobs' rows in one unit of work and hand out the outcomes; on failure, every
+        job gets the error and the pipeline is loaded again from the store before the next write
+        (its in-memory state may be ahead of what was committed)."""
+        try:
             pipeline = self._loaded()
             rows = [row for job in jobs for row in job.rows]
             outcomes = _attribute(rows, pipeline.process(rows), pipeline.partition_count)
@@ -126,12 +148,10 @@ class SerialPipeline:
                 job.outcomes = outcomes[start : start + len(job.rows)]
                 start += len(job.rows)
         except BaseException as exc:
-            self._pipeline = None  # reload from the store before the next write
+            self._pipeline = None
             for job in jobs:
                 job.error = exc
-        finally:
-            for job in jobs:
-                job.done = True
+            raise
 
 
 def _attribute(rows: Sequence[RawReading], events: Sequence[Any], partitions: int) -> list[Any]:
