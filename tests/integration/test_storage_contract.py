@@ -374,6 +374,24 @@ def test_an_error_inside_the_block_rolls_back(store: Store) -> None:
     assert list(store.queries.readings(ExportFilter())) == []
 
 
+def test_a_header_keeps_the_token_of_the_unit_of_work_that_saved_it_last(store: Store) -> None:
+    """How a writer whose commit lost its acknowledgement learns whether it went through."""
+    with store.uow() as uow:
+        assert uow.state.commit_token("main", 0) is None
+        uow.state.save("main", 0, T0, 5, {}, "first")
+        uow.state.save("main", 1, T0, 5, {"M1": [1]}, "first")
+        uow.commit()
+    with store.uow() as uow:
+        uow.state.save("main", 0, T0, 9, {}, "second")
+        uow.rollback()
+    with store.uow() as uow:
+        assert (uow.state.commit_token("main", 0), uow.state.commit_token("main", 1)) == ("first", "first")
+        uow.state.save("main", 1, T0, 9, {"M1": [2]})
+        uow.commit()
+    with store.uow() as uow:
+        assert (uow.state.commit_token("main", 0), uow.state.commit_token("main", 1)) == ("first", None)
+
+
 def test_state_saves_and_loads_back_exactly(store: Store) -> None:
     big = (1 << 70) + 1  # a slot bitmask can outgrow 64 bits
     meters = {

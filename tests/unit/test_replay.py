@@ -21,6 +21,7 @@ from metrify.application.stream import Backoff, PartitionCountMismatch, Replayed
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, WindowUpdated
+from metrify.domain.stream.partitioner import partition_for
 
 NOW = 2_000_000_000 * 1_000_000
 
@@ -361,6 +362,66 @@ def test_an_ingest_request_whose_commit_lost_its_acknowledgement_gets_its_own_ou
     outcomes = serial.submit(rows)
     assert [type(event) for event in outcomes] == [ReadingAccepted] * 40
     assert len(store.readings) == 40 and not store.rejected and not store.too_late
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_a_request_of_rejected_readings_alone_in_a_partition_is_not_stored_twice_after_a_lost_acknowledgement(
+    partitions: int,
+) -> None:
+    """The commit's token tells (found by a review): comparing the store with the batch could not
+    recognise a partition that got only a malformed reading, so the batch went again on the state
+    that held it: the malformed reading stored twice, the accepted one answered as a duplicate."""
+    store = InMemoryStreamStore()
+    commits = [0]
+    serial = SerialPipeline(
+        lambda: StreamPipeline(
+            StreamConfig(),
+            partitions,
+            lambda: _AcknowledgementLost(store, commits, lose=2),
+            FixedClock(NOW),
+            backoff=BoundedBackoff(sleep=lambda s: None),
+        )
+    )
+    serial.submit([RawReading("A", "2024-03-04T10:00:00Z", "0.5")])
+    other = next(m for m in (f"B{i}" for i in range(100)) if partition_for(m, 2) != partition_for("A", 2))
+    rows = [RawReading("A", "2024-03-04T10:30:00Z", "0.5"), RawReading(other, "2024-03-04T10:00:00Z", "abc")]
+    if partitions == 1:
+        rows = rows[1:]  # one partition: a request of a malformed reading alone
+    outcomes = serial.submit(rows)
+    assert commits[0] == 2  # the second commit's acknowledgement was lost, and nothing committed again
+    assert [type(event) for event in outcomes] == [ReadingAccepted, ReadingRejected][2 - len(rows) :]
+    assert outcomes[-1].reason == "invalid_consumption"
+    assert len(store.rejected) == 1 and len(store.readings) == len(rows)
+
+
+def test_a_lost_acknowledgement_after_the_retry_budget_is_not_a_503_for_a_committed_batch() -> None:
+    """The try whose acknowledgement was lost spent the whole budget (it waited on a lock first):
+    the store is asked once more before the client is told 503 and invited to send it again."""
+    store = InMemoryStreamStore()
+    now, lose = [0.0], [0]
+
+    class SlowAcknowledgementLost(InMemoryStreamUnitOfWork):
+        def commit(self) -> None:
+            super().commit()
+            if lose[0]:
+                lose[0] -= 1
+                now[0] += 6.0
+                raise TransientStoreError("server closed the connection unexpectedly")
+
+    serial = SerialPipeline(
+        lambda: StreamPipeline(
+            StreamConfig(),
+            1,
+            lambda: SlowAcknowledgementLost(store),
+            FixedClock(NOW),
+            backoff=BoundedBackoff(sleep=lambda s: None, clock=lambda: now[0]),
+        )
+    )
+    serial.submit([RawReading("A", "2024-03-04T10:00:00Z", "0.5")])
+    lose[0] = 1
+    outcomes = serial.submit([RawReading("A", "2024-03-04T10:30:00Z", "0.5"), RawReading("B", "x", "0.5")])
+    assert [type(event) for event in outcomes] == [ReadingAccepted, ReadingRejected]
+    assert (len(store.readings), len(store.rejected)) == (2, 1)
 
 
 def test_a_second_writer_s_commit_is_still_processed_on_its_state() -> None:

@@ -69,7 +69,16 @@ class StreamStateRepository(Protocol):
         max_event_time: int | None,
         next_offset: int,
         meters: Mapping[str, list[Any]],
-    ) -> None: ...
+        token: str | None = None,
+    ) -> None:
+        """Stage the partition's header and changed meters; `token` names the unit of work that
+        writes them (see `commit_token`)."""
+        ...
+
+    def commit_token(self, stream: str, partition: int) -> str | None:
+        """The token of the unit of work that last saved the partition: after a commit whose
+        acknowledgement was lost, whether it went through."""
+        ...
 
     def partitions(self, stream: str) -> list[int]: ...
 

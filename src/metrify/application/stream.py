@@ -6,10 +6,12 @@ from __future__ import annotations
 import gc
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from metrify.application.errors import Unavailable
 from metrify.application.ports import (
     Clock,
     PartitionState,
@@ -233,6 +235,7 @@ class StreamPipeline:
                 touched.append((core, core.take_dirty()))
 
         committed = self.committed_offsets
+        token = uuid.uuid4().hex  # this unit of work's, saved with each header (see _store_holds)
         saves = [
             (
                 core.partition,
@@ -251,18 +254,22 @@ class StreamPipeline:
                 uow.outcomes.add_events(events)
                 for partition, max_event_time, next_offset, meters in saves:
                     uow.state.expect(self.stream, partition, committed[partition])
-                    uow.state.save(self.stream, partition, max_event_time, next_offset, meters)
+                    uow.state.save(self.stream, partition, max_event_time, next_offset, meters, token)
                 for source in progress:
                     uow.progress.set(source)
                 uow.commit()
 
         try:
             self.backoff.run(write)
-        except StreamWrittenElsewhere:
+        except (StreamWrittenElsewhere, Unavailable) as exc:
             # After a try that failed, the store may hold this very batch: a commit that went
             # through but whose acknowledgement was lost (a connection dropped during COMMIT).
-            # Processing the batch again on it would store every reading twice.
-            if tries < 2 or not self._store_holds(saves, progress):
+            # Processing the batch again on it, or answering 503 to a client that then sends it
+            # again, would store its rejected and too-late readings twice and turn its accepted
+            # ones into duplicates. A store still away after the retries is looked at once more.
+            if tries < 2 and isinstance(exc, StreamWrittenElsewhere):
+                raise
+            if not self._store_holds(token, saves, progress, retry=isinstance(exc, StreamWrittenElsewhere)):
                 raise
             log.warning("the store holds this batch already: its commit went through, its acknowledgement was lost")
         for core, _ in touched:
@@ -287,26 +294,26 @@ class StreamPipeline:
             raise ReplayedElsewhere(REPLAYED_ELSEWHERE)
 
     def _store_holds(
-        self, saves: Sequence[tuple[int, int | None, int, dict[str, Any]]], progress: Sequence[SourceProgress]
+        self,
+        token: str,
+        saves: Sequence[tuple[int, int | None, int, dict[str, Any]]],
+        progress: Sequence[SourceProgress],
+        retry: bool = True,
     ) -> bool:
-        """Whether the store holds exactly what this batch would commit: each partition's offset,
-        watermark and changed meters, and the progress. Only a batch that carries something of its
-        own can tell: a replay's position, or changed meters in every partition it touched (a
-        batch of rejected readings changes none, and another writer's batch of as many rows that
-        leaves the watermark where it was would look the same): else the answer is no, and the
-        batch is processed again on the store's state (the rare loss: its rejected readings may
-        be stored twice)."""
-        if not progress and any(not meters for _, _, _, meters in saves):
-            return False
+        """Whether the store holds this very batch: a partition header it touched carries its
+        token (one transaction writes them all). A batch that touched no partition (a replay's
+        position alone) is known by its progress rows. With `retry` False the store is asked
+        once, and a store still away means no."""
 
         def read() -> bool:
             with self.uow_factory() as uow:
-                for partition, max_event_time, next_offset, meters in saves:
-                    saved = uow.state.load(self.stream, partition)
-                    if saved is None or (saved.next_offset, saved.max_event_time) != (next_offset, max_event_time):
-                        return False
-                    if any(saved.meters.get(meter_id) != data for meter_id, data in meters.items()):
-                        return False
-                return all(uow.progress.get(source.source_key) == source for source in progress)
+                if saves:
+                    return bool(uow.state.commit_token(self.stream, saves[0][0]) == token)
+                return bool(progress) and all(uow.progress.get(source.source_key) == source for source in progress)
 
-        return bool(self.backoff.run(read))
+        if retry:
+            return bool(self.backoff.run(read))
+        try:
+            return read()
+        except TransientStoreError:
+            return False

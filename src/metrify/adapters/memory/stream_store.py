@@ -23,6 +23,7 @@ class InMemoryStreamStore:
         self.gaps: dict[tuple[str, int], GapRow] = {}
         self.windows: dict[tuple[str, int, int], WindowUpdated] = {}
         self.partitions: dict[tuple[str, int], tuple[int | None, int]] = {}
+        self.commit_tokens: dict[tuple[str, int], str | None] = {}  # the unit of work that wrote each header last
         self.meter_states: dict[tuple[str, int, str], list[Any]] = {}
         self.progress: dict[str, SourceProgress] = {}
 
@@ -113,7 +114,7 @@ class _StagedOutcomes:
 class _StagedState:
     def __init__(self, store: InMemoryStreamStore) -> None:
         self.store = store
-        self.saved: list[tuple[str, int, int | None, int, dict[str, list[Any]]]] = []
+        self.saved: list[tuple[str, int, int | None, int, dict[str, list[Any]], str | None]] = []
         self.expected: list[tuple[str, int, int]] = []
 
     def expect(self, stream: str, partition: int, next_offset: int) -> None:
@@ -133,8 +134,12 @@ class _StagedState:
         max_event_time: int | None,
         next_offset: int,
         meters: Mapping[str, list[Any]],
+        token: str | None = None,
     ) -> None:
-        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters)))
+        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters), token))
+
+    def commit_token(self, stream: str, partition: int) -> str | None:
+        return self.store.commit_tokens.get((stream, partition))
 
     def partitions(self, stream: str) -> list[int]:
         return sorted(p for s, p in self.store.partitions if s == stream)
@@ -178,8 +183,9 @@ class InMemoryStreamUnitOfWork:
                 self.rollback()
                 raise StreamWrittenElsewhere(f"partition {partition} holds offset {held}, not {offset}")
         store.apply(fold_events(self.outcomes.events))
-        for stream, partition, max_event_time, next_offset, meters in self.state.saved:
+        for stream, partition, max_event_time, next_offset, meters, token in self.state.saved:
             store.partitions[(stream, partition)] = (max_event_time, next_offset)
+            store.commit_tokens[(stream, partition)] = token
             for meter_id, data in meters.items():
                 store.meter_states[(stream, partition, meter_id)] = data
         for progress in self.progress.staged:

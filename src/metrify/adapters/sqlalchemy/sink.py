@@ -136,9 +136,9 @@ AGGREGATES = Target(
 PARTITIONS = Target(
     "partitions",
     t.stream_partitions,
-    ["stream", "partition", "max_event_time", "next_offset"],
+    ["stream", "partition", "max_event_time", "next_offset", "commit_token"],
     ["stream", "partition"],
-    ["max_event_time", "next_offset"],
+    ["max_event_time", "next_offset", "commit_token"],
 )
 METER_STATES = Target(
     "meter_states",
@@ -176,7 +176,7 @@ def _by_meter(rows: list[Any]) -> list[tuple[Any, ...]]:
     return list(chain.from_iterable(groups[meter] for meter in sorted(groups)))
 
 
-StateSave = tuple[str, int, int | None, int, dict[str, list[Any]]]
+StateSave = tuple[str, int, int | None, int, dict[str, list[Any]], str | None]
 
 
 @dataclass(slots=True)
@@ -247,8 +247,8 @@ def batch_rows(
     if saves:
         headers: dict[tuple[str, int], tuple[Any, ...]] = {}
         states: dict[tuple[str, int, str], tuple[Any, ...]] = {}
-        for stream, partition, max_event_time, next_offset, meters in saves:
-            headers[(stream, partition)] = (stream, partition, max_event_time, next_offset)
+        for stream, partition, max_event_time, next_offset, meters, token in saves:
+            headers[(stream, partition)] = (stream, partition, max_event_time, next_offset, token)
             for meter_id, data in meters.items():
                 states[(stream, partition, meter_id)] = (stream, partition, meter_id, encode_state(data))
         rows[PARTITIONS] = list(headers.values())

@@ -119,6 +119,9 @@ stream_partitions = sa.Table(
     sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("max_event_time", Micros, nullable=True),
     sa.Column("next_offset", sa.BigInteger, nullable=False),
+    # The unit of work that wrote the header last (Alembic 0008): a writer whose commit's
+    # acknowledgement was lost reads it back to learn whether its commit went through.
+    sa.Column("commit_token", sa.Text, nullable=True),
 )
 
 meter_states = sa.Table(

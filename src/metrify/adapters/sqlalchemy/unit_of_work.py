@@ -81,8 +81,16 @@ class _SqlState:
         max_event_time: int | None,
         next_offset: int,
         meters: Mapping[str, list[Any]],
+        token: str | None = None,
     ) -> None:
-        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters)))
+        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters), token))
+
+    def commit_token(self, stream: str, partition: int) -> str | None:
+        c = t.stream_partitions.c
+        with transient_errors():
+            return self.uow.connection.execute(
+                sa.select(c.commit_token).where(c.stream == stream, c.partition == partition)
+            ).scalar()
 
     def partitions(self, stream: str) -> list[int]:
         with transient_errors():
