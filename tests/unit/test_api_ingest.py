@@ -374,6 +374,19 @@ def test_ingest_into_a_stream_cut_into_other_partitions_is_a_503_that_says_so() 
         serial.submit([RawReading("M1", T0, "0.5")])
 
 
+def test_a_stream_cut_otherwise_meanwhile_is_the_same_503() -> None:
+    """Found on the reload after another process's commit, not at the first load: was a 500."""
+    store = InMemoryStreamStore()
+    serial = SerialPipeline(
+        lambda: StreamPipeline(StreamConfig(), 1, lambda: InMemoryStreamUnitOfWork(store), SystemClock())
+    )
+    serial.submit([RawReading("M1", T0, "0.5")])
+    store.partitions[("main", 0)] = (None, 7)  # a replay with three partitions wrote meanwhile
+    store.partitions[("main", 2)] = (None, 0)
+    with pytest.raises(Unavailable, match="3 partitions"):
+        serial.submit([RawReading("M2", T0, "0.5")])
+
+
 def test_a_batch_is_parsed_and_processed_without_automatic_garbage_collection(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

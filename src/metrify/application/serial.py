@@ -104,8 +104,8 @@ class SerialPipeline:
             pipeline = self.factory()
             try:
                 pipeline.load()
-            except PartitionCountMismatch as exc:  # the operator's to mend: say what, not a bare 500
-                raise Unavailable(f"ingest cannot run: {exc}", retry_after=60) from exc
+            except PartitionCountMismatch as exc:
+                raise _cannot_run(exc) from exc
             self._pipeline = pipeline
         return self._pipeline
 
@@ -142,7 +142,11 @@ class SerialPipeline:
         try:
             pipeline = self._loaded()
             rows = [row for job in jobs for row in job.rows]
-            outcomes = _attribute(rows, pipeline.process(rows), pipeline.partition_count)
+            try:
+                events = pipeline.process(rows)
+            except PartitionCountMismatch as exc:  # met on a reload after another writer's commit
+                raise _cannot_run(exc) from exc
+            outcomes = _attribute(rows, events, pipeline.partition_count)
             start = 0
             for job in jobs:
                 job.outcomes = outcomes[start : start + len(job.rows)]
@@ -152,6 +156,11 @@ class SerialPipeline:
             for job in jobs:
                 job.error = exc
             raise
+
+
+def _cannot_run(exc: PartitionCountMismatch) -> Unavailable:
+    """The operator's to mend: say what, not a bare 500."""
+    return Unavailable(f"ingest cannot run: {exc}", retry_after=60)
 
 
 def _attribute(rows: Sequence[RawReading], events: Sequence[Any], partitions: int) -> list[Any]:
