@@ -78,7 +78,8 @@ class AuthService:
         except InvalidUser:
             address = email.strip().lower()
         self.login_limit.check(self.cache, f"login:{address}", self.clock.now_us())
-        user = self.users.by_email(address)
+        # An address that is not one (NUL included, which PostgreSQL refuses to look up) has no user.
+        user = self.users.by_email(address) if "\x00" not in address else None
         if user is None:
             if self._dummy_hash is None:
                 self._dummy_hash = self.hasher.hash(uuid.uuid4().hex)

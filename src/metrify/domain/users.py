@@ -19,7 +19,8 @@ from enum import StrEnum
 # Whitespace as str.isspace() and str.strip() see it, spelled out so that every regex engine (Python's,
 # the JSON Schema of the API, pydantic's) reads the same class.
 WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-EMAIL_PATTERN = rf"^[^@{WHITESPACE}]+@[^@{WHITESPACE}]+\.[^@.{WHITESPACE}]+$"
+# No NUL anywhere: no store of ours holds one in text (PostgreSQL refuses it outright).
+EMAIL_PATTERN = rf"^[^@{WHITESPACE}\x00]+@[^@{WHITESPACE}\x00]+\.[^@.{WHITESPACE}\x00]+$"
 _EMAIL = re.compile(EMAIL_PATTERN)
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024

@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.state.metrics = ApiMetrics()
     app.state.readiness = check_services
     problems.install(app)
+    app.add_middleware(problems.NulRefusal)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for module in (auth, users, keys, telemetry, meters, outcomes, health):
         app.include_router(module.router)

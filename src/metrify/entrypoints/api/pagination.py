@@ -99,7 +99,7 @@ def int_key(value: Any) -> int:
 
 
 def str_key(value: Any) -> str:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or "\x00" in value:  # no id holds NUL (and PostgreSQL refuses it)
         raise TypeError("not a text key")
     return value
 
@@ -108,7 +108,7 @@ def tuple_key(*kinds: type) -> Callable[[Any], tuple[Any, ...]]:
     def shape(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list) or len(value) != len(kinds):
             raise TypeError("not a key of this list")
-        if any(type(v) is not kind for v, kind in zip(value, kinds, strict=True)):
+        if any(type(v) is not kind or (type(v) is str and "\x00" in v) for v, kind in zip(value, kinds, strict=True)):
             raise TypeError("not a key of this list")
         return tuple(int_key(v) if type(v) is int else v for v in value)
 

@@ -206,6 +206,22 @@ def install(app: FastAPI) -> None:
         return problem(request, 500, "an unexpected error; the server's log has the details")
 
 
+class NulRefusal:
+    """A path or query holding a NUL character is a 400 before any route sees it. No id, name or
+    filter holds one, and PostgreSQL refuses NUL in text outright: looked up there, such a value
+    was a 500 wherever it went in (found by a review; SQLite answered 404)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            refused = problem(Request(scope), 400, "the path or query holds a NUL character", slug="malformed-request")
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     "default": {
         "description": "A problem (RFC 9457): bad input, missing or refused credentials, a limit, an outage.",

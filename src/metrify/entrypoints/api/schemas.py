@@ -9,7 +9,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from metrify.domain.users import EMAIL_PATTERN, WHITESPACE, Role
 
 NONBLANK = f"[^{WHITESPACE}]"  # somewhere in the text: not only whitespace
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NONBLANK)]
+# not only whitespace, and no NUL anywhere (no store of ours holds one in text)
+NAME = rf"^[^\x00]*[^{WHITESPACE}\x00][^\x00]*$"
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=NAME)]
 Names = Annotated[list[Name], Field(max_length=10_000)]
 Email = Annotated[str, Field(min_length=5, max_length=320, pattern=EMAIL_PATTERN)]
 Password = Annotated[str, Field(min_length=8, max_length=1024, pattern=NONBLANK)]
