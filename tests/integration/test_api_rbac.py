@@ -140,6 +140,7 @@ def app_routes(api: Api) -> list[str]:
     for route in routes:
         methods, path = getattr(route, "methods", None), getattr(route, "path", None)
         assert methods and path, f"a route of an unknown kind: {route!r}"
+        path = getattr(route, "path_format", path)  # `{meter_id}`, whatever convertor matches it
         found += [f"{method} {path}" for method in sorted(methods) if method != "HEAD"]
     return found
 

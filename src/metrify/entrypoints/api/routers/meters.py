@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from starlette.convertors import Convertor, register_url_convertor
 
 from metrify.entrypoints.api import schemas as s
 from metrify.entrypoints.api.pagination import (
@@ -22,6 +23,30 @@ from metrify.entrypoints.api.pagination import (
 from metrify.entrypoints.api.problems import PROBLEM_RESPONSES
 from metrify.entrypoints.api.render import aggregate_out, meter_out, reading_out
 from metrify.entrypoints.api.security import CurrentUser, Services
+
+
+class MeterIdConvertor(Convertor[str]):
+    """A meter id in a path, `/` included: head-end systems name meters as they like (`site/7`,
+    sent as site%2F7, which the server decodes before it routes)."""
+
+    regex = ".+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class MeterAloneConvertor(MeterIdConvertor):
+    """The same, for the routes of the meter itself: not an id that ends in a route under a meter,
+    so that `M1/readings` is M1's readings (and PATCH there a 405), not a meter of that name."""
+
+    regex = "(?!.*/(?:readings|aggregates)$).+"
+
+
+register_url_convertor("meter", MeterIdConvertor())
+register_url_convertor("meter_alone", MeterAloneConvertor())
 
 router = APIRouter(prefix="/api/v1/meters", tags=["meters"], responses=PROBLEM_RESPONSES)
 
@@ -52,23 +77,7 @@ def register_meter(svc: Services, user: CurrentUser, body: s.MeterCreate) -> s.M
     return meter_out(svc.meters.register(user, body.meter_id, body.region, body.expected_interval_seconds))
 
 
-@router.get("/{meter_id}", response_model=s.MeterOut, summary="Read a meter")
-def get_meter(svc: Services, user: CurrentUser, meter_id: str) -> s.MeterOut:
-    return meter_out(svc.meters.visible(user, meter_id))
-
-
-@router.patch("/{meter_id}", response_model=s.MeterOut, summary="Change a meter's region or expected interval")
-def update_meter(svc: Services, user: CurrentUser, meter_id: str, body: s.MeterUpdate) -> s.MeterOut:
-    given = body.model_fields_set
-    changes: dict[str, Any] = {}
-    if "region" in given:
-        changes["region"] = body.region
-    if "expected_interval_seconds" in given:
-        changes["interval_seconds"] = body.expected_interval_seconds
-    return meter_out(svc.meters.update(user, meter_id, **changes))
-
-
-@router.get("/{meter_id}/readings", response_model=s.ReadingPage, summary="A meter's accepted readings")
+@router.get("/{meter_id:meter}/readings", response_model=s.ReadingPage, summary="A meter's accepted readings")
 def meter_readings(
     request: Request,
     svc: Services,
@@ -87,7 +96,7 @@ def meter_readings(
     return s.ReadingPage(items=[reading_out(r) for r in items], next_cursor=next_cursor)
 
 
-@router.get("/{meter_id}/aggregates", response_model=s.AggregatePage, summary="A meter's window aggregates")
+@router.get("/{meter_id:meter}/aggregates", response_model=s.AggregatePage, summary="A meter's window aggregates")
 def meter_aggregates(
     request: Request,
     svc: Services,
@@ -105,3 +114,21 @@ def meter_aggregates(
     found = svc.outcomes.aggregates(user, meter_id, window, when, decode_cursor(cursor, int_key), size + 1)
     items, next_cursor = page(found, size, lambda w: w.window_start)
     return s.AggregatePage(items=[aggregate_out(w) for w in items], next_cursor=next_cursor)
+
+
+@router.get("/{meter_id:meter_alone}", response_model=s.MeterOut, summary="Read a meter")
+def get_meter(svc: Services, user: CurrentUser, meter_id: str) -> s.MeterOut:
+    return meter_out(svc.meters.visible(user, meter_id))
+
+
+@router.patch(
+    "/{meter_id:meter_alone}", response_model=s.MeterOut, summary="Change a meter's region or expected interval"
+)
+def update_meter(svc: Services, user: CurrentUser, meter_id: str, body: s.MeterUpdate) -> s.MeterOut:
+    given = body.model_fields_set
+    changes: dict[str, Any] = {}
+    if "region" in given:
+        changes["region"] = body.region
+    if "expected_interval_seconds" in given:
+        changes["interval_seconds"] = body.expected_interval_seconds
+    return meter_out(svc.meters.update(user, meter_id, **changes))
