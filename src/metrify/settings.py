@@ -7,6 +7,7 @@ switches each port to its production adapter without code changes.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(us|ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
+MAX_DURATION_SECONDS = 100 * 365 * 86_400  # longer is no interval, window or lateness of a meter
+
+
 def parse_duration(value: object) -> float:
     """A duration in seconds from `90`, `90s`, `15m`, `1h`, `1d`, `1w` (a bare number is seconds)."""
     if isinstance(value, bool):
@@ -29,11 +33,18 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError("expected a duration such as 30m, 1h, 10s or a number of seconds")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("expected a duration such as 30m, 1h, 10s or a number of seconds")
+        try:
+            seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        except OverflowError:  # beyond a float (a `ms` or `us` count of 310 digits)
+            raise ValueError("the duration is too long") from None
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_SECONDS:
+        raise ValueError("the duration is too long (at most 100 years)")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -177,3 +177,57 @@ def test_a_replay_that_meets_another_run_of_itself_stops_in_one_line_with_exit_1
     assert code == 1
     assert_one_line(err)
     assert "another run of this replay committed" in err
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--speed", "nan"],  # nan <= 0 is false: it ran unpaced without a word
+        ["--speed", "1e-7"],  # its wait overflowed the platform's time
+        ["--max-delay", "inf"],
+        ["--max-delay", "1e303"],
+    ],
+)
+def test_a_speed_or_delay_out_of_range_is_one_line_and_exit_2(
+    options: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text("meter_id,timestamp,kwh\nM1,2024-03-04T10:00:00Z,0.5\n")
+    code, _, err = run(["replay", str(rows), *options, "--delay-prob", "1"], capsys)
+    assert code == 2
+    assert_one_line(err)
+
+
+@pytest.mark.parametrize("value", ["9" * 310 + "ms", "9" * 400 + "us", "1000000w"])
+def test_a_duration_setting_beyond_any_meter_s_is_one_line_and_exit_2(
+    value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRIFY_STREAM__INTERVAL", value)  # was a traceback (OverflowError)
+    code, _, err = run(["info"], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "METRIFY_STREAM__INTERVAL" in err
+
+
+def test_a_pipe_is_refused_as_a_replay_s_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A replay reads its file more than once (format, fingerprint, rows): a pipe gave it nothing,
+    and it reported 0 rows, success, and the source finished."""
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    code, _, err = run(["replay", str(fifo)], capsys)
+    assert code == 2
+    assert_one_line(err)
+    assert "not a regular file" in err
+
+
+def test_a_file_name_is_shown_as_it_is_not_as_markup(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = tmp_path / "["
+    folder.mkdir()
+    rows = folder / "x].csv"  # `[/x]` in the path was a closing tag to rich: MarkupError on the second run
+    rows.write_text("meter_id,timestamp,kwh\nM1,2024-03-04T10:00:00Z,0.5\n")
+    named = tmp_path / "readings [final].csv"
+    named.write_text(rows.read_text())
+    for path in (rows, named):
+        assert run(["replay", str(path)], capsys)[0] == 0
+        code, out, _ = run(["replay", str(path)], capsys)
+        assert code == 0 and str(path) in " ".join(out.split())

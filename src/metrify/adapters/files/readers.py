@@ -10,6 +10,7 @@ import codecs
 import csv
 import hashlib
 import io
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,16 @@ class FileReadingSource:
             self._columns = self._csv_columns()
 
     def _detect_format(self) -> str:
-        if not self.path.exists():
-            raise SourceError(f"{self.path}: no such file")
-        if self.path.is_dir():
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            raise SourceError(f"{self.path}: no such file") from None
+        except OSError as exc:  # a folder on the way that may not be searched, a name too long
+            raise SourceError(f"{self.path}: cannot be read ({exc.strerror or exc})") from None
+        if stat.S_ISDIR(mode):
             raise SourceError(f"{self.path}: is a folder, not a file")
+        if not stat.S_ISREG(mode):  # read once, a pipe would give the replay nothing to read
+            raise SourceError(f"{self.path}: is not a regular file (a replay reads its file more than once)")
         if self.path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
             return "jsonl"
         try:

@@ -8,6 +8,7 @@ import time
 from types import TracebackType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -75,7 +76,7 @@ class ReplayProgress:
 def print_summary(console: Console, name: str, report: ReplayReport) -> None:
     tally = report.tally
     rate = tally.rows / report.seconds if report.seconds > 0 else 0.0
-    table = Table(title=f"replay of {name}: {tally.rows:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s)")
+    table = Table(title=f"replay of {escape(name)}: {tally.rows:,} rows in {report.seconds:.1f} s ({rate:,.0f} rows/s)")
     table.add_column("outcome")
     table.add_column("detail")
     table.add_column("count", justify="right")

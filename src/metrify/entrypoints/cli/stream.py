@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from metrify.application.exports import EXPORT_KINDS
 from metrify.application.network import NetworkProfile
@@ -38,9 +39,15 @@ def _probability(value: float) -> float:
     return value
 
 
-def _positive(value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise typer.BadParameter("must be greater than 0")
+def _speed(value: float | None) -> float | None:
+    if value is not None and not 0.001 <= value <= 1e9:  # nan included
+        raise typer.BadParameter("must be between 0.001 and 1e9 (times real time)")
+    return value
+
+
+def _seconds(value: float) -> float:
+    if not 0 <= value <= 31_536_000:  # nan included
+        raise typer.BadParameter("must be between 0 and 31536000 (a year)")
     return value
 
 
@@ -52,10 +59,12 @@ def replay(
     ] = None,
     speed: Annotated[
         float | None,
-        typer.Option(callback=_positive, help="Pace by event time at X times real time (default: as fast as it can)."),
+        typer.Option(callback=_speed, help="Pace by event time at X times real time (default: as fast as it can)."),
     ] = None,
     delay_prob: Annotated[float, typer.Option(callback=_probability, help="Share of rows the network delays.")] = 0.0,
-    max_delay: Annotated[float, typer.Option(min=0, help="Longest network delay, in seconds of event time.")] = 300.0,
+    max_delay: Annotated[
+        float, typer.Option(callback=_seconds, help="Longest network delay, in seconds of event time.")
+    ] = 300.0,
     drop_prob: Annotated[float, typer.Option(callback=_probability, help="Share of rows the network loses.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulated network (same seed, same arrivals).")] = 0,
     batch_size: Annotated[
@@ -126,7 +135,8 @@ def _replay_file(file: Path, options: ReplayOptions, workers: int = 1) -> None:
     except ReplayedElsewhere as exc:
         raise UserError(str(exc), 1) from None
     if report.already_done:
-        console.print(f"{file} was already replayed into this database ({report.skipped_rows} rows); nothing to do.")
+        done = f"{file} was already replayed into this database ({report.skipped_rows} rows); nothing to do."
+        console.print(escape(done))
         return
     print_summary(console, file.name, report)
 
@@ -205,7 +215,7 @@ def demo(
     profile = FleetProfile(meters=meters, days=days, seed=seed)
     path = state.settings.data_dir / "demo" / f"fleet-{meters}m-{days}d-seed{seed}.csv"
     rows = write_fleet_csv(path, profile)
-    console.print(f"wrote {rows:,} readings from {meters} meters over {days} days to {path}")
+    console.print(escape(f"wrote {rows:,} readings from {meters} meters over {days} days to {path}"))
     _replay_file(path, ReplayOptions(partitions=state.settings.stream.partitions))
     console.print(
         "\nTry next:\n"
