@@ -30,18 +30,18 @@ def parse_duration(value: object) -> float:
     """A duration in seconds from `90`, `90s`, `15m`, `1h`, `1d`, `1w` (a bare number is seconds)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30m, 1h, 10s or a number of seconds")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError("expected a duration such as 30m, 1h, 10s or a number of seconds")
-        try:
-            seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        except OverflowError:  # beyond a float (a `ms` or `us` count of 310 digits)
-            raise ValueError("the duration is too long") from None
+    try:  # as a float: a count beyond one (310 digits, as a number or as text) overflows here
+        if isinstance(value, int | float):
+            if value < 0:
+                raise ValueError("a duration cannot be negative")
+            seconds = float(value)
+        else:
+            match = _DURATION.match(str(value))
+            if not match:
+                raise ValueError("expected a duration such as 30m, 1h, 10s or a number of seconds")
+            seconds = float(int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    except OverflowError:
+        seconds = math.inf
     if not math.isfinite(seconds) or seconds > MAX_DURATION_SECONDS:
         raise ValueError("the duration is too long (at most 100 years)")
     return seconds

@@ -198,7 +198,7 @@ def test_a_speed_or_delay_out_of_range_is_one_line_and_exit_2(
     assert_one_line(err)
 
 
-@pytest.mark.parametrize("value", ["9" * 310 + "ms", "9" * 400 + "us", "1000000w"])
+@pytest.mark.parametrize("value", ["9" * 310 + "ms", "9" * 400 + "us", "9" * 400 + "s", "9" * 400, "1000000w"])
 def test_a_duration_setting_beyond_any_meter_s_is_one_line_and_exit_2(
     value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

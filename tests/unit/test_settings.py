@@ -87,3 +87,11 @@ def test_durations_read_with_units(text: str, seconds: int) -> None:
 def test_durations_refuse_what_they_cannot_read(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "value", [10**400, float("inf"), float("nan"), "9" * 400, "9" * 400 + "s", "9" * 310 + "ms", "101000d"]
+)
+def test_durations_beyond_a_float_or_100_years_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="too long"):
+        parse_duration(value)
