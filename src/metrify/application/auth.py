@@ -74,12 +74,13 @@ class AuthService:
         """A token pair for the right email and password of an active user. Attempts per email are
         rate-limited, and an unknown email costs as much as a wrong password (no user enumeration)."""
         try:
-            address = normalise_email(email)
+            address, valid = normalise_email(email), True
         except InvalidUser:
-            address = email.strip().lower()
+            address, valid = email.strip().lower(), False
         self.login_limit.check(self.cache, f"login:{address}", self.clock.now_us())
-        # An address that is not one (NUL included, which PostgreSQL refuses to look up) has no user.
-        user = self.users.by_email(address) if "\x00" not in address else None
+        # Every user's address is a valid one: another is not looked up (PostgreSQL could not look
+        # one holding NUL up at all).
+        user = self.users.by_email(address) if valid else None
         if user is None:
             if self._dummy_hash is None:
                 self._dummy_hash = self.hasher.hash(uuid.uuid4().hex)

@@ -108,8 +108,8 @@ def tuple_key(*kinds: type) -> Callable[[Any], tuple[Any, ...]]:
     def shape(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list) or len(value) != len(kinds):
             raise TypeError("not a key of this list")
-        if any(type(v) is not kind or (type(v) is str and "\x00" in v) for v, kind in zip(value, kinds, strict=True)):
+        if any(type(v) is not kind for v, kind in zip(value, kinds, strict=True)):
             raise TypeError("not a key of this list")
-        return tuple(int_key(v) if type(v) is int else v for v in value)
+        return tuple(int_key(v) if type(v) is int else str_key(v) if type(v) is str else v for v in value)
 
     return shape
