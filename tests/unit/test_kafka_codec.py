@@ -52,3 +52,17 @@ def test_output_messages_stay_under_the_envelope_size_and_keep_every_record_in_o
     assert all(len(m) <= ENVELOPE_BYTES for m in messages)
     assert len(messages) > len(records) // ENVELOPE_RECORDS + 1  # 500 of these would be ~1.3 MB
     assert [r for m in messages for r in decode_records(REJECTED, m)] == records
+
+
+def test_a_raw_value_as_deep_as_intake_reads_comes_back_from_its_output_message() -> None:
+    """Intake reads JSON up to MAX_DEPTH levels; the rejected reading's output wraps its raw value
+    two levels deeper (envelope, record), and the sink must read that back, not refuse it."""
+    from metrify.adapters import json_text
+    from metrify.adapters.kafka.codec import REJECTED, decode_records, encode_records
+    from metrify.domain.stream.events import ReadingRejected
+
+    depth = json_text.MAX_DEPTH - 1  # the reading's object is the first level
+    line = b'{"meter_id": "M1", "timestamp": ' + b"[" * depth + b"]" * depth + b', "consumption_kwh": 1}'
+    raw = json_text.loads(line)["timestamp"]
+    rejected = [ReadingRejected("M1", raw, 1, "invalid_timestamp", 0, None, 0)]
+    assert decode_records(REJECTED, encode_records(REJECTED, rejected)) == rejected

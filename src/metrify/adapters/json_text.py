@@ -43,28 +43,32 @@ def may_hold_long_integers(data: bytes) -> bool:
 
 
 def loads(data: bytes, *, text_only: bool = True) -> Any:
-    """The JSON value of `data`, exactly; NotJson when there is none. With `text_only` False, lone
-    surrogates are kept (the stream's own outputs carry a reading's raw values that way)."""
+    """The JSON value of `data`, exactly; NotJson when there is none. With `text_only` False (the
+    stream's own outputs) lone surrogates are kept, as outputs carry a reading's raw values that
+    way, and the depth is not checked: a raw value passed that check where it came in, and its
+    output wraps it a level or two deeper, which must still read back."""
     if not may_hold_long_integers(data):
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
         else:
-            return _shallow(data, value)
+            return _shallow(data, value) if text_only else value
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise NotJson(str(exc)[:120]) from None
-    value = _shallow(data, value)
-    if text_only and holds_lone_surrogate(value):
-        raise NotJson("a string holds a lone surrogate, not Unicode text")
+    if text_only:
+        value = _shallow(data, value)
+        if holds_lone_surrogate(value):
+            raise NotJson("a string holds a lone surrogate, not Unicode text")
     return value
 
 
 def _shallow(data: bytes, value: Any) -> Any:
     """`value`, or NotJson when it is nested deeper than MAX_DEPTH levels."""
-    if type(value) is dict or type(value) is list:
+    # No deeper than it has opening brackets: a single reading (a few) is settled by two counts.
+    if (type(value) is dict or type(value) is list) and data.count(b"{") + data.count(b"[") > MAX_DEPTH:
         if not nested_within(data, MAX_DEPTH // 2) and nested_deeper_than(value, MAX_DEPTH):
             raise NotJson(f"the document is nested deeper than {MAX_DEPTH} levels")
     return value
