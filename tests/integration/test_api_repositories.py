@@ -94,6 +94,19 @@ def test_users_are_stored_found_changed_and_listed_alike(ports: Ports) -> None:
     assert repo.count_active_admins() == 1
 
 
+def test_a_password_hash_is_replaced_only_while_it_is_the_one_expected(ports: Ports) -> None:
+    repo = ports.users
+    repo.add(user(1, Role.OPERATOR, regions=frozenset({"north"})))
+    repo.save(repo.get("id-1").changed(active=False))
+    assert repo.replace_password_hash("id-1", "hash-1", "hash-1b") is True
+    assert repo.get("id-1") == user(1, Role.OPERATOR, regions=frozenset({"north"})).changed(
+        active=False, password_hash="hash-1b"
+    )  # nothing else changed
+    assert repo.replace_password_hash("id-1", "hash-1", "hash-1c") is False
+    assert repo.replace_password_hash("nobody", "hash-1b", "x") is False
+    assert repo.get("id-1").password_hash == "hash-1b"
+
+
 def test_ingest_keys_are_found_by_hash_and_revoked_alike(ports: Ports) -> None:
     repo = ports.keys
     scoped = IngestKey("k1", "gw", "h1", "mtk_ab", frozenset({"north", "south"}), False, "admin", 10)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jwt
 import pytest
-from tests.support.api import PASSWORD, SECRET, Api, Fakes, api_settings, memory_container, running_api
+from tests.support.api import PASSWORD, SECRET, Api, Fakes, api_settings, fast_hasher, memory_container, running_api
 
+from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec
 from metrify.adapters.memory.bus import InMemoryCache
-from metrify.application.auth import password_fingerprint
-from metrify.application.errors import RateLimited
+from metrify.adapters.memory.users import InMemoryUserRepository
+from metrify.adapters.system import SystemClock
+from metrify.application.auth import AuthService, password_fingerprint
+from metrify.application.errors import AuthenticationFailed, RateLimited
 from metrify.application.rate_limits import RateLimit
-from metrify.domain.users import Role
+from metrify.domain.users import Role, User
 from metrify.settings import AuthSettings
 
 
@@ -181,6 +184,30 @@ def test_a_rate_limit_window_opens_with_the_first_request_and_keeps_one_counter(
     RateLimit(0, 60).check(cache, "v", now[0])
 
 
+def test_expired_counters_of_subjects_never_seen_again_do_not_pile_up() -> None:
+    now = [0.0]
+    cache = InMemoryCache(clock=lambda: now[0])
+    limit = RateLimit(5, 60)
+    for n in range(20_000):  # sign-in attempts, each with another address, a second apart
+        now[0] = float(n)
+        limit.check(cache, f"login:someone-{n}@example.com", round(now[0] * 1e6))
+    # a minute's counters (two keys each) are live; the rest have expired and gone but for the
+    # ones since the last sweep, which at most doubles what is live
+    assert len(cache) <= 2 * max(InMemoryCache.SWEEP_FLOOR, 2 * 2 * 60)
+    assert cache.get("rate:login:someone-19999@example.com") == b"1"
+
+
+def test_a_long_subject_is_counted_under_a_short_key() -> None:
+    cache = InMemoryCache()
+    limit = RateLimit(1, 60)
+    subject = "login:" + "x" * 1_000_000
+    limit.check(cache, subject, 0)
+    with pytest.raises(RateLimited):
+        limit.check(cache, subject, 1)  # still counted as the same subject
+    limit.check(cache, subject + "y", 2)  # another one
+    assert max(len(key) for key in cache._items) < 300
+
+
 def test_a_changed_password_ends_every_session_issued_before(api: Api) -> None:
     stolen = api.sign_in("user@example.com")
     user_id = api.users[Role.USER].user_id
@@ -233,3 +260,69 @@ def test_a_refresh_token_raced_by_two_requests_gives_one_pair(api: Api) -> None:
         racer.join()
     auth.users = users
     assert sorted(statuses) == [200, 401]
+
+
+class _MidLoginHasher(Argon2PasswordHasher):
+    """Real argon2, whose stored hashes all need a rehash, and which lets something happen while
+    a password is being verified (what an ADMIN does during a slow login)."""
+
+    def __init__(self, during_verify: Callable[[], None]) -> None:
+        super().__init__(fast_hasher().hasher)
+        self.during_verify = during_verify
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        self.during_verify()
+        return super().verify(password_hash, password)
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return True
+
+
+def _auth_service(users: InMemoryUserRepository, hasher: _MidLoginHasher) -> AuthService:
+    return AuthService(
+        users,
+        hasher,
+        JwtTokenCodec(SECRET),
+        InMemoryCache(),
+        SystemClock(),
+        access_ttl=900,
+        refresh_ttl=3600,
+        login_limit=RateLimit(0, 60),
+    )
+
+
+def _stored_user(users: InMemoryUserRepository) -> User:
+    user = User("u-1", "user@example.com", Role.OPERATOR, fast_hasher().hash(PASSWORD), created_at=0)
+    users.add(user)
+    return user
+
+
+def test_a_login_that_rehashes_the_password_keeps_a_deactivation_made_during_it() -> None:
+    users = InMemoryUserRepository()
+    user = _stored_user(users)
+    deactivate = lambda: users.save(users.users[user.user_id].changed(active=False))  # noqa: E731
+    service = _auth_service(users, _MidLoginHasher(deactivate))
+    with pytest.raises(AuthenticationFailed):
+        service.login("user@example.com", PASSWORD)
+    stored = users.users[user.user_id]
+    assert stored.active is False  # the login did not write its stale copy back
+
+
+def test_a_login_that_rehashes_keeps_a_role_change_made_during_it_and_stores_the_new_hash() -> None:
+    users = InMemoryUserRepository()
+    user = _stored_user(users)
+    demote = lambda: users.save(users.users[user.user_id].changed(role=Role.USER))  # noqa: E731
+    tokens = _auth_service(users, _MidLoginHasher(demote)).login("user@example.com", PASSWORD)
+    stored = users.users[user.user_id]
+    assert stored.role is Role.USER and stored.password_hash != user.password_hash
+    assert jwt.decode(tokens.access_token, SECRET, algorithms=["HS256"])["role"] == "USER"
+
+
+def test_a_login_with_the_old_password_fails_when_the_password_is_changed_during_it() -> None:
+    users = InMemoryUserRepository()
+    user = _stored_user(users)
+    new_hash = fast_hasher().hash("another good passphrase")
+    change = lambda: users.save(users.users[user.user_id].changed(password_hash=new_hash))  # noqa: E731
+    with pytest.raises(AuthenticationFailed):
+        _auth_service(users, _MidLoginHasher(change)).login("user@example.com", PASSWORD)
+    assert users.users[user.user_id].password_hash == new_hash

@@ -89,8 +89,16 @@ class AuthService:
         if not self.hasher.verify(user.password_hash, password) or not user.active:
             raise AuthenticationFailed(_BAD_LOGIN)
         if self.hasher.needs_rehash(user.password_hash):
-            user = user.changed(password_hash=self.hasher.hash(password))
-            self.users.save(user)
+            # Only the hash, and only if it is still the one verified: the user read above may be
+            # stale by now (an ADMIN deactivated or demoted them during the slow verify), and
+            # saving it whole would undo that change.
+            # A hash changed meanwhile means a new password: the one given here is not it.
+            rehashed = self.hasher.hash(password)
+            if not self.users.replace_password_hash(user.user_id, user.password_hash, rehashed):
+                raise AuthenticationFailed(_BAD_LOGIN)
+            user = self.users.get(user.user_id)
+            if user is None or not user.active or user.password_hash != rehashed:
+                raise AuthenticationFailed(_BAD_LOGIN)
         return self._issue(user)
 
     def refresh(self, refresh_token: str) -> TokenPair:

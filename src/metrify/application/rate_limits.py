@@ -2,17 +2,22 @@
 
 A subject's window opens with its first request and lasts `window_seconds`; the counter is one
 cache key per subject that expires with its window, so counters never pile up however long the
-process runs. Its opening time is kept next to it, to tell a refused client when to come back.
+process runs. Its opening time is kept next to it, to tell a refused client when to come back. A
+long subject (anything a client sends, such as an email address of a megabyte) is keyed by its
+SHA-256, so that no request makes a key longer than `MAX_SUBJECT` characters.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
 from metrify.application.errors import RateLimited
 from metrify.application.ports import Cache
 from metrify.domain.stream.config import US
+
+MAX_SUBJECT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,8 @@ class RateLimit:
         """Count one request of `subject`; raise RateLimited with the seconds left in the window when over."""
         if self.limit <= 0:
             return
+        if len(subject) > MAX_SUBJECT:
+            subject = "sha256:" + hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()
         key = f"rate:{subject}"
         count = cache.incr(key, self.window_seconds)
         if count == 1:

@@ -26,6 +26,11 @@ class UserRepository(Protocol):
         """Replace a stored user's fields and assignments."""
         ...
 
+    def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        """Set the user's password hash to `new_hash` if it is still `old_hash`, touching nothing
+        else; False when it had changed meanwhile (or the user is gone)."""
+        ...
+
     def list(self, after_email: str | None, limit: int) -> list[User]:
         """Users ordered by email, those after `after_email` only."""
         ...

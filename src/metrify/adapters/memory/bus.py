@@ -28,12 +28,31 @@ class InMemoryEventBus:
 
 
 class InMemoryCache:
-    """A thread-safe dict with expiry, measured on a monotonic clock."""
+    """A thread-safe dict with expiry, measured on a monotonic clock.
+
+    An expired item goes when its key is read again, and every item that has expired goes
+    whenever the dict has doubled since the last such sweep: keys that are never read again (a
+    rate-limit counter of an address tried once, a revoked token's mark) do not pile up, for a
+    sweep's cost spread over as many writes as items it looked at."""
+
+    SWEEP_FLOOR = 1024  # no sweep below this many items
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._items: dict[str, tuple[bytes, float | None]] = {}
         self._lock = threading.Lock()
+        self._sweep_at = self.SWEEP_FLOOR
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _put(self, key: str, item: tuple[bytes, float | None]) -> None:
+        self._items[key] = item
+        if len(self._items) >= self._sweep_at:
+            now = self._clock()
+            for stale in [k for k, (_, expires) in self._items.items() if expires is not None and expires <= now]:
+                del self._items[stale]
+            self._sweep_at = max(self.SWEEP_FLOOR, 2 * len(self._items))
 
     def _live(self, key: str) -> tuple[bytes, float | None] | None:
         item = self._items.get(key)
@@ -50,13 +69,13 @@ class InMemoryCache:
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
         with self._lock:
             expires = None if ttl_seconds is None else self._clock() + ttl_seconds
-            self._items[key] = (value, expires)
+            self._put(key, (value, expires))
 
     def incr(self, key: str, ttl_seconds: float) -> int:
         with self._lock:
             item = self._live(key)
             if item is None:
-                self._items[key] = (b"1", self._clock() + ttl_seconds)
+                self._put(key, (b"1", self._clock() + ttl_seconds))
                 return 1
             count = int(item[0]) + 1
             self._items[key] = (str(count).encode(), item[1])
@@ -66,7 +85,7 @@ class InMemoryCache:
         with self._lock:
             if self._live(key) is not None:
                 return False
-            self._items[key] = (value, self._clock() + ttl_seconds)
+            self._put(key, (value, self._clock() + ttl_seconds))
             return True
 
     def delete(self, key: str) -> None:

@@ -34,6 +34,14 @@ class InMemoryUserRepository:
             if user.user_id in self.users:
                 self.users[user.user_id] = user
 
+    def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        with self._lock:
+            user = self.users.get(user_id)
+            if user is None or user.password_hash != old_hash:
+                return False
+            self.users[user_id] = user.changed(password_hash=new_hash)
+            return True
+
     def list(self, after_email: str | None, limit: int) -> list[User]:
         ordered = sorted(self.users.values(), key=lambda u: u.email)
         return [u for u in ordered if after_email is None or u.email > after_email][:limit]

@@ -101,6 +101,16 @@ class SqlAlchemyUserRepository:
             )
             self._write_assignments(connection, user)
 
+    def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        c = t.users.c
+        stmt = (
+            t.users.update()
+            .where(c.user_id == user_id, c.password_hash == old_hash)
+            .values(password_hash=new_hash, updated_at=_now_us())
+        )
+        with transient_errors(), self.engine.begin() as connection:
+            return connection.execute(stmt).rowcount == 1
+
     def list(self, after_email: str | None, limit: int) -> list[User]:
         stmt = sa.select(t.users).order_by(t.users.c.email).limit(limit)
         if after_email is not None:
