@@ -44,7 +44,7 @@ class Ports:
 
 def memory_ports() -> Ports:
     store = InMemoryStreamStore()
-    meters = InMemoryMeterRegistry()
+    meters = InMemoryMeterRegistry(store)
     pipeline = StreamPipeline(StreamConfig(), 2, lambda: InMemoryStreamUnitOfWork(store), SystemClock())
     queries = InMemoryFleetQueries(store, meters)
     return Ports(InMemoryUserRepository(), InMemoryIngestKeyRepository(), meters, queries, pipeline)
@@ -138,6 +138,23 @@ def test_the_meter_registry_lists_by_scope_and_registers_only_what_is_missing(po
     assert registry.list(Scope(), None, None, 10) == []
     assert registry.regions_of(["A", "C", "Z"]) == {"A": "north", "C": None}
     assert registry.intervals() == {"A": 1800, "B": 900}  # what the stream takes for these meters
+
+
+def test_the_registry_tells_the_region_of_a_meter_s_history_alike(ports: Ports) -> None:
+    ports.pipeline.load()
+    ports.pipeline.process(
+        [
+            RawReading("H-1", "2024-03-04T10:00:00Z", "0.5", extra={"region": "south"}),
+            RawReading("H-1", "2024-03-04T12:00:00Z", "0.5", extra={"region": "north"}),  # the latest
+            RawReading("H-1", "2024-03-04T11:00:00Z", "0.5", extra={"region": "east"}),  # late
+            RawReading("H-2", "2024-03-04T12:00:00Z", "0.5"),
+            RawReading("H-3", "never", "0.5"),  # rejected only
+            RawReading("H-4", "2024-03-04T12:00:00Z", "0.5", extra={"region": 7}),  # stored as text
+        ]
+    )
+    wanted = ["H-1", "H-2", "H-3", "H-4", "NONE"]
+    assert ports.meters.history_regions(wanted) == {"H-1": "north", "H-2": None, "H-3": None, "H-4": "7"}
+    assert ports.meters.history_regions([]) == {}
 
 
 PROFILE = FleetProfile(meters=24, days=2, seed=5)

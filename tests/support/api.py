@@ -55,6 +55,10 @@ class Fakes:
     keys: InMemoryIngestKeyRepository = field(default_factory=InMemoryIngestKeyRepository)
     meters: InMemoryMeterRegistry = field(default_factory=InMemoryMeterRegistry)
 
+    def __post_init__(self) -> None:
+        if self.meters.store is None:
+            self.meters.store = self.store  # the registry sees the stream's history, as the database's does
+
 
 def memory_container(settings: Settings, fakes: Fakes) -> Container:
     """The container with every storage port on its in-memory fake."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -21,10 +21,11 @@ from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemorySt
 from metrify.adapters.memory.users import InMemoryIngestKeyRepository
 from metrify.adapters.system import SystemClock
 from metrify.application.errors import AuthenticationFailed, Unavailable
-from metrify.application.ingest import KeyAdmin
+from metrify.application.ingest import Ingest, KeyAdmin
 from metrify.application.ports import TransientStoreError
 from metrify.application.serial import BoundedBackoff, SerialPipeline
 from metrify.application.stream import StreamPipeline
+from metrify.domain.ingest_keys import IngestKey
 from metrify.domain.readings import Meter, RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.users import Role, User
@@ -459,3 +460,82 @@ def test_a_request_that_fails_the_group_s_transaction_fails_alone() -> None:
     assert isinstance(results["poison"], ValueError)
     assert sorted(meter for meter, _ in store.readings) == ["M1", "M3"]
     assert [event.meter_id for event in serial.submit([RawReading("M2", T0, "0.5")])] == ["M2"]  # on the store's state
+
+
+def _history(fakes: Fakes, *rows: RawReading) -> None:
+    """Readings the stream stored without the API (a replay, Kafka's direct producers): their
+    meters have a history and are registered nowhere."""
+    pipeline = StreamPipeline(StreamConfig(), 1, lambda: InMemoryStreamUnitOfWork(fakes.store), SystemClock())
+    pipeline.load()
+    pipeline.process(list(rows))
+
+
+def test_an_unregistered_meter_with_a_history_is_in_the_region_of_that_history(api: Api, fakes: Fakes) -> None:
+    _history(
+        fakes,
+        RawReading("SOUTH-7", T0, "0.5", extra={"region": "south"}),
+        RawReading("BARE-1", T0, "0.5"),  # a history of no region
+        RawReading("BAD-1", "not a time", "0.5"),  # only a rejected reading: no region either
+    )
+    key = api.ingest_key(regions=["north"])
+    later = "2024-03-04T11:00:00Z"
+    body = {"readings": [reading(m, later, region="north") for m in ("SOUTH-7", "BARE-1", "BAD-1", "NEW-1")]}
+    out = post(api, key, body)
+    assert out["accepted"] == 1  # NEW-1 alone: the others' histories are not north's
+    assert out["refused"] == [
+        {"index": 0, "reason": "region_not_allowed"},
+        {"index": 1, "reason": "region_unknown"},
+        {"index": 2, "reason": "region_unknown"},
+    ]
+    assert fakes.meters.get("SOUTH-7") is None and fakes.meters.get("NEW-1") == Meter("NEW-1", "north")
+    south = post(api, api.ingest_key(regions=["south"]), {"readings": [reading("SOUTH-7", later)]})
+    assert south["accepted"] == 1
+    assert fakes.meters.get("SOUTH-7") == Meter("SOUTH-7", "south")  # registered in its history's region
+
+
+def test_an_operator_registers_no_meter_whose_history_is_of_another_region(api: Api, fakes: Fakes) -> None:
+    _history(
+        fakes,
+        RawReading("SOUTH-7", T0, "0.5", extra={"region": "south"}),
+        RawReading("NORTH-7", T0, "0.5", extra={"region": "north"}),
+    )
+    operator = api.headers(Role.OPERATOR)  # of north
+
+    def register(meter_id: str, headers: dict[str, str]) -> int:
+        body = {"meter_id": meter_id, "region": "north"}
+        return api.client.post("/api/v1/meters", json=body, headers=headers).status_code
+
+    assert register("SOUTH-7", operator) == 403
+    assert api.client.get("/api/v1/meters/SOUTH-7/readings", headers=operator).status_code == 404
+    assert register("NORTH-7", operator) == 201  # its history is north's
+    assert register("NEVER-SEEN", operator) == 201
+    assert register("SOUTH-7", api.headers(Role.ADMIN)) == 201  # an ADMIN decides
+
+
+class _Queued:
+    """The raw topic, as a list."""
+
+    def __init__(self) -> None:
+        self.readings: list[RawReading] = []
+
+    def produce(self, readings: Sequence[RawReading]) -> None:
+        self.readings.extend(readings)
+
+
+def test_on_kafka_the_first_key_to_send_a_meter_claims_it_for_its_region() -> None:
+    fakes = Fakes()
+    ingest = Ingest(fakes.meters, SystemClock(), producer=_Queued())
+    north = IngestKey("k1", "north gateway", "h1", "mtk_1", frozenset({"north"}))
+    everything = IngestKey("k2", "head end", "h2", "mtk_2", all_regions=True)
+    first = [
+        RawReading("N-1", T0, "0.5", extra={"region": "north"}),
+        RawReading("N-1", T0, "0.5", extra={"region": "south"}),  # refused: south is not the key's
+        RawReading(" ", T0, "0.5", extra={"region": "north"}),  # no meter id: nothing to register
+    ]
+    report = ingest.ingest(north, first)
+    assert report.queued == 2 and report.refused == [(1, "region_not_allowed")]
+    assert fakes.meters.meters == {"N-1": Meter("N-1", "north")}
+    ingest.ingest(everything, [RawReading("N-1", T0, "0.5", extra={"region": "south"})])
+    assert fakes.meters.get("N-1") == Meter("N-1", "north")  # claimed already: the registry's region stays
+    later = ingest.ingest(IngestKey("k3", "south gateway", "h3", "mtk_3", frozenset({"south"})), first[1:2])
+    assert later.refused == [(0, "region_not_allowed")]

@@ -151,12 +151,24 @@ class Ingest:
 
     def ingest(self, key: IngestKey, rows: Sequence[RawReading]) -> IngestReport:
         report = IngestReport(received=len(rows), processed=self.producer is None)
-        indices, admitted = self._admit(key, rows, report)
+        indices, admitted, history = self._admit(key, rows, report)
         if not admitted:
             return report
         if self.producer is not None:
             self.producer.produce(admitted)
             report.queued = len(admitted)
+            # The workers decide what becomes of the readings; the meters are claimed here, as the
+            # embedded path claims them once its batch is stored: the first key to send a meter's
+            # readings names its region (or its history does), and no later reading can.
+            self._register(
+                {
+                    meter_id: history[meter_id] if meter_id in history else _text_region(row.extra)
+                    for row in reversed(admitted)  # the first claim in the batch wins
+                    if (meter_id := normalise_meter_id(row.meter_id))
+                    and meter_id not in self._registered
+                    and "\x00" not in meter_id  # a missing id is rejected; NUL cannot be stored
+                }
+            )
             return report
         assert self.pipeline is not None
         outcomes = self.pipeline.submit(admitted)
@@ -168,48 +180,62 @@ class Ingest:
                 if event.status == "LATE":
                     report.late += 1
                 if event.meter_id not in self._registered:
-                    seen.setdefault(event.meter_id, _text_region(event.extra))
+                    meter_id = event.meter_id
+                    seen.setdefault(meter_id, history[meter_id] if meter_id in history else _text_region(event.extra))
             elif kind is ReadingRejected:
                 report.rejected += 1
                 report.rejected_by_reason[event.reason] += 1
                 report.rejected_readings.append((index, event.reason))
             elif kind is ReadingTooLate:
                 report.too_late += 1
-        if seen:
-            # The batch is committed: whatever happens here, the answer is its 202 (a 503 would
-            # invite a retry that records its rejected and too-late readings twice). A meter not
-            # registered now is tried again with its next reading.
-            try:
-                self.meters.register_missing(seen, self.clock.now_us())
-            except Exception:
-                log.warning(
-                    "meters of a committed batch not registered yet: %s", ", ".join(sorted(seen)[:5]), exc_info=True
-                )
-            else:
-                if len(self._registered) > 1_000_000:  # a memory of meters already registered, bounded
-                    self._registered.clear()
-                self._registered.update(seen)
+        self._register(seen)
         return report
+
+    def _register(self, meters: dict[str, str | None]) -> None:
+        """Register these meters (those registered already stay as they are). The readings are
+        stored or queued: whatever happens here, the answer is the batch's 202 (a 503 would invite
+        a retry that records them twice). A meter not registered now is tried again with its
+        next reading."""
+        if not meters:
+            return
+        try:
+            self.meters.register_missing(meters, self.clock.now_us())
+        except Exception:
+            log.warning("meters of a batch not registered yet: %s", ", ".join(sorted(meters)[:5]), exc_info=True)
+        else:
+            if len(self._registered) > 1_000_000:  # a memory of meters already registered, bounded
+                self._registered.clear()
+            self._registered.update(meters)
 
     def _admit(
         self, key: IngestKey, rows: Sequence[RawReading], report: IngestReport
-    ) -> tuple[list[int], list[RawReading]]:
-        """The readings inside the key's regions, with their indices in the batch; the rest refused."""
+    ) -> tuple[list[int], list[RawReading], dict[str, str | None]]:
+        """The readings inside the key's regions, with their indices in the batch (the rest
+        refused), and the history regions of the unregistered meters the stream has seen (see
+        MeterRegistry.history_regions): such a meter is in the region of its history, whatever a
+        reading claims, until it is registered."""
         if key.all_regions:
-            return list(range(len(rows))), list(rows)
+            return list(range(len(rows))), list(rows), {}
         ids = {normalise_meter_id(row.meter_id) for row in rows}
         registered = self.meters.regions_of(ids)
+        unregistered = ids.difference(registered)
+        history = (
+            {m: _text_region({"region": r}) for m, r in self.meters.history_regions(unregistered).items()}
+            if unregistered
+            else {}
+        )
+        known = {**history, **registered} if history else registered
         indices: list[int] = []
         admitted: list[RawReading] = []
         for index, row in enumerate(rows):
             meter_id = normalise_meter_id(row.meter_id)
-            region = reading_region(registered, meter_id, (row.extra or {}).get("region"))
+            region = reading_region(known, meter_id, (row.extra or {}).get("region"))
             if key.allows_region(region):
                 indices.append(index)
                 admitted.append(row)
             else:
                 report.refused.append((index, REFUSED_UNKNOWN_REGION if region is None else REFUSED_REGION))
-        return indices, admitted
+        return indices, admitted, history
 
 
 def _text_region(extra: dict | None) -> str | None:

@@ -39,6 +39,13 @@ class MeterRegistry(Protocol):
         """Register the meters not registered yet, with these regions; leave the others as they are."""
         ...
 
+    def history_regions(self, meter_ids: Collection[str]) -> dict[str, str | None]:
+        """Those of these meters the stream has stored readings of (accepted, rejected or too
+        late), registered or not, with the region their latest accepted reading carried (None
+        when none did, or none was accepted). Whoever claims an unregistered meter takes its
+        history with it: this is the region that history belongs to."""
+        ...
+
     def intervals(self) -> dict[str, int]:
         """The expected interval, in seconds, of every meter registered with one."""
         ...
@@ -94,6 +101,12 @@ class MeterService:
         user.require_meter_management(region)
         if self.registry.get(meter_id) is not None:
             raise AlreadyExists(f"meter {meter_id!r} is registered already")
+        if not user.scope.everything:
+            # An unregistered meter's stored readings are no OPERATOR's but an ADMIN's: registering
+            # it would show them to whoever did, unless they are of that OPERATOR's regions.
+            history = self.registry.history_regions([meter_id])
+            if meter_id in history:
+                user.require_meter_management(history[meter_id])
         meter = Meter(meter_id, region, interval_seconds)
         self.registry.add(meter, self.clock.now_us())
         return meter

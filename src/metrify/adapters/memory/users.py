@@ -6,9 +6,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection, Mapping
 
+from metrify.adapters.memory.stream_store import InMemoryStreamStore
 from metrify.application.errors import AlreadyExists
 from metrify.domain.ingest_keys import IngestKey
 from metrify.domain.readings import Meter
+from metrify.domain.stream.events import ReadingAccepted
 from metrify.domain.users import Role, Scope, User
 
 
@@ -74,8 +76,9 @@ class InMemoryIngestKeyRepository:
 
 
 class InMemoryMeterRegistry:
-    def __init__(self) -> None:
+    def __init__(self, store: InMemoryStreamStore | None = None) -> None:
         self.meters: dict[str, Meter] = {}
+        self.store = store  # the stream's outcomes, for history_regions (none: no history)
         self._lock = threading.Lock()
 
     def get(self, meter_id: str) -> Meter | None:
@@ -107,6 +110,28 @@ class InMemoryMeterRegistry:
 
     def regions_of(self, meter_ids: Collection[str]) -> dict[str, str | None]:
         return {m: self.meters[m].region for m in meter_ids if m in self.meters}
+
+    def history_regions(self, meter_ids: Collection[str]) -> dict[str, str | None]:
+        if self.store is None:
+            return {}
+        wanted = set(meter_ids)
+        found: dict[str, str | None] = {}
+        for rejected in self.store.rejected.values():
+            if rejected.meter_id in wanted:
+                found[rejected.meter_id] = None
+        for too_late in self.store.too_late.values():
+            if too_late.meter_id in wanted:
+                found[too_late.meter_id] = None
+        latest: dict[str, ReadingAccepted] = {}
+        for reading in self.store.readings.values():
+            if reading.meter_id in wanted and (
+                reading.meter_id not in latest or reading.timestamp > latest[reading.meter_id].timestamp
+            ):
+                latest[reading.meter_id] = reading
+        for meter_id, reading in latest.items():
+            region = (reading.extra or {}).get("region")
+            found[meter_id] = None if region is None else str(region)  # as the database stores it
+        return found
 
     def register_missing(self, meters: Mapping[str, str | None], created_at: int) -> None:
         with self._lock:

@@ -99,6 +99,21 @@ class SqlAlchemyMeterRegistry:
                 found.update(connection.execute(sa.select(c.meter_id, c.region).where(c.meter_id.in_(chunk))).all())
         return found
 
+    def history_regions(self, meter_ids: Collection[str]) -> dict[str, str | None]:
+        ids = sorted(meter_ids)
+        found: dict[str, str | None] = {}
+        r, latest = t.readings.c, t.readings.alias("latest").c
+        with transient_errors(), self.engine.connect() as connection:
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                for table in (t.rejected_readings, t.too_late_readings):
+                    stmt = sa.select(table.c.meter_id).where(table.c.meter_id.in_(chunk)).distinct()
+                    found.update((meter_id, None) for meter_id in connection.execute(stmt).scalars())
+                last_ts = sa.select(sa.func.max(latest.ts)).where(latest.meter_id == r.meter_id).scalar_subquery()
+                stmt = sa.select(r.meter_id, r.region).where(r.meter_id.in_(chunk), r.ts == last_ts)
+                found.update((meter_id, region) for meter_id, region in connection.execute(stmt))
+        return found
+
     def register_missing(self, meters: Mapping[str, str | None], created_at: int) -> None:
         if not meters:
             return
