@@ -20,7 +20,11 @@ from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
 from metrify.adapters.sqlalchemy.partitions import SqlAlchemyStorageMaintenance
 from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
-from metrify.adapters.sqlalchemy.users import SqlAlchemyIngestKeyRepository, SqlAlchemyUserRepository
+from metrify.adapters.sqlalchemy.users import (
+    SqlAlchemyIngestKeyRepository,
+    SqlAlchemyRevocationLog,
+    SqlAlchemyUserRepository,
+)
 from metrify.adapters.system import SystemClock
 from metrify.application.meters import stream_intervals
 from metrify.application.storage import RetentionPolicy
@@ -204,6 +208,13 @@ class Container(containers.DeclarativeContainer):
     token_codec = providers.Singleton(JwtTokenCodec, secret=providers.Callable(_jwt_secret, settings))
     user_repository = providers.Singleton(SqlAlchemyUserRepository, engine=engine)
     ingest_key_repository = providers.Singleton(SqlAlchemyIngestKeyRepository, engine=engine)
+    # Redis keeps token revocations for every API process and across restarts; an API process
+    # without it keeps them itself, and in the database for the processes after it.
+    revocation_log = providers.Selector(
+        providers.Callable(lambda s: "redis" if s.redis_url else "database", settings),
+        redis=providers.Object(None),
+        database=providers.Singleton(SqlAlchemyRevocationLog, engine=engine),
+    )
     fleet_queries = providers.Singleton(SqlAlchemyFleetQueries, engine=engine)
 
 

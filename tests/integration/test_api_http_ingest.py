@@ -230,6 +230,14 @@ def test_more_than_one_worker_needs_kafka(tmp_path: Path) -> None:
     assert len(lines) == 1 and "--workers 2 needs Kafka (METRIFY_KAFKA__BOOTSTRAP)" in lines[0]
 
 
+def test_more_than_one_worker_needs_redis_too(tmp_path: Path) -> None:
+    env = metrify_env(tmp_path, METRIFY_KAFKA__BOOTSTRAP="127.0.0.1:1")
+    done = metrify(["api", "--workers", "3"], env, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--workers 3 needs Redis (METRIFY_REDIS_URL)" in lines[0], done.stderr
+
+
 def test_production_settings_without_a_jwt_secret_are_refused(tmp_path: Path, postgres_url: str) -> None:
     env = metrify_env(tmp_path, postgres_url, METRIFY_REDIS_URL="redis://127.0.0.1:1/0")
     done = metrify(["api"], env, check=False)

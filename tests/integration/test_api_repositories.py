@@ -13,13 +13,22 @@ from tests.integration.conftest import empty_stream_tables
 
 from metrify.adapters.memory.api_queries import InMemoryFleetQueries
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
-from metrify.adapters.memory.users import InMemoryIngestKeyRepository, InMemoryMeterRegistry, InMemoryUserRepository
+from metrify.adapters.memory.users import (
+    InMemoryIngestKeyRepository,
+    InMemoryMeterRegistry,
+    InMemoryRevocationLog,
+    InMemoryUserRepository,
+)
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
 from metrify.adapters.sqlalchemy.engine import create_engine_for
 from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
-from metrify.adapters.sqlalchemy.users import SqlAlchemyIngestKeyRepository, SqlAlchemyUserRepository
+from metrify.adapters.sqlalchemy.users import (
+    SqlAlchemyIngestKeyRepository,
+    SqlAlchemyRevocationLog,
+    SqlAlchemyUserRepository,
+)
 from metrify.adapters.system import SystemClock
 from metrify.application.errors import AlreadyExists
 from metrify.application.queries import RegionWindow, Subjects, TimeRange
@@ -40,6 +49,7 @@ class Ports:
     meters: Any
     queries: Any
     pipeline: StreamPipeline
+    revocations: Any = None
 
 
 def memory_ports() -> Ports:
@@ -47,7 +57,9 @@ def memory_ports() -> Ports:
     meters = InMemoryMeterRegistry(store)
     pipeline = StreamPipeline(StreamConfig(), 2, lambda: InMemoryStreamUnitOfWork(store), SystemClock())
     queries = InMemoryFleetQueries(store, meters)
-    return Ports(InMemoryUserRepository(), InMemoryIngestKeyRepository(), meters, queries, pipeline)
+    return Ports(
+        InMemoryUserRepository(), InMemoryIngestKeyRepository(), meters, queries, pipeline, InMemoryRevocationLog()
+    )
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -68,6 +80,7 @@ def ports(request: pytest.FixtureRequest) -> Iterator[Ports]:
         SqlAlchemyMeterRegistry(engine),
         SqlAlchemyFleetQueries(engine),
         pipeline,
+        SqlAlchemyRevocationLog(engine),
     )
     engine.dispose()
 
@@ -105,6 +118,18 @@ def test_a_password_hash_is_replaced_only_while_it_is_the_one_expected(ports: Po
     assert repo.replace_password_hash("id-1", "hash-1", "hash-1c") is False
     assert repo.replace_password_hash("nobody", "hash-1b", "x") is False
     assert repo.get("id-1").password_hash == "hash-1b"
+
+
+def test_revocations_are_kept_until_they_expire_alike(ports: Ports) -> None:
+    log = ports.revocations
+    log.append("revoked:a", 100, 0)
+    log.append("revoked-session:s", 50, 0)
+    log.append("revoked-session:s", 80, 10)  # revoked again, for longer: the later expiry wins
+    log.append("revoked-session:s", 60, 10)  # ... and an earlier one does not shorten it
+    assert log.live(0) == [("revoked-session:s", 80), ("revoked:a", 100)]
+    assert log.live(80) == [("revoked:a", 100)]
+    log.append("revoked:b", 300, 150)  # the expired ones may go now
+    assert log.live(0) == [("revoked:b", 300)]
 
 
 def test_ingest_keys_are_found_by_hash_and_revoked_alike(ports: Ports) -> None:

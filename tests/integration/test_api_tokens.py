@@ -121,3 +121,23 @@ def test_readiness_names_redis_when_it_is_down(tmp_path: Path) -> None:
     container.shutdown_resources()
     assert response.status_code == 503
     assert response.json()["checks"]["redis"].startswith("unreachable") and "redis" in response.json()["detail"]
+
+
+def test_without_redis_a_restarted_api_still_refuses_what_was_revoked(tmp_path: Path) -> None:
+    """The embedded profile: SQLite, no Redis. The process keeps its revocations in memory and in
+    the database; the next process on that database reads them back."""
+    settings = api_settings(tmp_path, auth=AuthSettings(secret=SECRET))
+    migrations.upgrade(settings.resolved_database_url)
+    first = database_container(settings)
+    assert type(first.cache()).__name__ == "InMemoryCache"
+    with running_api(first, settings) as api:
+        tokens = api.sign_in("user@example.com")
+        headers = bearer(tokens["access_token"])
+        body = {"refresh_token": tokens["refresh_token"]}
+        assert api.client.post("/api/v1/auth/logout", json=body, headers=headers).status_code == 204
+    first.shutdown_resources()
+    second = database_container(settings)
+    with TestClient(create_app(settings, second), raise_server_exceptions=False) as client:
+        assert client.get("/api/v1/auth/me", headers=headers).status_code == 401
+        assert client.post("/api/v1/auth/refresh", json=body).status_code == 401
+    second.shutdown_resources()

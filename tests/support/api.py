@@ -17,7 +17,12 @@ from fastapi.testclient import TestClient
 from metrify.adapters.crypto import Argon2PasswordHasher
 from metrify.adapters.memory.api_queries import InMemoryFleetQueries
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
-from metrify.adapters.memory.users import InMemoryIngestKeyRepository, InMemoryMeterRegistry, InMemoryUserRepository
+from metrify.adapters.memory.users import (
+    InMemoryIngestKeyRepository,
+    InMemoryMeterRegistry,
+    InMemoryRevocationLog,
+    InMemoryUserRepository,
+)
 from metrify.application.users import UserAdmin
 from metrify.container import Container, build_container
 from metrify.domain.users import Role, User
@@ -54,6 +59,7 @@ class Fakes:
     users: InMemoryUserRepository = field(default_factory=InMemoryUserRepository)
     keys: InMemoryIngestKeyRepository = field(default_factory=InMemoryIngestKeyRepository)
     meters: InMemoryMeterRegistry = field(default_factory=InMemoryMeterRegistry)
+    revocations: InMemoryRevocationLog = field(default_factory=InMemoryRevocationLog)
 
     def __post_init__(self) -> None:
         if self.meters.store is None:
@@ -67,6 +73,7 @@ def memory_container(settings: Settings, fakes: Fakes) -> Container:
     container.user_repository.override(providers.Object(fakes.users))
     container.ingest_key_repository.override(providers.Object(fakes.keys))
     container.meter_registry.override(providers.Object(fakes.meters))
+    container.revocation_log.override(providers.Object(fakes.revocations))
     container.fleet_queries.override(providers.Object(InMemoryFleetQueries(fakes.store, fakes.meters)))
     container.password_hasher.override(providers.Object(fast_hasher()))
     return container

@@ -326,3 +326,21 @@ def test_a_login_with_the_old_password_fails_when_the_password_is_changed_during
     with pytest.raises(AuthenticationFailed):
         _auth_service(users, _MidLoginHasher(change)).login("user@example.com", PASSWORD)
     assert users.users[user.user_id].password_hash == new_hash
+
+
+def test_logouts_and_used_refresh_tokens_stay_revoked_after_a_restart(tmp_path: Path) -> None:
+    settings = api_settings(tmp_path, auth=AuthSettings(secret=SECRET))
+    fakes = Fakes()  # the storage, the revocation log included, outlives the API process
+    with running_api(memory_container(settings, fakes), settings) as first:
+        signed_in = first.sign_in("user@example.com")
+        used = first.sign_in("operator@example.com")
+        fresh = first.client.post("/api/v1/auth/refresh", json={"refresh_token": used["refresh_token"]}).json()
+        headers = {"Authorization": f"Bearer {signed_in['access_token']}"}
+        body = {"refresh_token": signed_in["refresh_token"]}
+        assert first.client.post("/api/v1/auth/logout", json=body, headers=headers).status_code == 204
+    with running_api(memory_container(settings, fakes), settings) as second:  # a new process
+        assert me(second, signed_in["access_token"]) == 401
+        for refresh_token in (signed_in["refresh_token"], used["refresh_token"]):
+            again = second.client.post("/api/v1/auth/refresh", json={"refresh_token": refresh_token})
+            assert again.status_code == 401
+        assert me(second, fresh["access_token"]) == 200  # what was not revoked still works

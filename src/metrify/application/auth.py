@@ -4,7 +4,9 @@ An access token proves who is calling for `access_ttl`; a refresh token buys a n
 (it is claimed atomically on use: two requests racing with one token get one pair) until
 `refresh_ttl`. The tokens of one sign-in share a session id (`sid`) through every refresh, and
 logging out revokes the session: the access token in use and every refresh token of that sign-in.
-Revocations live in the Cache port until the token would have expired anyway. Every request
+Revocations live in the Cache port until the token would have expired anyway; where that cache is
+the process's own (no Redis), each one is written to a RevocationLog too, which the next process
+reads back when it starts (`restore_revocations`): a restart forgets no logout. Every request
 reloads the user, so a deactivated user or a changed role takes effect at once, and tokens carry a
 fingerprint of the password hash (`pwd`), so a changed password ends every session issued before.
 """
@@ -39,6 +41,19 @@ class TokenCodec(Protocol):
         ...
 
 
+class RevocationLog(Protocol):
+    """Revocations kept where they outlive the process (the database), for a cache that does not."""
+
+    def append(self, key: str, expires_at_us: int, now_us: int) -> None:
+        """Keep `key` revoked until `expires_at_us` (a later expiry of the same key wins); the
+        revocations expired by `now_us` may go."""
+        ...
+
+    def live(self, now_us: int) -> list[tuple[str, int]]:
+        """The revocations not expired at `now_us`: (key, expires_at_us)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPair:
     access_token: str
@@ -59,6 +74,7 @@ class AuthService:
         access_ttl: float,
         refresh_ttl: float,
         login_limit: RateLimit,
+        revocation_log: RevocationLog | None = None,
     ) -> None:
         self.users = users
         self.hasher = hasher
@@ -68,7 +84,19 @@ class AuthService:
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
         self.login_limit = login_limit
+        self.revocation_log = revocation_log
         self._dummy_hash: str | None = None
+
+    def restore_revocations(self) -> int:
+        """Put the revocations of the log that have not expired back into the cache (at start);
+        how many there were."""
+        if self.revocation_log is None:
+            return 0
+        now = self.clock.now_us()
+        live = self.revocation_log.live(now)
+        for key, expires_at in live:
+            self.cache.set(key, b"1", (expires_at - now) / US)
+        return len(live)
 
     def login(self, email: str, password: str) -> TokenPair:
         """A token pair for the right email and password of an active user. Attempts per email are
@@ -114,7 +142,9 @@ class AuthService:
         """Revoke the access token in use and its session (every refresh token of that sign-in);
         a refresh token given as well, of the same user, is revoked too."""
         self._revoke(access_claims)
-        self.cache.set(f"revoked-session:{access_claims['sid']}", b"1", self.refresh_ttl + 1)
+        session = f"revoked-session:{access_claims['sid']}"
+        self.cache.set(session, b"1", self.refresh_ttl + 1)
+        self._log(session, self.refresh_ttl + 1)
         if refresh_token:
             try:
                 claims = self._claims(refresh_token, REFRESH)
@@ -168,7 +198,16 @@ class AuthService:
         """Revoke a token until it would have expired; False when it was revoked already."""
         exp = claims.get("exp")
         remaining = (exp - self.clock.now_us() / US) if isinstance(exp, int | float) else self.refresh_ttl
-        return self.cache.add(f"revoked:{claims['jti']}", b"1", max(1.0, remaining + 1))
+        key, ttl = f"revoked:{claims['jti']}", max(1.0, remaining + 1)
+        if not self.cache.add(key, b"1", ttl):
+            return False
+        self._log(key, ttl)
+        return True
+
+    def _log(self, key: str, ttl_seconds: float) -> None:
+        if self.revocation_log is not None:
+            now = self.clock.now_us()
+            self.revocation_log.append(key, now + round(ttl_seconds * US), now)
 
 
 def password_fingerprint(password_hash: str) -> str:

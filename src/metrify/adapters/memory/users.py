@@ -137,3 +137,20 @@ class InMemoryMeterRegistry:
         with self._lock:
             for meter_id, region in meters.items():
                 self.meters.setdefault(meter_id, Meter(meter_id, region))
+
+
+class InMemoryRevocationLog:
+    """The revocations a restarted process reads back, in a dict that outlives the API's cache."""
+
+    def __init__(self) -> None:
+        self.revocations: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def append(self, key: str, expires_at_us: int, now_us: int) -> None:
+        with self._lock:
+            self.revocations[key] = max(expires_at_us, self.revocations.get(key, expires_at_us))
+            for stale in [k for k, expires in self.revocations.items() if expires <= now_us]:
+                del self.revocations[stale]
+
+    def live(self, now_us: int) -> list[tuple[str, int]]:
+        return sorted((k, expires) for k, expires in self.revocations.items() if expires > now_us)

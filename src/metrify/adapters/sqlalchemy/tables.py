@@ -213,4 +213,13 @@ ingest_key_regions = sa.Table(
     sa.Column("region", sa.Text, primary_key=True),
 )
 
-API_TABLES = (user_meters, user_regions, ingest_key_regions, users, ingest_keys)
+# Revocations of tokens (logged-out sessions, used refresh tokens) when there is no Redis to keep
+# them (Alembic 0009): the API keeps them in memory and here, and reads them back when it starts.
+revoked_tokens = sa.Table(
+    "revoked_tokens",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("expires_at", Micros, nullable=False, index=True),
+)
+
+API_TABLES = (user_meters, user_regions, ingest_key_regions, users, ingest_keys, revoked_tokens)

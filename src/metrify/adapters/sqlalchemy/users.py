@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.errors import transient_errors
@@ -194,3 +195,30 @@ class SqlAlchemyIngestKeyRepository:
         c = t.ingest_keys.c
         with transient_errors(), self.engine.connect() as connection:
             return self._load(connection, sa.select(t.ingest_keys).order_by(c.created_at, c.key_id))
+
+
+class SqlAlchemyRevocationLog:
+    """Token revocations in the revoked_tokens table (Alembic 0009), for an API without Redis."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def append(self, key: str, expires_at_us: int, now_us: int) -> None:
+        c = t.revoked_tokens.c
+        with transient_errors(), self.engine.begin() as connection:
+            insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+            stmt = insert(t.revoked_tokens).values(key=key, expires_at=expires_at_us)
+            connection.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["key"],
+                    set_={"expires_at": stmt.excluded.expires_at},
+                    where=stmt.excluded.expires_at > c.expires_at,
+                )
+            )
+            connection.execute(t.revoked_tokens.delete().where(c.expires_at <= now_us))
+
+    def live(self, now_us: int) -> list[tuple[str, int]]:
+        c = t.revoked_tokens.c
+        stmt = sa.select(c.key, c.expires_at).where(c.expires_at > now_us).order_by(c.key)
+        with transient_errors(), self.engine.connect() as connection:
+            return [(key, expires_at) for key, expires_at in connection.execute(stmt)]

@@ -48,7 +48,7 @@ class ApiServices:
             pipeline = SerialPipeline(lambda: container.stream_pipeline(backoff=BoundedBackoff()))
             ingest = Ingest(container.meter_registry(), clock, pipeline=pipeline)
         windows = settings.stream.to_config().windows
-        return cls(
+        services = cls(
             settings=settings,
             container=container,
             clock=clock,
@@ -62,6 +62,7 @@ class ApiServices:
                 access_ttl=auth.access_ttl,
                 refresh_ttl=auth.refresh_ttl,
                 login_limit=RateLimit(auth.login_rate_limit, auth.rate_window),
+                revocation_log=container.revocation_log(),
             ),
             users=UserAdmin(users, hasher, clock),
             keys=KeyAdmin(container.ingest_key_repository(), clock),
@@ -72,3 +73,5 @@ class ApiServices:
             user_limit=RateLimit(auth.user_rate_limit, auth.rate_window),
             ingest_limit=RateLimit(auth.ingest_rate_limit, auth.rate_window),
         )
+        services.auth.restore_revocations()  # the logouts of the processes before this one
+        return services

@@ -37,7 +37,12 @@ def api(
         int | None, typer.Option(min=1, max=65535, help="Port to listen on (default METRIFY_API__PORT, 8000).")
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=1, max=64, help="Worker processes; more than 1 needs Kafka (METRIFY_KAFKA__BOOTSTRAP).")
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes; more than 1 needs Kafka and Redis (METRIFY_KAFKA__BOOTSTRAP, METRIFY_REDIS_URL).",
+        ),
     ] = 1,
 ) -> None:
     """Serve the REST API (OpenAPI at /openapi.json, docs at /docs)."""
@@ -49,6 +54,11 @@ def api(
         raise UserError(
             f"--workers {workers} needs Kafka (METRIFY_KAFKA__BOOTSTRAP): without it this process runs the "
             "stream itself, and the stream state has exactly one writer"
+        )
+    if workers > 1 and not settings.redis_url:
+        raise UserError(
+            f"--workers {workers} needs Redis (METRIFY_REDIS_URL): without it each process keeps its own "
+            "rate limits and token revocations, and a logout in one would not hold in the others"
         )
     container = state.get_container()
     try:
