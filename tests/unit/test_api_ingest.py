@@ -330,6 +330,26 @@ def test_a_key_revoked_elsewhere_stops_within_seconds_and_at_once_here() -> None
         here.authenticate(token)
 
 
+def test_a_key_revoked_here_while_a_request_looks_it_up_stops_at_once() -> None:
+    class Overtaken(InMemoryIngestKeyRepository):
+        """The revocation lands while a request's lookup is on its way back."""
+
+        def by_hash(self, key_hash: str) -> IngestKey | None:
+            found = super().by_hash(key_hash)
+            if found is not None and found.active and revoke_now:
+                revoke_now.pop()()
+            return found
+
+    revoke_now: list = []
+    keys = KeyAdmin(Overtaken(), StepClock())
+    admin = User("a", "a@example.com", Role.ADMIN, "h")
+    key, token = keys.create(admin, "gw", [], all_regions=True)
+    revoke_now.append(lambda: keys.revoke(admin, key.key_id))
+    assert keys.authenticate(token) == key  # the request that was on its way
+    with pytest.raises(AuthenticationFailed):
+        keys.authenticate(token)  # the next is refused: the key read before was not remembered
+
+
 def test_a_committed_batch_is_answered_202_even_when_its_meters_cannot_be_registered_now(
     api: Api, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
 ) -> None:

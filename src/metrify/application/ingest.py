@@ -62,6 +62,7 @@ class KeyAdmin:
         self.clock = clock
         self.remember_us = round(remember_seconds * 1_000_000)
         self._known: dict[str, tuple[IngestKey, int]] = {}  # token hash -> (key, until)
+        self._revocations = 0  # revocations by this process: a lookup they overtook is not remembered
 
     def create(self, actor: User, name: str, regions: Sequence[str], all_regions: bool) -> tuple[IngestKey, str]:
         actor.require(Role.ADMIN)
@@ -90,6 +91,7 @@ class KeyAdmin:
             raise NotFound(f"no ingest key {key_id!r}")
         revoked = key.revoked(self.clock.now_us())
         self.keys.save(revoked)
+        self._revocations += 1
         self._known.pop(key.key_hash, None)
         return revoked
 
@@ -101,13 +103,15 @@ class KeyAdmin:
         known = self._known.get(digest)
         if known is not None and known[1] > now:
             return known[0]
+        revocations = self._revocations
         key = self.keys.by_hash(digest)
         if key is None or not key.active:
             self._known.pop(digest, None)
             raise AuthenticationFailed("unknown or revoked ingest key")
-        if len(self._known) >= 10_000:
-            self._known.clear()
-        self._known[digest] = (key, now + self.remember_us)
+        if revocations == self._revocations:  # else the key read may be revoked by now: not kept
+            if len(self._known) >= 10_000:
+                self._known.clear()
+            self._known[digest] = (key, now + self.remember_us)
         return key
 
 
