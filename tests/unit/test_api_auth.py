@@ -344,3 +344,25 @@ def test_logouts_and_used_refresh_tokens_stay_revoked_after_a_restart(tmp_path: 
             again = second.client.post("/api/v1/auth/refresh", json={"refresh_token": refresh_token})
             assert again.status_code == 401
         assert me(second, fresh["access_token"]) == 200  # what was not revoked still works
+
+
+def test_a_logout_outlasts_access_tokens_set_to_live_longer_than_refresh_tokens() -> None:
+    users = InMemoryUserRepository()
+    _stored_user(users)
+    cache = InMemoryCache()
+    service = AuthService(
+        users,
+        fast_hasher(),
+        JwtTokenCodec(SECRET),
+        cache,
+        SystemClock(),
+        access_ttl=7200,
+        refresh_ttl=600,
+        login_limit=RateLimit(0, 60),
+    )
+    tokens = service.login("user@example.com", PASSWORD)
+    _, claims = service.authenticate(tokens.access_token)
+    service.logout(claims)
+    session = f"revoked-session:{claims['sid']}"
+    expires = cache._items[session][1]
+    assert expires is not None and expires - time.monotonic() > 7000  # not 601 s: the token lives 7,200

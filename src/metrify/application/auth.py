@@ -142,9 +142,11 @@ class AuthService:
         """Revoke the access token in use and its session (every refresh token of that sign-in);
         a refresh token given as well, of the same user, is revoked too."""
         self._revoke(access_claims)
-        session = f"revoked-session:{access_claims['sid']}"
-        self.cache.set(session, b"1", self.refresh_ttl + 1)
-        self._log(session, self.refresh_ttl + 1)
+        # as long as any token of the session may live: a refresh token, or an access token
+        # where access tokens are set to live longer than refresh tokens
+        session, lasting = f"revoked-session:{access_claims['sid']}", max(self.access_ttl, self.refresh_ttl) + 1
+        self.cache.set(session, b"1", lasting)
+        self._log(session, lasting)
         if refresh_token:
             try:
                 claims = self._claims(refresh_token, REFRESH)
