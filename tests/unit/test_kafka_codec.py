@@ -66,3 +66,17 @@ def test_a_raw_value_as_deep_as_intake_reads_comes_back_from_its_output_message(
     raw = json_text.loads(line)["timestamp"]
     rejected = [ReadingRejected("M1", raw, 1, "invalid_timestamp", 0, None, 0)]
     assert decode_records(REJECTED, encode_records(REJECTED, rejected)) == rejected
+
+
+@pytest.mark.parametrize("depth", [65, 200, 1000])
+def test_a_raw_message_nested_deeper_than_files_and_bodies_may_be_is_poison(depth: int) -> None:
+    meter = b"[" * depth + b'"M1"' + b"]" * depth
+    value = b'{"meter_id": ' + meter + b', "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "0.5"}'
+    decoded = decode_raw(b"M1", value, 7)
+    assert isinstance(decoded, Malformed) and "nested deeper than 64" in decoded.detail
+
+
+def test_a_raw_message_within_the_depth_limit_is_read() -> None:
+    meter = b"[" * 10 + b'"M1"' + b"]" * 10
+    value = b'{"meter_id": ' + meter + b', "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "0.5"}'
+    assert isinstance(decode_raw(b"M1", value, 7), RawReading)

@@ -65,6 +65,12 @@ def loads(data: bytes, *, text_only: bool = True) -> Any:
     return value
 
 
+def shallow(data: bytes, value: Any) -> Any:
+    """`value` read from `data` by another reader (orjson), checked as `loads` checks it:
+    NotJson when it is nested deeper than MAX_DEPTH levels."""
+    return _shallow(data, value)
+
+
 def _shallow(data: bytes, value: Any) -> Any:
     """`value`, or NotJson when it is nested deeper than MAX_DEPTH levels."""
     # No deeper than it has opening brackets: a single reading (a few) is settled by two counts.

@@ -110,9 +110,11 @@ def decode_raw(key: bytes | None, value: bytes | None, position: int) -> RawRead
     if value is None:
         return Malformed(_key_text(key), position, "the message has no value")
     try:
-        item = orjson.loads(value)
+        item = json_text.shallow(value, orjson.loads(value))
     except orjson.JSONDecodeError:
         item = _NOT_ORJSON
+    except json_text.NotJson as exc:  # nested too deep: for files, bodies and here alike
+        return Malformed(_key_text(key), position, f"not JSON: {exc}")
     common = _common_reading(item, position)
     if common is not None:
         return common
