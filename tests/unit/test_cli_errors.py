@@ -110,7 +110,8 @@ def test_an_unexpected_error_is_one_line_naming_the_log_and_exit_1(
 ) -> None:
     @app.command("explode-for-test", hidden=True)
     def explode() -> None:
-        raise RuntimeError("boom")
+        password = "Hunter2-Very-Secret"  # a local of a frame the traceback passes through
+        raise RuntimeError(f"boom ({len(password)})")
 
     try:
         code, _, err = run(["explode-for-test"], capsys)
@@ -120,7 +121,9 @@ def test_an_unexpected_error_is_one_line_naming_the_log_and_exit_1(
     assert_one_line(err)
     log_file = tmp_path / "logs" / "metrify.log"
     assert str(log_file) in err
-    assert "boom" in log_file.read_text()
+    logged = log_file.read_text()
+    assert "boom" in logged and "explode" in logged  # the traceback is there ...
+    assert "Hunter2-Very-Secret" not in logged  # ... but not its frames' local variables
 
 
 def test_an_unknown_migration_revision_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,7 +58,10 @@ def configure_logging(level: str, fmt: str, data_dir: Path) -> Path:
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.dict_tracebacks,
+                # no frame's local variables: they hold passwords, tokens and the JWT secret
+                structlog.processors.ExceptionRenderer(
+                    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+                ),
                 structlog.processors.JSONRenderer(),
             ],
             foreign_pre_chain=shared,
