@@ -53,26 +53,21 @@ def loads(data: bytes, *, text_only: bool = True) -> Any:
         except orjson.JSONDecodeError:
             pass
         else:
-            return _shallow(data, value) if text_only else value
+            return shallow(data, value) if text_only else value
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise NotJson(str(exc)[:120]) from None
     if text_only:
-        value = _shallow(data, value)
+        value = shallow(data, value)
         if holds_lone_surrogate(value):
             raise NotJson("a string holds a lone surrogate, not Unicode text")
     return value
 
 
 def shallow(data: bytes, value: Any) -> Any:
-    """`value` read from `data` by another reader (orjson), checked as `loads` checks it:
-    NotJson when it is nested deeper than MAX_DEPTH levels."""
-    return _shallow(data, value)
-
-
-def _shallow(data: bytes, value: Any) -> Any:
-    """`value`, or NotJson when it is nested deeper than MAX_DEPTH levels."""
+    """`value` (read from `data`, by `loads` or another reader), or NotJson when it is nested
+    deeper than MAX_DEPTH levels."""
     # No deeper than it has opening brackets: a single reading (a few) is settled by two counts.
     if (type(value) is dict or type(value) is list) and data.count(b"{") + data.count(b"[") > MAX_DEPTH:
         if not nested_within(data, MAX_DEPTH // 2) and nested_deeper_than(value, MAX_DEPTH):

@@ -166,7 +166,7 @@ class Ingest:
             # readings names its region (or its history does), and no later reading can.
             self._register(
                 {
-                    meter_id: history[meter_id] if meter_id in history else _text_region(row.extra)
+                    meter_id: history.get(meter_id, _text_region(row.extra))
                     for row in reversed(admitted)  # the first claim in the batch wins
                     if (meter_id := normalise_meter_id(row.meter_id))
                     and meter_id not in self._registered
@@ -185,7 +185,7 @@ class Ingest:
                     report.late += 1
                 if event.meter_id not in self._registered:
                     meter_id = event.meter_id
-                    seen.setdefault(meter_id, history[meter_id] if meter_id in history else _text_region(event.extra))
+                    seen.setdefault(meter_id, history.get(meter_id, _text_region(event.extra)))
             elif kind is ReadingRejected:
                 report.rejected += 1
                 report.rejected_by_reason[event.reason] += 1
@@ -224,9 +224,7 @@ class Ingest:
         registered = self.meters.regions_of(ids)
         unregistered = ids.difference(registered)
         history = (
-            {m: _text_region({"region": r}) for m, r in self.meters.history_regions(unregistered).items()}
-            if unregistered
-            else {}
+            {m: _region_text(r) for m, r in self.meters.history_regions(unregistered).items()} if unregistered else {}
         )
         known = {**history, **registered} if history else registered
         indices: list[int] = []
@@ -243,5 +241,8 @@ class Ingest:
 
 
 def _text_region(extra: dict | None) -> str | None:
-    region = (extra or {}).get("region")
+    return _region_text((extra or {}).get("region"))
+
+
+def _region_text(region: object) -> str | None:
     return region.strip() or None if isinstance(region, str) else None
