@@ -80,3 +80,23 @@ def test_a_raw_message_within_the_depth_limit_is_read() -> None:
     meter = b"[" * 10 + b'"M1"' + b"]" * 10
     value = b'{"meter_id": ' + meter + b', "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "0.5"}'
     assert isinstance(decode_raw(b"M1", value, 7), RawReading)
+
+
+def test_a_reject_too_big_for_a_kafka_message_has_its_raw_values_cut() -> None:
+    """A raw message of ~400 kB of non-ASCII text is written escaped (6 bytes a character): the
+    reject's record would be ~1.2 MB, over the broker's 1 MB, and its transaction aborted for ever."""
+    from metrify.adapters.kafka.codec import RAW_TEXT_KEPT, REJECTED, decode_records
+    from metrify.adapters.kafka.stream_log import MESSAGE_BYTES, envelopes
+    from metrify.domain.stream.events import ReadingRejected
+
+    huge = "é" * 200_000
+    reject = ReadingRejected("M1", huge, {"kwh": ["ü" * 5000]}, "invalid_timestamp", 3, None, 42)
+    (message,) = envelopes(REJECTED, [reject])
+    assert len(message) <= MESSAGE_BYTES
+    (back,) = decode_records(REJECTED, message)
+    assert back.meter_id == "M1" and back.reason == "invalid_timestamp" and (back.partition, back.position) == (3, 42)
+    assert back.timestamp.startswith("é" * RAW_TEXT_KEPT) and "200,000 characters" in back.timestamp
+    assert back.consumption_kwh.startswith('{"kwh":["\\u00fc') and "cut:" in back.consumption_kwh
+    # one that fits goes exactly as it came, however long
+    (message,) = envelopes(REJECTED, [reject._replace(timestamp="é" * 100_000)])
+    assert decode_records(REJECTED, message)[0].timestamp == "é" * 100_000

@@ -190,6 +190,29 @@ def encode_records(kind: str, events: list[Any]) -> bytes:
         return _exact_dumps(records)
 
 
+RAW_TEXT_KEPT = 4096  # characters of a raw value's JSON text kept when a reject is cut
+
+
+def cut_rejected(event: ReadingRejected) -> ReadingRejected:
+    """The reject with each raw value (and the meter id) whose JSON text is longer than
+    RAW_TEXT_KEPT characters replaced by a text of its first ones and how long it was: for a
+    reject that would not fit in a Kafka message otherwise (its raw values are written exactly, a
+    character outside ASCII as a 6-byte escape, so a 400 kB raw message made a 1.2 MB record,
+    over the broker's 1 MB, and the transaction that carried it aborted on every try)."""
+    return event._replace(
+        meter_id=_cut(event.meter_id),
+        timestamp=_cut(event.timestamp),
+        consumption_kwh=_cut(event.consumption_kwh),
+    )
+
+
+def _cut(value: Any) -> Any:
+    text = value if type(value) is str else json_text.dumps_exact(value)
+    if len(text) <= RAW_TEXT_KEPT:
+        return value
+    return f"{text[:RAW_TEXT_KEPT]}... (cut: {len(text):,} characters in all)"
+
+
 def decode_records(kind: str, value: bytes) -> list[Any]:
     """The events of one envelope, in order."""
     if kind == REJECTED:

@@ -50,18 +50,26 @@ ENVELOPE_RECORDS = 500  # records per output message (a few tens of kB)
 # default message.max.bytes (1 MB), which a message of 500 long rejects exceeded: the transaction
 # was aborted and, the same batch polled again, aborted for ever.
 ENVELOPE_BYTES = 256 * 1024
+# A single record over this (a reject of a raw message of hundreds of kB) has its raw values cut
+# (codec.cut_rejected): under the broker's default message.max.bytes (1,048,588) with room to spare.
+MESSAGE_BYTES = 900 * 1024
 
 
 def envelopes(kind: str, records: list[Any]) -> Iterator[bytes]:
     """Output messages for `records`, in order: ENVELOPE_RECORDS at most each, halved until each
-    fits in ENVELOPE_BYTES (a single record goes as it is)."""
+    fits in ENVELOPE_BYTES (a single record goes as it is, a reject cut to fit in MESSAGE_BYTES)."""
     for start in range(0, len(records), ENVELOPE_RECORDS):
         yield from _fitted(kind, records[start : start + ENVELOPE_RECORDS])
 
 
 def _fitted(kind: str, records: list[Any]) -> Iterator[bytes]:
     encoded = codec.encode_records(kind, records)
-    if len(encoded) <= ENVELOPE_BYTES or len(records) == 1:
+    if len(encoded) <= ENVELOPE_BYTES:
+        yield encoded
+        return
+    if len(records) == 1:
+        if len(encoded) > MESSAGE_BYTES and kind == codec.REJECTED:
+            encoded = codec.encode_records(kind, [codec.cut_rejected(records[0])])
         yield encoded
         return
     half = len(records) // 2
