@@ -22,7 +22,7 @@ from metrify.application.kafka_stream import (
     TransactionAborted,
 )
 from metrify.application.ports import PartitionState, TransientStoreError
-from metrify.application.stream import Backoff
+from metrify.application.stream import Backoff, StopRequested
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
@@ -593,6 +593,37 @@ def test_a_write_behind_sink_that_fails_while_the_database_is_away_says_so_at_on
     assert len(failed) == 1 and isinstance(failed[0], RuntimeError)
     assert store.events == [] and feed.acknowledged == [] and store.offsets == {}  # given up, unaccounted
     sink.sources_revoked([a])  # the consumer's close, after: nothing left to wait for
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_a_sink_asked_to_stop_while_the_database_is_away_stops_without_waiting_for_it(write_behind: bool) -> None:
+    feed, store = FakeFeed(), Store()
+    a = ("readings", 0)
+    stop = threading.Event()
+    backoff = Backoff(first=0.5, cap=5.0, stopped=stop.is_set)  # real sleeps: 0.5 s, 1 s, 2 s ...
+    sink = OutcomeSink(feed, lambda: FakeSinkUow(store), "sink", backoff=backoff, write_behind=write_behind)
+    sink.sources_assigned([a])
+    store.transient_failures = 10**9  # the database went away, for as long as it takes
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sink.run()
+        except BaseException as error:  # handed to the test's thread
+            failed.append(error)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    time.sleep(1.0)  # retrying by now
+    stop.set()  # what SIGTERM does (Stopper): the flag, then the loop's stop()
+    sink.stop()
+    runner.join(1.0)
+    alive = runner.is_alive()
+    store.transient_failures = 0  # a sink still waiting ends now, not at the test process's exit
+    assert not alive, "the sink kept waiting for the database after SIGTERM"
+    assert len(failed) == 1 and isinstance(failed[0], StopRequested)
+    assert store.events == [] and feed.acknowledged == [] and store.offsets == {}  # given up, unaccounted
 
 
 class CountedSinkUow(FakeSinkUow):

@@ -15,7 +15,7 @@ from metrify.adapters.kafka.admin import KafkaUnavailable, require_topics, wait_
 from metrify.adapters.kafka.clients import KafkaHealth
 from metrify.adapters.kafka.metrics import PrometheusSinkMetrics, serve
 from metrify.application.kafka_stream import OutcomeSink, RunTotals
-from metrify.application.stream import Backoff
+from metrify.application.stream import Backoff, StopRequested
 from metrify.container import Container
 from metrify.entrypoints.process import freeze_startup_heap
 from metrify.entrypoints.worker import Stopper, _waiting, stop_on_signals
@@ -60,7 +60,7 @@ def run_sink(settings: Settings, container: Container, options: SinkOptions) -> 
             container.sink_uow,
             settings.kafka.sink_group_id,
             metrics,
-            backoff=Backoff(on_retry=on_retry, cap=5.0),
+            backoff=Backoff(on_retry=on_retry, cap=5.0, stopped=lambda: stopper.requested),
             max_batch=options.batch_size,
             max_wait=options.batch_wait,
             write_behind=options.write_behind,
@@ -77,6 +77,11 @@ def run_sink(settings: Settings, container: Container, options: SinkOptions) -> 
         freeze_startup_heap()  # full collections would walk start-up's objects in every batch
         try:
             totals = sink.run(options.stop_when_idle)
+        except StopRequested as exc:
+            # Whatever the write under way did, the offsets in the database say what is stored:
+            # the next run reads on from them.
+            log.warning("%s: the transaction under way was given up", exc)
+            totals = sink.totals
         finally:
             feed.close()
     log.info("sink stopped: %s events in %s database transactions", totals.records, totals.batches)
