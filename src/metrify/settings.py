@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from platformdirs import user_data_dir
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from metrify.domain.stream.config import StreamConfig
 
@@ -150,8 +151,8 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_batch_readings: int = Field(10_000, ge=1)
-    page_size: int = Field(100, ge=1)
-    max_page_size: int = Field(1000, ge=1)
+    page_size: int = Field(100, ge=1, le=1000)
+    max_page_size: int = Field(1000, ge=1, le=1000)  # lowers the API's own bound, never raises it
 
 
 class StorageSettings(BaseModel):
@@ -169,6 +170,13 @@ class StorageSettings(BaseModel):
     retention_aggregates: Duration = 730 * 86400.0
     partition_months_ahead: int = Field(3, ge=0, le=120)
     maintenance_every: Duration = 3600.0  # how often Celery beat runs the maintenance job
+
+    @field_validator("maintenance_every")
+    @classmethod
+    def _some_time(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError("must be at least 1s (beat would run the job without pause)")
+        return value
 
 
 class Settings(BaseSettings):
@@ -219,7 +227,19 @@ def load_settings() -> Settings:
     """Read the settings, turning pydantic's report into one line naming the variable."""
     try:
         return Settings()
+    except PydanticSettingsError as exc:  # a group's variable (METRIFY_KAFKA=...) that is not JSON
+        raise SettingsError(_group_message(str(exc))) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")
         raise SettingsError(f"{_variable_name(first['loc'])}: {message} (got {first.get('input')!r})") from None
+
+
+def _group_message(error: str) -> str:
+    """pydantic-settings' "error parsing value for field "kafka" from source ..." as one line
+    naming the variable."""
+    field = error.split('"')[1] if error.count('"') >= 2 else ""
+    if not field:
+        return error
+    name = f"METRIFY_{field.upper()}"
+    return f"{name}: not a JSON object (set its parts one by one instead, e.g. {name}__...)"

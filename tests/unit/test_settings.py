@@ -62,6 +62,10 @@ def test_all_three_services_make_the_production_profile(monkeypatch: pytest.Monk
         ("METRIFY_STREAM__PARTITIONS", "zero", "METRIFY_STREAM__PARTITIONS:"),
         ("METRIFY_STREAM__WINDOWS", ",", "METRIFY_STREAM__WINDOWS:"),
         ("METRIFY_LOG_LEVEL", "LOUD", "METRIFY_LOG_LEVEL:"),
+        ("METRIFY_STORAGE__MAINTENANCE_EVERY", "0", "METRIFY_STORAGE__MAINTENANCE_EVERY: must be at least 1s"),
+        ("METRIFY_API__MAX_PAGE_SIZE", "5000", "METRIFY_API__MAX_PAGE_SIZE:"),
+        ("METRIFY_KAFKA", "x", "METRIFY_KAFKA: not a JSON object"),
+        ("METRIFY_STREAM", '{"partitions": 2', "METRIFY_STREAM: not a JSON object"),
     ],
 )
 def test_a_bad_value_names_the_variable_in_one_line(
