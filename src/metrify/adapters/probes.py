@@ -7,6 +7,8 @@ import socket
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
+from metrify.adapters.sqlalchemy.engine import normalise_url
+
 _TIMEOUT = 3.0
 
 
@@ -26,9 +28,10 @@ def describe_database_error(exc: BaseException) -> str | None:
 
 def probe_database(url: str) -> str:
     """'yes' when a connection answers `SELECT 1`, else 'unreachable: <reason>'."""
-    connect_args = {"connect_timeout": int(_TIMEOUT)} if url.startswith("postgresql") else {}
     try:
-        engine = create_engine(url, connect_args=connect_args)
+        parsed = normalise_url(url)  # postgres:// and postgresql:// as everywhere else
+        connect_args = {"connect_timeout": int(_TIMEOUT)} if parsed.get_backend_name() == "postgresql" else {}
+        engine = create_engine(parsed, connect_args=connect_args)
     except Exception as exc:
         return f"unreachable: {describe_database_error(exc) or exc}"
     try:
@@ -70,7 +73,7 @@ def storage_features(url: str) -> str:
     try:
         from metrify.adapters.sqlalchemy.partitions import SqlAlchemyStorageMaintenance
 
-        engine = create_engine(url, connect_args={"connect_timeout": int(_TIMEOUT)})
+        engine = create_engine(normalise_url(url), connect_args={"connect_timeout": int(_TIMEOUT)})
         try:
             with engine.connect() as connection:
                 version = connection.execute(text("SHOW server_version")).scalar()
@@ -90,16 +93,46 @@ def probe_kafka(bootstrap: str) -> str:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
     try:
-        socket.create_connection((host or "127.0.0.1", int(port or 9092)), timeout=_TIMEOUT).close()
-    except (OSError, ValueError) as exc:
-        return f"unreachable: {getattr(exc, 'strerror', None) or exc}"
+        addresses = bootstrap_addresses(bootstrap)
+    except ValueError as exc:
+        return f"unreachable: {exc}"
+    failures = []
+    for host, port in addresses:  # as a client does: any one broker of the list will do
+        try:
+            socket.create_connection((host, port), timeout=_TIMEOUT).close()
+            break
+        except OSError as exc:
+            failures.append(f"{host}:{port} {exc.strerror or exc}")
+    else:
+        return f"unreachable: {'; '.join(failures) or 'no broker address in METRIFY_KAFKA__BOOTSTRAP'}"
     try:
         metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=_TIMEOUT)
     except KafkaException as exc:
         return f"unreachable: {exc.args[0].str() if exc.args else exc}"
     return f"yes ({len(metadata.brokers)} broker(s), {len(metadata.topics)} topic(s))"
+
+
+def bootstrap_addresses(bootstrap: str) -> list[tuple[str, int]]:
+    """The (host, port) of each entry of a Kafka bootstrap list as clients read it: entries split
+    on commas, each with an optional `PROTOCOL://`, an IPv6 address in brackets, and port 9092
+    when it has none. ValueError for a port that is not one."""
+    addresses = []
+    for item in bootstrap.split(","):
+        entry = item.strip().rpartition("://")[2]
+        if not entry:
+            continue
+        if entry.startswith("["):  # [::1]:9092
+            host, _, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":")
+        elif entry.count(":") == 1:
+            host, _, port = entry.partition(":")
+        else:  # a host without a port (or an IPv6 address without brackets, and so without one)
+            host, port = entry, ""
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"bad port in the bootstrap entry {item.strip()!r}")
+        addresses.append((host or "127.0.0.1", int(port) if port else 9092))
+    return addresses
 
 
 def probe_redis(url: str) -> str:
