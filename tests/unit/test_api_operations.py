@@ -71,7 +71,8 @@ def test_health_readiness_and_metrics(api: Api) -> None:
     assert behind.status_code == 503 and "metrify db upgrade" in behind.json()["checks"]["database"]
     migrations.upgrade(api.container.settings().resolved_database_url)
     ready = api.client.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready", "checks": {"database": "ok"}}
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "stream": "ok"}}
     api.client.get("/api/v1/meters/M-42", headers=api.headers(Role.ADMIN))
     text = api.client.get("/metrics").text
     assert 'metrify_http_requests_total{method="GET",route="/api/v1/meters/{meter_id}",status="404"} 1.0' in text
@@ -89,6 +90,20 @@ def test_readiness_names_the_failing_part_with_503(api: Api, tmp_path: Path) -> 
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["checks"]["database"].startswith("unreachable")
     assert "database" in response.json()["detail"]
+
+
+def test_readiness_is_503_while_ingest_cannot_load_the_stream(tmp_path: Path) -> None:
+    """A replay cut the stream into three partitions; this API runs one: every batch is a 503, so
+    /readyz must not say ready (it did: the database answered)."""
+    settings = api_settings(tmp_path)
+    migrations.upgrade(settings.resolved_database_url)
+    fakes = Fakes()
+    fakes.store.partitions[("main", 2)] = (None, 0)
+    with running_api(memory_container(settings, fakes), settings) as api:
+        response = api.client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "ok"
+    assert "3 partitions" in response.json()["checks"]["stream"]
 
 
 class _DeadEngine:

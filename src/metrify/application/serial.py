@@ -87,6 +87,11 @@ class SerialPipeline:
         with self._writer:
             self._loaded()
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the stream state is in memory (else the next batch loads it, or says why not)."""
+        return self._pipeline is not None
+
     def submit(self, rows: Sequence[RawReading]) -> list[Any]:
         """Process the rows (with whatever else is waiting) and return each row's outcome event."""
         job = _Job(rows)

@@ -30,6 +30,15 @@ def check_services(svc: ApiServices) -> dict[str, str]:
             checks["database"] = f"schema at {revision or 'nothing'}, not {', '.join(newest)}: run `metrify db upgrade`"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is shown
         checks["database"] = f"unreachable: {describe_database_error(exc) or type(exc).__name__}"
+    if svc.pipeline is not None and checks["database"] == "ok":
+        # Embedded ingest needs the stream's state; one it cannot load (cut into another number of
+        # partitions by a replay) makes every batch a 503, so the API is not ready either.
+        try:
+            if not svc.pipeline.loaded:
+                svc.pipeline.load()
+            checks["stream"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is shown
+            checks["stream"] = describe_database_error(exc) or str(exc) or type(exc).__name__
     settings = svc.settings
     if settings.kafka.bootstrap:
         answer = probe_kafka(settings.kafka.bootstrap)
