@@ -64,3 +64,35 @@ def test_a_celery_worker_runs_the_maintenance_job_sent_through_redis(tmp_path: P
     assert result["layout"] in ("native", "timescale")
     assert result["created"], result  # the months up to 8 ahead got their partitions
     assert again["created"] == []  # idempotent: a second run makes nothing twice
+
+
+def test_the_celery_roles_log_as_every_metrify_process_does(tmp_path: Path) -> None:
+    """JSON lines on a stderr that is not a terminal, and DATA_DIR/logs/metrify.log: Celery used to
+    replace the handlers with its own (console text, no log file) once the worker started."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METRIFY_")}
+    env["METRIFY_DATA_DIR"] = str(tmp_path)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "metrify.entrypoints.celery_app", "worker", "--pool", "solo"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log_file = tmp_path / "logs" / "metrify.log"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "ready." not in (log_file.read_text() if log_file.exists() else ""):
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    logged = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(r["logger"] == "celery.apps.worker" and r["event"].endswith("ready.") for r in logged), logged
+    console = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(r["logger"] == "celery.apps.worker" for r in console), err

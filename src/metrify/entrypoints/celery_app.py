@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task, shared_task
+from celery.signals import setup_logging
 
 from metrify.application.storage import run_storage_maintenance
 from metrify.container import Container, build_container
@@ -89,7 +90,17 @@ def __getattr__(name: str) -> Celery:
         except SettingsError as exc:
             print(f"metrify: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        configure_logging(settings.log_level, settings.log_format, settings.data_dir)
+        _logging_of(settings)()
+        # A receiver of setup_logging keeps Celery's worker and beat from replacing the handlers
+        # (their own console format, and no DATA_DIR/logs/metrify.log) with theirs.
+        setup_logging.connect(_logging_of(settings), weak=False)
         _app = create_celery(settings)
         log.info("celery app ready", broker="redis" if settings.redis_url else "in-process")
     return _app
+
+
+def _logging_of(settings: Settings) -> Any:
+    def configure(**_signal: Any) -> None:
+        configure_logging(settings.log_level, settings.resolved_log_format, settings.data_dir)
+
+    return configure

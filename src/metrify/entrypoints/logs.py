@@ -31,17 +31,18 @@ def configure_logging(level: str, fmt: str, data_dir: Path) -> Path:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    renderer = (
-        structlog.processors.JSONRenderer()
+    renderer: list[Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]  # the traceback as text
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     )
+    foreign: list[Processor] = [*shared, structlog.stdlib.ExtraAdder()]  # logging's extra={...} fields
     console = logging.StreamHandler(sys.stderr)
     console.addFilter(lambda record: not getattr(record, "file_only", False))
     console.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+            foreign_pre_chain=foreign,
         )
     )
     root = logging.getLogger()
@@ -64,7 +65,7 @@ def configure_logging(level: str, fmt: str, data_dir: Path) -> Path:
                 ),
                 structlog.processors.JSONRenderer(),
             ],
-            foreign_pre_chain=shared,
+            foreign_pre_chain=foreign,
         )
     )
     to_file.setLevel(logging.DEBUG)
