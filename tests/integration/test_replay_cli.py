@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import signal
@@ -64,7 +65,15 @@ def test_export_filters_and_csv_format(uninterrupted: dict, tmp_path: Path, flee
         ["export", "gaps", "--from", "2024-03-05T00:00:00Z", "--to", "2024-03-06T00:00:00Z", "--output", str(target)],
         env,
     )
-    assert all("2024-03-05" in line for line in target.read_text().splitlines())
+    # the gaps that overlap the range, as the API's gap queries: begun before its end, not ended by its start
+    day, next_day = "2024-03-05T00:00:00Z", "2024-03-06T00:00:00Z"
+    overlapping = [
+        g
+        for g in uninterrupted["gaps"]
+        if g["missing_from"] < next_day and (g["missing_to"] is None or g["missing_to"] > day)
+    ]
+    assert [json.loads(line) for line in target.read_text().splitlines()] == overlapping
+    assert any(g["missing_from"] < day for g in overlapping)  # one begun the day before, that a start filter lost
     by_date = metrify(["export", "gaps", "--from", "2024-03-05", "--to", "2024-03-06"], env).stdout
     assert by_date.splitlines() == target.read_text().splitlines()  # a bare date is its midnight, UTC
 

@@ -6,6 +6,7 @@ cursor's round trips: that is the dashboards' and the API's common query."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -91,11 +92,13 @@ class SqlAlchemyOutcomeQueries:
         return self._stream(stmt, lambda r: ReadingTooLate(*r), where)
 
     def gaps(self, where: ExportFilter) -> Iterator[GapRow]:
+        """The gaps that overlap [start, end) (an open one runs on), as the API's gap queries."""
         c = t.gaps.c
-        stmt = _where(
-            sa.select(c.meter_id, c.missing_from, c.missing_to, c.missing_intervals), c.meter_id, c.missing_from, where
-        ).order_by(c.meter_id, c.missing_from)
-        return self._stream(stmt, lambda r: GapRow(*r), where)
+        stmt: sa.Select[Any] = sa.select(c.meter_id, c.missing_from, c.missing_to, c.missing_intervals)
+        stmt = _where(stmt, c.meter_id, c.missing_from, dataclasses.replace(where, start=None))
+        if where.start is not None:
+            stmt = stmt.where(sa.or_(c.missing_to.is_(None), c.missing_to > where.start))
+        return self._stream(stmt.order_by(c.meter_id, c.missing_from), lambda r: GapRow(*r), where)
 
     def aggregates(self, where: ExportFilter) -> Iterator[WindowUpdated]:
         c = t.aggregates.c
