@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from platformdirs import user_data_dir
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
@@ -199,7 +200,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'metrify.db'}"
+        # the path quoted: a folder named with '?' or '%' is a path, not a URL's query or escapes
+        return self.database_url or f"sqlite:///{quote(str(self.data_dir / 'metrify.db'), safe='/')}"
 
     @property
     def resolved_log_format(self) -> str:

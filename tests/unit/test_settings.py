@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from metrify.domain.stream.config import US
@@ -99,3 +101,14 @@ def test_durations_refuse_what_they_cannot_read(text: str) -> None:
 def test_durations_beyond_a_float_or_100_years_are_refused(value: object) -> None:
     with pytest.raises(ValueError, match="too long"):
         parse_duration(value)
+
+
+@pytest.mark.parametrize("folder", ["plain", "with space", "what?", "100%41", "a#b"])
+def test_the_embedded_database_lies_in_the_data_folder_whatever_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str
+) -> None:
+    from metrify.adapters.sqlalchemy.engine import sqlite_path
+
+    monkeypatch.setenv("METRIFY_DATA_DIR", str(tmp_path / folder))
+    monkeypatch.delenv("METRIFY_DATABASE_URL", raising=False)
+    assert sqlite_path(load_settings().resolved_database_url) == tmp_path / folder / "metrify.db"
