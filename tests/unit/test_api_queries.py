@@ -241,3 +241,14 @@ def test_a_meter_whose_id_holds_a_slash_is_reached_by_its_routes(api: Api) -> No
     changed = api.client.patch("/api/v1/meters/site%2F7", json={"region": "south"}, headers=headers)
     assert changed.json()["region"] == "south"
     assert api.client.get("/api/v1/meters/M1/readings", headers=headers).status_code == 200  # not a meter "M1/readings"
+
+
+def test_a_meter_id_in_a_path_is_trimmed_as_everywhere(api: Api) -> None:
+    headers = api.headers(Role.ADMIN)
+    created = api.client.post("/api/v1/meters", json={"meter_id": " M-7 ", "region": "north"}, headers=headers)
+    assert created.json()["meter_id"] == "M-7"
+    for path in ("/api/v1/meters/%20M-7%20", "/api/v1/meters/M-7%09"):
+        assert api.client.get(path, headers=headers).json()["meter_id"] == "M-7"
+        assert api.client.get(path + "/readings", headers=headers).status_code == 200
+    changed = api.client.patch("/api/v1/meters/%20M-7", json={"region": "south"}, headers=headers)
+    assert changed.json()["region"] == "south"

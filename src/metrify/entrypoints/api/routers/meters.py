@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.convertors import Convertor, register_url_convertor
 
+from metrify.domain.readings import normalise_meter_id
 from metrify.entrypoints.api import schemas as s
 from metrify.entrypoints.api.pagination import (
     CursorParam,
@@ -32,7 +33,7 @@ class MeterIdConvertor(Convertor[str]):
     regex = ".+"
 
     def convert(self, value: str) -> str:
-        return value
+        return normalise_meter_id(value)  # ` M1 ` is M1, as everywhere (DESIGN §3)
 
     def to_string(self, value: str) -> str:
         return value
