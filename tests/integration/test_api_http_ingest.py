@@ -211,7 +211,7 @@ def test_metrify_api_serves_the_admin_made_on_the_command_line(server: tuple[str
         assert ingested.json()["accepted"] == 1 and ingested.json()["rejected_by_reason"] == {"invalid_consumption": 1}
         readings = client.get("/api/v1/meters/M1/readings", headers=admin).json()["items"]
         assert [r["timestamp"] for r in readings] == ["2024-03-04T10:00:00Z"]
-        assert client.get("/readyz").json()["checks"] == {"database": "ok"}
+        assert client.get("/readyz").json()["checks"] == {"database": "ok", "stream": "ok"}
         assert "metrify_ingest_readings_total" in client.get("/metrics").text
         problem = client.post(
             URL, content=b"x" * (50 * 1024 * 1024), headers={"X-API-Key": key, "Content-Type": "application/json"}

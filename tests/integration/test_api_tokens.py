@@ -110,7 +110,7 @@ def test_the_rate_limit_is_shared_by_every_process_through_redis(api: Api, secon
 
 def test_readiness_checks_redis_too(api: Api) -> None:
     ready = api.client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "stream": "ok", "redis": "ok"}
 
 
 def test_readiness_names_redis_when_it_is_down(tmp_path: Path) -> None:

@@ -306,9 +306,14 @@ def test_kafka_pipeline_gives_the_embedded_outcome_and_survives_poison(
     lone_surrogate = b'{"meter_id": "\\ud800M", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": "0.5"}'
     for value in (b"not json at all", b"[1, 2, 3]", b"\xff\xfe\x00", lone_surrogate):
         producer.produce(run.names.raw, value, b"MTR-POISON", 0)
+    # 400 kB of text outside ASCII: its reject, written escaped, would not fit a Kafka message
+    huge = b'{"meter_id": "MTR-BIG", "timestamp": "' + ("\u00e9" * 200_000).encode() + b'", "consumption_kwh": "0.5"}'
+    producer.produce(run.names.raw, huge, b"MTR-BIG", 0)
     producer.flush(30)
     run.wait_settled()
     rejected = [orjson.loads(line) for line in metrify(["export", "rejected"], run.env).stdout.splitlines()]
+    (big,) = [r for r in rejected if r["meter_id"] == "MTR-BIG"]
+    assert big["reason"] == "invalid_timestamp" and "cut: 200,000 characters" in str(big), str(big)[-300:]
     poison = [r for r in rejected if r["reason"] == "malformed_message"]
     assert len(poison) == 4 and {r["meter_id"] for r in poison} == {"MTR-POISON"}
     assert all(r["partition"] == 0 for r in poison)
