@@ -569,15 +569,8 @@ class FailingFeed(FakeFeed):
         raise RuntimeError("fatal broker error")
 
 
-def test_a_write_behind_sink_that_fails_while_the_database_is_away_says_so_at_once() -> None:
-    feed, store = FailingFeed(), Store()
-    a = ("readings", 0)
-    sink = OutcomeSink(
-        feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: time.sleep(0.01)), write_behind=True
-    )
-    sink.sources_assigned([a])
-    store.transient_failures = 10**9  # the database went away, for as long as it takes
-    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+def _running(sink: OutcomeSink) -> tuple[threading.Thread, list[BaseException]]:
+    """The sink's run() started on a thread of its own, and the list its error will be put in."""
     failed: list[BaseException] = []
 
     def run() -> None:
@@ -588,6 +581,19 @@ def test_a_write_behind_sink_that_fails_while_the_database_is_away_says_so_at_on
 
     runner = threading.Thread(target=run, daemon=True)
     runner.start()
+    return runner, failed
+
+
+def test_a_write_behind_sink_that_fails_while_the_database_is_away_says_so_at_once() -> None:
+    feed, store = FailingFeed(), Store()
+    a = ("readings", 0)
+    sink = OutcomeSink(
+        feed, lambda: FakeSinkUow(store), "sink", backoff=Backoff(sleep=lambda _: time.sleep(0.01)), write_behind=True
+    )
+    sink.sources_assigned([a])
+    store.transient_failures = 10**9  # the database went away, for as long as it takes
+    feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
+    runner, failed = _running(sink)
     runner.join(5.0)
     assert not runner.is_alive(), "run() waited for the database instead of raising"
     assert len(failed) == 1 and isinstance(failed[0], RuntimeError)
@@ -605,16 +611,7 @@ def test_a_sink_asked_to_stop_while_the_database_is_away_stops_without_waiting_f
     sink.sources_assigned([a])
     store.transient_failures = 10**9  # the database went away, for as long as it takes
     feed.batches.append(FeedBatch([FeedMessage(a, 0, ["e0"])], {}))
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            sink.run()
-        except BaseException as error:  # handed to the test's thread
-            failed.append(error)
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
+    runner, failed = _running(sink)
     time.sleep(1.0)  # retrying by now
     stop.set()  # what SIGTERM does (Stopper): the flag, then the loop's stop()
     sink.stop()

@@ -42,6 +42,13 @@ class GapRow:
     missing_to: int | None
     missing_intervals: int
 
+    def overlaps(self, start: int | None, end: int | None) -> bool:
+        """Whether the gap overlaps [start, end) (None: unbounded): begun before its end, and not
+        ended by its start (an open gap runs on). How exports and the API pick gaps by time."""
+        return (end is None or self.missing_from < end) and (
+            start is None or self.missing_to is None or self.missing_to > start
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ExportFilter:

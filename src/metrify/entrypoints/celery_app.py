@@ -13,6 +13,7 @@ the calling process only (`task_always_eager`), which is what the embedded profi
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -90,16 +91,17 @@ def __getattr__(name: str) -> Celery:
         except SettingsError as exc:
             print(f"metrify: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        _logging_of(settings)()
+        configure = _logging_of(settings)
+        configure()
         # A receiver of setup_logging keeps Celery's worker and beat from replacing the handlers
         # (their own console format, and no DATA_DIR/logs/metrify.log) with theirs.
-        setup_logging.connect(_logging_of(settings), weak=False)
+        setup_logging.connect(configure, weak=False)
         _app = create_celery(settings)
         log.info("celery app ready", broker="redis" if settings.redis_url else "in-process")
     return _app
 
 
-def _logging_of(settings: Settings) -> Any:
+def _logging_of(settings: Settings) -> Callable[..., None]:
     def configure(**_signal: Any) -> None:
         configure_logging(settings.log_level, settings.resolved_log_format, settings.data_dir)
 

@@ -81,11 +81,7 @@ class InMemoryFleetQueries:
         def keep(g: GapRow) -> bool:
             if status is not None and (g.missing_to is None) != (status == "open"):
                 return False
-            if when.end is not None and g.missing_from >= when.end:
-                return False
-            if when.start is not None and g.missing_to is not None and g.missing_to <= when.start:
-                return False
-            return self._allowed(g.meter_id, subjects)
+            return g.overlaps(when.start, when.end) and self._allowed(g.meter_id, subjects)
 
         return _page(
             (g for g in self.store.gaps.values() if keep(g)), lambda g: (g.meter_id, g.missing_from), after, limit

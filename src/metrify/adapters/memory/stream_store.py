@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -57,12 +56,10 @@ class InMemoryStreamStore:
         return iter(sorted(rows, key=lambda r: (r.meter_id, r.timestamp, r.partition, r.position)))
 
     def gaps_of(self, where: ExportFilter) -> Iterator[GapRow]:
-        # those that overlap [start, end): begun before its end, not ended by its start
         rows = (
             g
             for g in self.gaps.values()
-            if _keep(g.meter_id, g.missing_from, dataclasses.replace(where, start=None))
-            and (where.start is None or g.missing_to is None or g.missing_to > where.start)
+            if (where.meter_id is None or g.meter_id == where.meter_id) and g.overlaps(where.start, where.end)
         )
         return iter(sorted(rows, key=lambda g: (g.meter_id, g.missing_from)))
 

@@ -14,7 +14,7 @@ from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.codec import decode_raw, extra_from_columns
 from metrify.adapters.sqlalchemy.errors import transient_errors
 from metrify.adapters.sqlalchemy.meters import meters_of_regions, scope_filter
-from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
+from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries, gaps_overlapping
 from metrify.application.ports import GapRow
 from metrify.application.queries import RegionWindow, Subjects, TimeRange
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate, WindowUpdated
@@ -148,10 +148,7 @@ class SqlAlchemyFleetQueries:
             stmt = stmt.where(c.missing_to.is_(None))
         elif status == "closed":
             stmt = stmt.where(c.missing_to.is_not(None))
-        if when.end is not None:
-            stmt = stmt.where(c.missing_from < when.end)
-        if when.start is not None:
-            stmt = stmt.where(sa.or_(c.missing_to.is_(None), c.missing_to > when.start))
+        stmt = gaps_overlapping(stmt, when.start, when.end)
         if after is not None:
             stmt = stmt.where(sa.tuple_(c.meter_id, c.missing_from) > sa.tuple_(*after))
         stmt = stmt.order_by(c.meter_id, c.missing_from).limit(limit)

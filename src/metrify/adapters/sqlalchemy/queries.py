@@ -6,7 +6,6 @@ cursor's round trips: that is the dashboards' and the API's common query."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,6 +40,16 @@ def _where(
         stmt = stmt.where(time >= where.start)
     if where.end is not None:
         stmt = stmt.where(time < where.end)
+    return stmt
+
+
+def gaps_overlapping(stmt: sa.Select[Any], start: int | None, end: int | None) -> sa.Select[Any]:
+    """The statement on the gaps table kept to the gaps that overlap [start, end) (GapRow.overlaps)."""
+    c = t.gaps.c
+    if end is not None:
+        stmt = stmt.where(c.missing_from < end)
+    if start is not None:
+        stmt = stmt.where(sa.or_(c.missing_to.is_(None), c.missing_to > start))
     return stmt
 
 
@@ -95,10 +104,10 @@ class SqlAlchemyOutcomeQueries:
         """The gaps that overlap [start, end) (an open one runs on), as the API's gap queries."""
         c = t.gaps.c
         stmt: sa.Select[Any] = sa.select(c.meter_id, c.missing_from, c.missing_to, c.missing_intervals)
-        stmt = _where(stmt, c.meter_id, c.missing_from, dataclasses.replace(where, start=None))
-        if where.start is not None:
-            stmt = stmt.where(sa.or_(c.missing_to.is_(None), c.missing_to > where.start))
-        return self._stream(stmt.order_by(c.meter_id, c.missing_from), lambda r: GapRow(*r), where)
+        if where.meter_id is not None:
+            stmt = stmt.where(c.meter_id == where.meter_id)
+        stmt = gaps_overlapping(stmt, where.start, where.end).order_by(c.meter_id, c.missing_from)
+        return self._stream(stmt, lambda r: GapRow(*r), where)
 
     def aggregates(self, where: ExportFilter) -> Iterator[WindowUpdated]:
         c = t.aggregates.c
