@@ -129,6 +129,8 @@ class AuthSettings(BaseModel):
     user_rate_limit: int = Field(600, ge=0)
     ingest_rate_limit: int = Field(6000, ge=0)
     login_rate_limit: int = Field(10, ge=0)
+    # sign-in attempts per client address, whatever the emails (password spraying)
+    login_client_rate_limit: int = Field(100, ge=0)
 
     @field_validator("secret")
     @classmethod

@@ -4,6 +4,7 @@ adapters on SQLite and PostgreSQL give the same answers, so the fakes stay true.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +35,7 @@ from metrify.application.errors import AlreadyExists
 from metrify.application.queries import RegionWindow, Subjects, TimeRange
 from metrify.application.simulator import FleetProfile, fleet_rows, region_of
 from metrify.application.stream import StreamPipeline
+from metrify.application.users import LastActiveAdmin
 from metrify.domain.ingest_keys import IngestKey
 from metrify.domain.readings import Meter, RawReading
 from metrify.domain.stream.config import US, StreamConfig
@@ -50,6 +52,7 @@ class Ports:
     queries: Any
     pipeline: StreamPipeline
     revocations: Any = None
+    url: str | None = None  # the database's, for a second connection (none for the fakes)
 
 
 def memory_ports() -> Ports:
@@ -81,12 +84,18 @@ def ports(request: pytest.FixtureRequest) -> Iterator[Ports]:
         SqlAlchemyFleetQueries(engine),
         pipeline,
         SqlAlchemyRevocationLog(engine),
+        url,
     )
     engine.dispose()
 
 
 def user(n: int, role: Role = Role.USER, **kw: Any) -> User:
-    return User(f"id-{n}", f"user{n}@example.com", role, f"hash-{n}", created_at=n, **kw)
+    return User(f"id-{n}", f"user{n}@example.com", role, f"hash-{n}", created_at=n, updated_at=n, **kw)
+
+
+def unversioned(stored: User | None) -> User | None:
+    """The user without the version the store gives each save."""
+    return None if stored is None else replace(stored, updated_at=0)
 
 
 def test_users_are_stored_found_changed_and_listed_alike(ports: Ports) -> None:
@@ -99,9 +108,13 @@ def test_users_are_stored_found_changed_and_listed_alike(ports: Ports) -> None:
     assert repo.get("id-1") == user(1, Role.USER, meters=frozenset({"M1", "M2"}))
     assert repo.by_email("user2@example.com") == user(2, Role.OPERATOR, regions=frozenset({"north"}))
     assert repo.get("nobody") is None and repo.by_email("nobody@example.com") is None
-    changed = repo.get("id-1").changed(role=Role.OPERATOR, regions=frozenset({"east", "west"}), active=False)
-    repo.save(changed)
-    assert repo.get("id-1") == changed
+    before = repo.get("id-1")
+    changed = replace(
+        before.changed(role=Role.OPERATOR, regions=frozenset({"east", "west"}), active=False), security_stamp="s2"
+    )
+    assert repo.save(changed, before) is True
+    assert unversioned(repo.get("id-1")) == unversioned(changed)
+    assert repo.get("id-1").updated_at > before.updated_at
     assert [u.email for u in repo.list(None, 2)] == ["user1@example.com", "user2@example.com"]
     assert [u.email for u in repo.list("user2@example.com", 5)] == ["user3@example.com"]
     assert repo.count_active_admins() == 1
@@ -109,15 +122,84 @@ def test_users_are_stored_found_changed_and_listed_alike(ports: Ports) -> None:
 
 def test_a_password_hash_is_replaced_only_while_it_is_the_one_expected(ports: Ports) -> None:
     repo = ports.users
-    repo.add(user(1, Role.OPERATOR, regions=frozenset({"north"})))
-    repo.save(repo.get("id-1").changed(active=False))
+    repo.add(user(1, Role.OPERATOR, regions=frozenset({"north"}), security_stamp="s1"))
+    before = repo.get("id-1")
+    repo.save(before.changed(active=False), before)
     assert repo.replace_password_hash("id-1", "hash-1", "hash-1b") is True
-    assert repo.get("id-1") == user(1, Role.OPERATOR, regions=frozenset({"north"})).changed(
-        active=False, password_hash="hash-1b"
-    )  # nothing else changed
+    assert unversioned(repo.get("id-1")) == unversioned(
+        user(1, Role.OPERATOR, regions=frozenset({"north"}), security_stamp="s1").changed(
+            active=False, password_hash="hash-1b"
+        )
+    )  # nothing else changed, the security stamp neither
     assert repo.replace_password_hash("id-1", "hash-1", "hash-1c") is False
     assert repo.replace_password_hash("nobody", "hash-1b", "x") is False
     assert repo.get("id-1").password_hash == "hash-1b"
+
+
+def test_a_save_over_a_user_changed_meanwhile_is_refused_alike(ports: Ports) -> None:
+    repo = ports.users
+    repo.add(user(1, Role.OPERATOR, regions=frozenset({"north"})))
+    read_by_one, read_by_other = repo.get("id-1"), repo.get("id-1")
+    assert repo.save(read_by_one.changed(regions=frozenset({"east"})), read_by_one) is True
+    assert repo.save(read_by_other.changed(active=False), read_by_other) is False  # would undo "east"
+    assert repo.get("id-1").regions == {"east"} and repo.get("id-1").active
+    again = repo.get("id-1")
+    assert repo.save(again.changed(active=False), again) is True
+    assert repo.get("id-1").regions == {"east"} and not repo.get("id-1").active
+    assert repo.save(again, again) is False  # gone stale with that save
+    assert repo.save(user(9), user(9)) is False  # no such user
+
+
+def test_no_save_leaves_no_active_admin_alike(ports: Ports) -> None:
+    repo = ports.users
+    repo.add(user(1, Role.ADMIN))
+    repo.add(user(2, Role.ADMIN))
+    first, second = repo.get("id-1"), repo.get("id-2")
+    assert repo.save(first.changed(active=False), first, keep_an_admin=True) is True
+    with pytest.raises(LastActiveAdmin):
+        repo.save(second.changed(role=Role.OPERATOR), second, keep_an_admin=True)
+    assert repo.get("id-2") == second  # nothing of it saved
+    assert repo.count_active_admins() == 1
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_two_admins_demoting_each_other_at_once_leave_one(request: pytest.FixtureRequest, database: str) -> None:
+    """The other demotion is under way in another transaction (not committed yet) while this
+    one is saved: counting the ADMINs before it commits would see two and let both through."""
+    url = request.getfixturevalue("migrated_sqlite_url" if database == "sqlite" else "migrated_postgres_url")
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as connection:
+            for table in (*t.API_TABLES, t.meters):
+                connection.execute(table.delete())
+        repo = SqlAlchemyUserRepository(engine)
+        repo.add(user(1, Role.ADMIN))
+        repo.add(user(2, Role.ADMIN))
+        second = repo.get("id-2")
+        outcome: list[object] = []
+        with engine.connect() as other:
+            first = repo.get("id-1")
+            other.execute(
+                t.users.update()
+                .where(t.users.c.user_id == "id-1")
+                .values(active=False, updated_at=first.updated_at + 1)
+            )
+
+            def demote_second() -> None:
+                try:
+                    outcome.append(repo.save(second.changed(active=False), second, keep_an_admin=True))
+                except Exception as exc:  # noqa: BLE001 - the outcome under test
+                    outcome.append(exc)
+
+            racer = threading.Thread(target=demote_second)
+            racer.start()
+            racer.join(0.5)
+            other.commit()
+            racer.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], LastActiveAdmin), outcome
+        assert repo.count_active_admins() == 1 and repo.get("id-2").active
+    finally:
+        engine.dispose()
 
 
 def test_revocations_are_kept_until_they_expire_alike(ports: Ports) -> None:

@@ -3,6 +3,7 @@ and up again (the stairway), and at head the schema is exactly what the adapter'
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,25 @@ def test_upgrading_creates_a_missing_sqlite_folder(tmp_path: Path) -> None:
     migrations.upgrade(url)
     assert (tmp_path / "not" / "yet" / "there.db").is_file()
     assert migrations.current(url) == migrations.heads()[0]
+
+
+def test_users_keep_their_sessions_across_the_security_stamp_revision(empty_url: str) -> None:
+    """0010 gives each user the stamp their tokens carry already: the fingerprint of their
+    password hash, which is what tokens carried as `pwd` before it."""
+    migrations.upgrade(empty_url, "0009_revoked_tokens")
+    engine = create_engine_for(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO users (user_id, email, password_hash, role, active, created_at, updated_at) "
+                    "VALUES ('u1', 'a@example.com', :h, 'ADMIN', true, 1, 1)"
+                ),
+                {"h": "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"},
+            )
+        migrations.upgrade(empty_url)
+        with engine.connect() as connection:
+            stamp = connection.execute(sa.text("SELECT security_stamp FROM users WHERE user_id = 'u1'")).scalar_one()
+        assert stamp == hashlib.sha256(b"$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA").hexdigest()[:16]
+    finally:
+        engine.dispose()

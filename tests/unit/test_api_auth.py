@@ -15,7 +15,7 @@ from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec
 from metrify.adapters.memory.bus import InMemoryCache
 from metrify.adapters.memory.users import InMemoryUserRepository
 from metrify.adapters.system import SystemClock
-from metrify.application.auth import AuthService, password_fingerprint
+from metrify.application.auth import AuthService
 from metrify.application.errors import AuthenticationFailed, RateLimited
 from metrify.application.rate_limits import RateLimit
 from metrify.domain.users import Role, User
@@ -67,6 +67,30 @@ def test_sign_in_attempts_are_rate_limited_per_email_with_retry_after(api: Api) 
     assert limited.json()["type"] == "urn:metrify:problem:rate-limited"
 
 
+def test_sign_in_attempts_are_rate_limited_per_client_address_too(tmp_path: Path) -> None:
+    """One password tried on many users (password spraying) is one client's attempts."""
+    # 3 sign-ins (one per role, by `running_api`), then 4 more
+    auth = AuthSettings(secret=SECRET, login_rate_limit=3, login_client_rate_limit=7)
+    settings = api_settings(tmp_path, auth=auth)
+    with running_api(memory_container(settings, Fakes()), settings) as api:
+        statuses = [
+            api.client.post(
+                "/api/v1/auth/token", data={"username": f"user{n}@example.com", "password": "Summer2026!"}
+            ).status_code
+            for n in range(6)
+        ]
+        assert statuses == [401] * 4 + [429] * 2
+        assert (
+            1
+            <= int(
+                api.client.post("/api/v1/auth/token", data={"username": "a@b.cd", "password": "x" * 8}).headers[
+                    "retry-after"
+                ]
+            )
+            <= 60
+        )
+
+
 def test_a_refresh_token_works_once_and_buys_a_new_pair(api: Api) -> None:
     tokens = api.sign_in("operator@example.com")
     first = api.client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
@@ -74,6 +98,19 @@ def test_a_refresh_token_works_once_and_buys_a_new_pair(api: Api) -> None:
     assert me(api, first.json()["access_token"]) == 200
     again = api.client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert again.status_code == 401 and "revoked" in again.json()["detail"]
+
+
+def test_a_used_refresh_token_that_comes_back_ends_the_session(api: Api) -> None:
+    """Whoever holds the rotated pair (the thief, or the user) loses it too: both must sign in."""
+    stolen = api.sign_in("operator@example.com")
+    other = api.sign_in("operator@example.com")  # another sign-in: its own session, untouched
+    rotated = api.client.post("/api/v1/auth/refresh", json={"refresh_token": stolen["refresh_token"]}).json()
+    assert me(api, rotated["access_token"]) == 200
+    again = api.client.post("/api/v1/auth/refresh", json={"refresh_token": stolen["refresh_token"]})
+    assert again.status_code == 401
+    assert me(api, rotated["access_token"]) == 401
+    assert api.client.post("/api/v1/auth/refresh", json={"refresh_token": rotated["refresh_token"]}).status_code == 401
+    assert me(api, other["access_token"]) == 200
 
 
 def test_logout_revokes_the_access_token_and_the_refresh_token(api: Api) -> None:
@@ -97,7 +134,7 @@ def forge(claims_changes: dict, secret: str = SECRET, **base: object) -> str:
 
 def test_expired_tampered_foreign_and_refresh_tokens_are_refused_as_access_tokens(api: Api) -> None:
     admin_id = api.users[Role.ADMIN].user_id
-    pwd = password_fingerprint(api.users[Role.ADMIN].password_hash)
+    pwd = api.users[Role.ADMIN].security_stamp
     good = api.tokens[Role.ADMIN]
     head, body, signature = good.split(".")
     tampered_body = jwt.utils.base64url_encode(
@@ -292,16 +329,25 @@ def _auth_service(users: InMemoryUserRepository, hasher: _MidLoginHasher) -> Aut
 
 
 def _stored_user(users: InMemoryUserRepository) -> User:
-    user = User("u-1", "user@example.com", Role.OPERATOR, fast_hasher().hash(PASSWORD), created_at=0)
+    user = User("u-1", "user@example.com", Role.OPERATOR, fast_hasher().hash(PASSWORD), security_stamp="s-1")
     users.add(user)
     return user
+
+
+def _change(users: InMemoryUserRepository, user_id: str, **changes: object) -> Callable[[], None]:
+    """What another request saves: the change, on the user as stored when it runs."""
+
+    def change() -> None:
+        stored = users.users[user_id]
+        assert users.save(stored.changed(**changes), stored)  # type: ignore[arg-type]
+
+    return change
 
 
 def test_a_login_that_rehashes_the_password_keeps_a_deactivation_made_during_it() -> None:
     users = InMemoryUserRepository()
     user = _stored_user(users)
-    deactivate = lambda: users.save(users.users[user.user_id].changed(active=False))  # noqa: E731
-    service = _auth_service(users, _MidLoginHasher(deactivate))
+    service = _auth_service(users, _MidLoginHasher(_change(users, user.user_id, active=False)))
     with pytest.raises(AuthenticationFailed):
         service.login("user@example.com", PASSWORD)
     stored = users.users[user.user_id]
@@ -311,7 +357,7 @@ def test_a_login_that_rehashes_the_password_keeps_a_deactivation_made_during_it(
 def test_a_login_that_rehashes_keeps_a_role_change_made_during_it_and_stores_the_new_hash() -> None:
     users = InMemoryUserRepository()
     user = _stored_user(users)
-    demote = lambda: users.save(users.users[user.user_id].changed(role=Role.USER))  # noqa: E731
+    demote = _change(users, user.user_id, role=Role.USER)
     tokens = _auth_service(users, _MidLoginHasher(demote)).login("user@example.com", PASSWORD)
     stored = users.users[user.user_id]
     assert stored.role is Role.USER and stored.password_hash != user.password_hash
@@ -322,10 +368,35 @@ def test_a_login_with_the_old_password_fails_when_the_password_is_changed_during
     users = InMemoryUserRepository()
     user = _stored_user(users)
     new_hash = fast_hasher().hash("another good passphrase")
-    change = lambda: users.save(users.users[user.user_id].changed(password_hash=new_hash))  # noqa: E731
+    change = _change(users, user.user_id, password_hash=new_hash)
     with pytest.raises(AuthenticationFailed):
         _auth_service(users, _MidLoginHasher(change)).login("user@example.com", PASSWORD)
     assert users.users[user.user_id].password_hash == new_hash
+
+
+def test_a_login_that_rehashes_the_password_ends_no_other_session() -> None:
+    users = InMemoryUserRepository()
+    user = _stored_user(users)
+    service = _auth_service(users, _MidLoginHasher(lambda: None))
+    first = service.login("user@example.com", PASSWORD)
+    second = service.login("user@example.com", PASSWORD)  # the same password, hashed anew
+    assert users.users[user.user_id].password_hash != user.password_hash
+    for tokens in (first, second):
+        assert service.authenticate(tokens.access_token)[0].user_id == user.user_id
+    assert service.refresh(first.refresh_token).access_token
+
+
+def test_a_reactivated_user_gets_none_of_their_old_sessions_back(api: Api) -> None:
+    user = api.users[Role.USER]
+    before = api.sign_in("user@example.com")
+    for active in (False, True):
+        response = api.client.patch(
+            f"/api/v1/users/{user.user_id}", json={"active": active}, headers=api.headers(Role.ADMIN)
+        )
+        assert response.status_code == 200 and response.json()["active"] is active
+    assert me(api, before["access_token"]) == 401
+    assert api.client.post("/api/v1/auth/refresh", json={"refresh_token": before["refresh_token"]}).status_code == 401
+    assert me(api, api.sign_in("user@example.com")["access_token"]) == 200  # a new sign-in works
 
 
 def test_logouts_and_used_refresh_tokens_stay_revoked_after_a_restart(tmp_path: Path) -> None:
@@ -340,10 +411,11 @@ def test_logouts_and_used_refresh_tokens_stay_revoked_after_a_restart(tmp_path: 
         assert first.client.post("/api/v1/auth/logout", json=body, headers=headers).status_code == 204
     with running_api(memory_container(settings, fakes), settings) as second:  # a new process
         assert me(second, signed_in["access_token"]) == 401
+        assert me(second, fresh["access_token"]) == 200  # what was not revoked still works
         for refresh_token in (signed_in["refresh_token"], used["refresh_token"]):
             again = second.client.post("/api/v1/auth/refresh", json={"refresh_token": refresh_token})
             assert again.status_code == 401
-        assert me(second, fresh["access_token"]) == 200  # what was not revoked still works
+        assert me(second, fresh["access_token"]) == 401  # a used refresh token came back: its session ended
 
 
 def test_a_logout_outlasts_access_tokens_set_to_live_longer_than_refresh_tokens() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.api import PASSWORD, Api, Fakes, api_settings, memory_container, running_api
+from tests.support.api import PASSWORD, Api, Fakes, api_settings, fast_hasher, memory_container, running_api
 
+from metrify.adapters.memory.users import InMemoryUserRepository
+from metrify.adapters.system import SystemClock
+from metrify.application.users import UserAdmin
 from metrify.domain.users import AccessDenied, InvalidUser, Role, Scope, User, normalise_email
 
 ADMIN_URL = "/api/v1/users"
@@ -137,3 +140,32 @@ def test_there_is_always_an_active_admin(api: Api) -> None:
     assert demoted.status_code == 200
     last = api.client.post(f"{ADMIN_URL}/{second['user_id']}/deactivate", headers={"Authorization": f"Bearer {other}"})
     assert last.status_code == 409
+
+
+class _Interleaved(InMemoryUserRepository):
+    """Users whose next save is preceded by another request's: what two ADMINs changing one
+    user at the same moment look like from one of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_next_save: Callable[[], None] | None = None
+
+    def save(self, user: User, previous: User, *, keep_an_admin: bool = False) -> bool:
+        other, self.before_next_save = self.before_next_save, None
+        if other is not None:
+            other()
+        return super().save(user, previous, keep_an_admin=keep_an_admin)
+
+
+def test_two_admins_changing_one_user_at_once_both_have_their_change() -> None:
+    users = _Interleaved()
+    users.add(User("a-1", "admin@example.com", Role.ADMIN, "hash", security_stamp="s"))
+    users.add(User("u-1", "op@example.com", Role.OPERATOR, "hash", regions=frozenset({"north"}), security_stamp="s"))
+    admins = UserAdmin(users, fast_hasher(), SystemClock())
+    actor = users.users["a-1"]
+    users.before_next_save = lambda: admins.update(actor, "u-1", regions=["north", "east"])
+    changed = admins.update(actor, "u-1", active=False)
+    stored = users.users["u-1"]
+    assert stored.regions == {"north", "east"} and not stored.active  # neither change lost
+    assert changed.regions == stored.regions
+    assert stored.security_stamp != "s"  # the deactivation ended the user's sessions

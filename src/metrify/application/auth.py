@@ -7,13 +7,13 @@ logging out revokes the session: the access token in use and every refresh token
 Revocations live in the Cache port until the token would have expired anyway; where that cache is
 the process's own (no Redis), each one is written to a RevocationLog too, which the next process
 reads back when it starts (`restore_revocations`): a restart forgets no logout. Every request
-reloads the user, so a deactivated user or a changed role takes effect at once, and tokens carry a
-fingerprint of the password hash (`pwd`), so a changed password ends every session issued before.
+reloads the user, so a deactivated user or a changed role takes effect at once, and tokens carry the
+user's security stamp (`pwd`), which a new password or a deactivation changes: either ends every
+session issued before, and a reactivated user's old tokens stay dead.
 """
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,6 +74,7 @@ class AuthService:
         access_ttl: float,
         refresh_ttl: float,
         login_limit: RateLimit,
+        login_client_limit: RateLimit | None = None,
         revocation_log: RevocationLog | None = None,
     ) -> None:
         self.users = users
@@ -84,6 +85,7 @@ class AuthService:
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
         self.login_limit = login_limit
+        self.login_client_limit = login_client_limit
         self.revocation_log = revocation_log
         self._dummy_hash: str | None = None
 
@@ -98,14 +100,19 @@ class AuthService:
             self.cache.set(key, b"1", (expires_at - now) / US)
         return len(live)
 
-    def login(self, email: str, password: str) -> TokenPair:
-        """A token pair for the right email and password of an active user. Attempts per email are
-        rate-limited, and an unknown email costs as much as a wrong password (no user enumeration)."""
+    def login(self, email: str, password: str, client: str | None = None) -> TokenPair:
+        """A token pair for the right email and password of an active user. Attempts are
+        rate-limited per email (guessing one user's password) and per client address, when it is
+        known (trying one password on many users), and an unknown email costs as much as a wrong
+        password (no user enumeration)."""
         try:
             address, valid = normalise_email(email), True
         except InvalidUser:
             address, valid = email.strip().lower(), False
-        self.login_limit.check(self.cache, f"login:{address}", self.clock.now_us())
+        now = self.clock.now_us()
+        if client is not None and self.login_client_limit is not None:
+            self.login_client_limit.check(self.cache, f"login-client:{client}", now)
+        self.login_limit.check(self.cache, f"login:{address}", now)
         # Every user's address is a valid one: another is not looked up (PostgreSQL could not look
         # one holding NUL up at all).
         user = self.users.by_email(address) if valid else None
@@ -131,10 +138,16 @@ class AuthService:
 
     def refresh(self, refresh_token: str) -> TokenPair:
         """A new pair, of the same session, for a valid refresh token, which is revoked by this
-        call: each refresh token works once, however many requests race with it."""
-        claims = self._claims(refresh_token, REFRESH)
+        call: each refresh token works once, however many requests race with it. A refresh token
+        that comes back after it was used means two parties hold the session (one of them stole
+        it): the session ends, for both (OAuth 2.0 Security BCP, refresh token rotation)."""
+        try:
+            claims = self._claims(refresh_token, REFRESH)
+        except AuthenticationFailed:
+            self._end_session_of_reused(refresh_token)
+            raise
         user = self._active_user(claims)
-        if not self._revoke(claims):
+        if not self._revoke(claims):  # claimed by a request racing this one: no reuse, no harm
             raise AuthenticationFailed("the token has been revoked")
         return self._issue(user, claims["sid"])
 
@@ -142,11 +155,7 @@ class AuthService:
         """Revoke the access token in use and its session (every refresh token of that sign-in);
         a refresh token given as well, of the same user, is revoked too."""
         self._revoke(access_claims)
-        # as long as any token of the session may live: a refresh token, or an access token
-        # where access tokens are set to live longer than refresh tokens
-        session, lasting = f"revoked-session:{access_claims['sid']}", max(self.access_ttl, self.refresh_ttl) + 1
-        self.cache.set(session, b"1", lasting)
-        self._log(session, lasting)
+        self._end_session(access_claims["sid"])
         if refresh_token:
             try:
                 claims = self._claims(refresh_token, REFRESH)
@@ -171,7 +180,7 @@ class AuthService:
             "role": user.role.value,
             "iat": now,
             "sid": session or uuid.uuid4().hex,
-            "pwd": password_fingerprint(user.password_hash),
+            "pwd": user.security_stamp,
         }
         access = self.codec.encode({**base, "typ": ACCESS, "jti": uuid.uuid4().hex, "exp": now + access_ttl})
         refresh = self.codec.encode({**base, "typ": REFRESH, "jti": uuid.uuid4().hex, "exp": now + refresh_ttl})
@@ -192,9 +201,31 @@ class AuthService:
         user = self.users.get(claims["sub"])
         if user is None or not user.active:
             raise AuthenticationFailed("the user does not exist or is deactivated")
-        if claims["pwd"] != password_fingerprint(user.password_hash):
-            raise AuthenticationFailed("the password has changed since the token was issued")
+        if claims["pwd"] != user.security_stamp:
+            raise AuthenticationFailed(
+                "the password has changed, or the user was deactivated, since the token was issued"
+            )
         return user
+
+    def _end_session(self, session: str) -> None:
+        """Revoke every token of the session, for as long as any of them may live: a refresh
+        token, or an access token where access tokens are set to live longer."""
+        key, lasting = f"revoked-session:{session}", max(self.access_ttl, self.refresh_ttl) + 1
+        self.cache.set(key, b"1", lasting)
+        self._log(key, lasting)
+
+    def _end_session_of_reused(self, refresh_token: str) -> None:
+        """End the session of a genuine refresh token that was used already (revoked on its own,
+        its session still live)."""
+        try:
+            claims = self.codec.decode(refresh_token)
+        except AuthenticationFailed:
+            return  # not one of ours, or expired: nothing to end
+        jti, session = claims.get("jti"), claims.get("sid")
+        if claims.get("typ") != REFRESH or not isinstance(jti, str) or not isinstance(session, str):
+            return
+        if self.cache.get(f"revoked:{jti}") is not None and self.cache.get(f"revoked-session:{session}") is None:
+            self._end_session(session)
 
     def _revoke(self, claims: Mapping[str, Any]) -> bool:
         """Revoke a token until it would have expired; False when it was revoked already."""
@@ -210,8 +241,3 @@ class AuthService:
         if self.revocation_log is not None:
             now = self.clock.now_us()
             self.revocation_log.append(key, now + round(ttl_seconds * US), now)
-
-
-def password_fingerprint(password_hash: str) -> str:
-    """Which password a token was issued under, without saying anything about it."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]

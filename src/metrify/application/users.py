@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Protocol
 
 from metrify.application.errors import AlreadyExists, Conflict, NotFound
@@ -22,13 +23,18 @@ class UserRepository(Protocol):
         """Store a new user; AlreadyExists when the email is taken."""
         ...
 
-    def save(self, user: User) -> None:
-        """Replace a stored user's fields and assignments."""
+    def save(self, user: User, previous: User, *, keep_an_admin: bool = False) -> bool:
+        """Replace the stored user's fields and assignments with `user`'s, in one transaction, if
+        the stored user is still `previous` (same `updated_at`); False, and nothing saved, when it
+        changed meanwhile (the caller reads it again and redoes its change on what is there now).
+        With `keep_an_admin`, raises LastActiveAdmin, and saves nothing, when no active ADMIN
+        would be left: checked in the same transaction, against concurrent saves as well."""
         ...
 
     def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
         """Set the user's password hash to `new_hash` if it is still `old_hash`, touching nothing
-        else; False when it had changed meanwhile (or the user is gone)."""
+        else (the security stamp neither: the same password hashed anew ends no session); False
+        when it had changed meanwhile (or the user is gone)."""
         ...
 
     def list(self, after_email: str | None, limit: int) -> list[User]:
@@ -46,6 +52,21 @@ class PasswordHasher(Protocol):
         ...
 
     def needs_rehash(self, password_hash: str) -> bool: ...
+
+
+class LastActiveAdmin(Conflict):
+    """The change would leave no active ADMIN."""
+
+    def __init__(self) -> None:
+        super().__init__("the last active ADMIN cannot be demoted or deactivated")
+
+
+# How often an update is redone on a user that another request changed meanwhile.
+UPDATE_ATTEMPTS = 5
+
+
+def new_security_stamp() -> str:
+    return uuid.uuid4().hex
 
 
 def _names(values: Iterable[str] | None) -> frozenset[str] | None:
@@ -74,6 +95,7 @@ class UserAdmin:
         check_assignments(role, assigned_meters, assigned_regions)
         if self.users.by_email(address) is not None:
             raise AlreadyExists(f"a user with the email {address} exists already")
+        now = self.clock.now_us()
         user = User(
             user_id=uuid.uuid4().hex,
             email=address,
@@ -81,7 +103,9 @@ class UserAdmin:
             password_hash=self.hasher.hash(password),
             meters=assigned_meters,
             regions=assigned_regions,
-            created_at=self.clock.now_us(),
+            created_at=now,
+            security_stamp=new_security_stamp(),
+            updated_at=now,
         )
         self.users.add(user)
         return user
@@ -107,24 +131,30 @@ class UserAdmin:
         password: str | None = None,
     ) -> User:
         """Change a user; a new role drops assignments that no longer fit. An ADMIN cannot demote or
-        deactivate themselves, and the last active ADMIN cannot be demoted or deactivated."""
+        deactivate themselves, and the last active ADMIN cannot be demoted or deactivated. A new
+        password or a deactivation ends the user's sessions (a new security stamp). The change is
+        applied to the user as stored when it is saved: one made by another request meanwhile is
+        kept, not overwritten."""
         actor.require(Role.ADMIN)
-        user = self.get(user_id)
         password_hash = None
         if password is not None:
             check_password_policy(password)
             password_hash = self.hasher.hash(password)
-        changed = user.changed(
-            role=role, meters=_names(meters), regions=_names(regions), active=active, password_hash=password_hash
-        )
-        loses_admin = user.role is Role.ADMIN and user.active and (changed.role is not Role.ADMIN or not changed.active)
-        if loses_admin:
-            if user.user_id == actor.user_id:
+        for _ in range(UPDATE_ATTEMPTS):
+            user = self.get(user_id)
+            changed = user.changed(
+                role=role, meters=_names(meters), regions=_names(regions), active=active, password_hash=password_hash
+            )
+            if user.ends_sessions(changed):
+                changed = replace(changed, security_stamp=new_security_stamp())
+            loses_admin = (
+                user.role is Role.ADMIN and user.active and (changed.role is not Role.ADMIN or not changed.active)
+            )
+            if loses_admin and user.user_id == actor.user_id:
                 raise Conflict("an ADMIN cannot demote or deactivate themselves")
-            if self.users.count_active_admins() <= 1:
-                raise Conflict("the last active ADMIN cannot be demoted or deactivated")
-        self.users.save(changed)
-        return changed
+            if self.users.save(changed, user, keep_an_admin=loses_admin):
+                return changed
+        raise Conflict(f"user {user_id!r} kept being changed by other requests; try again")
 
     def deactivate(self, actor: User, user_id: str) -> User:
         return self.update(actor, user_id, active=False)

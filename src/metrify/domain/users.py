@@ -87,7 +87,10 @@ class Scope:
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """A person with one role. `password_hash` is the hasher's encoded string, never the password."""
+    """A person with one role. `password_hash` is the hasher's encoded string, never the password.
+    `security_stamp` is what the user's tokens carry: it changes with the password and when the
+    user is deactivated, which ends every session issued before. `updated_at` is when the stored
+    user last changed (the store sets it): a save names the version it replaces."""
 
     user_id: str
     email: str
@@ -97,6 +100,8 @@ class User:
     meters: frozenset[str] = field(default_factory=frozenset)
     regions: frozenset[str] = field(default_factory=frozenset)
     created_at: int = 0  # microseconds since the epoch
+    security_stamp: str = ""
+    updated_at: int = 0  # microseconds since the epoch
 
     def __post_init__(self) -> None:
         check_assignments(self.role, self.meters, self.regions)
@@ -130,6 +135,12 @@ class User:
             active=self.active if active is None else active,
             password_hash=password_hash or self.password_hash,
         )
+
+    def ends_sessions(self, changed: User) -> bool:
+        """Whether going from this user to `changed` must end the sessions issued before: a new
+        password, or a deactivation. (A new hash of the same password is not a new password: see
+        `UserRepository.replace_password_hash`.)"""
+        return changed.password_hash != self.password_hash or (self.active and not changed.active)
 
     # -- what the role allows -------------------------------------------------------------------
 

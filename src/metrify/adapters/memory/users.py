@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 
 from metrify.adapters.memory.stream_store import InMemoryStreamStore
 from metrify.application.errors import AlreadyExists
+from metrify.application.users import LastActiveAdmin
 from metrify.domain.ingest_keys import IngestKey
 from metrify.domain.readings import Meter
 from metrify.domain.stream.events import ReadingAccepted
@@ -29,19 +31,28 @@ class InMemoryUserRepository:
         with self._lock:
             if self.by_email(user.email) is not None or user.user_id in self.users:
                 raise AlreadyExists(f"a user with the email {user.email} exists already")
-            self.users[user.user_id] = user
+            self.users[user.user_id] = replace(user, updated_at=user.created_at)  # as the database stores it
 
-    def save(self, user: User) -> None:
+    def save(self, user: User, previous: User, *, keep_an_admin: bool = False) -> bool:
         with self._lock:
-            if user.user_id in self.users:
-                self.users[user.user_id] = user
+            stored = self.users.get(user.user_id)
+            if stored is None or stored.updated_at != previous.updated_at:
+                return False
+            saved = replace(user, updated_at=previous.updated_at + 1)
+            others = sum(
+                1 for u in self.users.values() if u.user_id != user.user_id and u.role is Role.ADMIN and u.active
+            )
+            if keep_an_admin and others + (saved.role is Role.ADMIN and saved.active) == 0:
+                raise LastActiveAdmin
+            self.users[user.user_id] = saved
+            return True
 
     def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
         with self._lock:
             user = self.users.get(user_id)
             if user is None or user.password_hash != old_hash:
                 return False
-            self.users[user_id] = user.changed(password_hash=new_hash)
+            self.users[user_id] = replace(user.changed(password_hash=new_hash), updated_at=user.updated_at + 1)
             return True
 
     def list(self, after_email: str | None, limit: int) -> list[User]:

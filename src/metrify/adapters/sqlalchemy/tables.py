@@ -177,6 +177,8 @@ users = sa.Table(
     sa.Column("active", sa.Boolean, nullable=False),
     sa.Column("created_at", Micros, nullable=False),
     sa.Column("updated_at", Micros, nullable=False),
+    # changes with the password and at deactivation; a token carries it (Alembic 0010)
+    sa.Column("security_stamp", sa.Text, nullable=False),
 )
 
 user_meters = sa.Table(

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.errors import transient_errors
 from metrify.application.errors import AlreadyExists
+from metrify.application.users import LastActiveAdmin
 from metrify.domain.ingest_keys import IngestKey
 from metrify.domain.users import Role, User
 
@@ -46,6 +47,8 @@ class SqlAlchemyUserRepository:
                 meters=frozenset(meters[row.user_id]),
                 regions=frozenset(regions[row.user_id]),
                 created_at=row.created_at,
+                security_stamp=row.security_stamp,
+                updated_at=row.updated_at,
             )
             for row in rows
         ]
@@ -81,26 +84,42 @@ class SqlAlchemyUserRepository:
                         active=user.active,
                         created_at=user.created_at,
                         updated_at=user.created_at,
+                        security_stamp=user.security_stamp,
                     )
                 )
                 self._write_assignments(connection, user)
         except sa.exc.IntegrityError:
             raise AlreadyExists(f"a user with the email {user.email} exists already") from None
 
-    def save(self, user: User) -> None:
+    def save(self, user: User, previous: User, *, keep_an_admin: bool = False) -> bool:
+        c = t.users.c
         with transient_errors(), self.engine.begin() as connection:
-            connection.execute(
+            if keep_an_admin and connection.dialect.name == "postgresql":
+                # Two ADMINs demoting each other at once would each count the other as still
+                # active: the active ADMINs' rows are locked first, so the second waits and counts
+                # again once the first has committed. (SQLite: the UPDATE below takes the
+                # database's one write lock before the count.)
+                connection.execute(
+                    sa.select(c.user_id).where(c.role == Role.ADMIN.value, c.active.is_(True)).with_for_update()
+                )
+            stored = connection.execute(
                 t.users.update()
-                .where(t.users.c.user_id == user.user_id)
+                .where(c.user_id == user.user_id, c.updated_at == previous.updated_at)
                 .values(
                     email=user.email,
                     password_hash=user.password_hash,
                     role=user.role.value,
                     active=user.active,
-                    updated_at=_now_us(),
+                    security_stamp=user.security_stamp,
+                    updated_at=max(_now_us(), previous.updated_at + 1),  # a new version, whatever the clock does
                 )
             )
+            if stored.rowcount != 1:
+                return False
+            if keep_an_admin and self._active_admins(connection) == 0:
+                raise LastActiveAdmin  # rolls the update back
             self._write_assignments(connection, user)
+        return True
 
     def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
         c = t.users.c
@@ -120,10 +139,14 @@ class SqlAlchemyUserRepository:
             return self._load(connection, connection.execute(stmt))
 
     def count_active_admins(self) -> int:
+        with transient_errors(), self.engine.connect() as connection:
+            return self._active_admins(connection)
+
+    @staticmethod
+    def _active_admins(connection: sa.Connection) -> int:
         c = t.users.c
         stmt = sa.select(sa.func.count()).where(c.role == Role.ADMIN.value, c.active.is_(True))
-        with transient_errors(), self.engine.connect() as connection:
-            return int(connection.execute(stmt).scalar_one())
+        return int(connection.execute(stmt).scalar_one())
 
 
 class SqlAlchemyIngestKeyRepository:

@@ -62,6 +62,7 @@ class ApiServices:
                 access_ttl=auth.access_ttl,
                 refresh_ttl=auth.refresh_ttl,
                 login_limit=RateLimit(auth.login_rate_limit, auth.rate_window),
+                login_client_limit=RateLimit(auth.login_client_rate_limit, auth.rate_window),
                 revocation_log=container.revocation_log(),
             ),
             users=UserAdmin(users, hasher, clock),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 
 from metrify.application.auth import TokenPair
@@ -26,9 +26,11 @@ def _tokens(pair: TokenPair) -> s.TokenOut:
 
 
 @router.post("/token", response_model=s.TokenOut, summary="Sign in with email and password")
-def token(svc: Services, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> s.TokenOut:
-    """The OAuth2 password flow: `username` is the email. Attempts per email are rate-limited."""
-    return _tokens(svc.auth.login(form.username, form.password))
+def token(svc: Services, form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request) -> s.TokenOut:
+    """The OAuth2 password flow: `username` is the email. Attempts per email, and per client
+    address, are rate-limited."""
+    client = request.client.host if request.client is not None else None
+    return _tokens(svc.auth.login(form.username, form.password, client))
 
 
 @router.post("/refresh", response_model=s.TokenOut, summary="Trade a refresh token for a new pair")
