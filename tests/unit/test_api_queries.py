@@ -126,6 +126,8 @@ def test_gaps_open_and_closed_by_meter_or_region(api: Api) -> None:
     ]
     assert [g["meter_id"] for g in all_pages(api, Role.ADMIN, "/api/v1/gaps", status="open")] == ["N3"]
     assert [g["meter_id"] for g in all_pages(api, Role.ADMIN, "/api/v1/gaps", meter_id="N2")] == ["N2"]
+    assert [g["meter_id"] for g in all_pages(api, Role.ADMIN, "/api/v1/gaps", meter_id=" N2\t")] == ["N2"]
+    assert get(api, Role.ADMIN, "/api/v1/gaps", meter_id="  ")[0] == 422
     assert len(all_pages(api, Role.OPERATOR, "/api/v1/gaps", region="north")) == 2
     assert all_pages(api, Role.USER, "/api/v1/gaps") == []
     assert get(api, Role.USER, "/api/v1/gaps", meter_id="N2")[0] == 404

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from pydantic import AfterValidator
 
+from metrify.domain.readings import normalise_meter_id
 from metrify.domain.stream.config import US
 from metrify.domain.stream.grammar import format_timestamp
 from metrify.entrypoints.api import schemas as s
@@ -28,7 +30,19 @@ from metrify.entrypoints.api.security import CurrentUser, Services
 
 router = APIRouter(prefix="/api/v1", responses=PROBLEM_RESPONSES)
 
-MeterParam = Annotated[str | None, Query(min_length=1, max_length=200, description="Only this meter.")]
+
+def _meter_id(value: str | None) -> str | None:
+    """` M1 ` is M1 in a filter too, as everywhere (DESIGN §3)."""
+    if value is None:
+        return None
+    if not (meter_id := normalise_meter_id(value)):
+        raise ValueError("a meter id cannot be empty")
+    return meter_id
+
+
+MeterParam = Annotated[
+    str | None, Query(min_length=1, max_length=200, description="Only this meter."), AfterValidator(_meter_id)
+]
 RegionParam = Annotated[str | None, Query(min_length=1, max_length=200, description="Only this region's meters.")]
 
 
