@@ -7,7 +7,8 @@ kind by kind and row by row, those of the embedded `metrify replay --partitions 
 1. equivalence: 2 workers, 1 sink (plus: poison messages become `malformed_message` rejects);
 2. crashes: workers and the sink SIGKILLed at random moments and restarted;
 3. rebalance: a third worker joins mid-stream, one of the first two leaves;
-4. broker restart mid-stream (a private broker of this test, so nothing else is disturbed).
+4. broker restart mid-stream (a private broker of this test, so nothing else is disturbed);
+5. SIGTERM to a worker that is restoring a partition (waiting for a crashed worker's transaction).
 
 Each test has its own topic prefix, consumer groups and database. The pipeline is done when the
 workers' group has committed the whole raw topic and the sink's offsets in the database reach the
@@ -371,6 +372,40 @@ def test_kafka_pipeline_rebalances_when_a_worker_joins_and_one_leaves(
     run.wait_settled()
     _assert_same(run.exports(), embedded)
     assert "restored from the changelog" in run.log_of("w3")
+
+
+def test_a_worker_restoring_a_partition_stops_at_once_on_sigterm(run: KafkaRun) -> None:
+    # A transaction left open on partition 0's changelog, as a crashed worker leaves one: the
+    # restore waits for it to end (the broker aborts it after its timeout, a minute here).
+    crashed = Producer(
+        {
+            "bootstrap.servers": run.bootstrap,
+            "transactional.id": f"{run.worker_group}.crashed",
+            "transaction.timeout.ms": 60000,
+        }
+    )
+    crashed.init_transactions(30)
+    crashed.begin_transaction()
+    crashed.produce(run.names.changelog, b"{}", b"MTR-1", 0)
+    crashed.flush(30)
+    try:
+        run.worker("w1")
+        deadline = time.monotonic() + 60
+        while "waiting for an unfinished transaction" not in run.log_of("w1", tail=None):
+            assert time.monotonic() < deadline and run.alive("w1"), run.log_of("w1")
+            time.sleep(0.1)
+        asked = time.monotonic()
+        try:
+            code = run.stop("w1", timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"w1 kept restoring after SIGTERM:\n{run.log_of('w1')}") from None
+        took = time.monotonic() - asked
+    finally:
+        crashed.abort_transaction(30)
+    log = run.log_of("w1", tail=None)
+    assert code == 0, log
+    assert "Traceback" not in log and "unexpected error" not in log, log
+    assert took < 5.0, f"SIGTERM took {took:.1f}s to stop the worker:\n{log}"
 
 
 def _free_port() -> int:

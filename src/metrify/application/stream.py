@@ -86,14 +86,14 @@ class ReplayedElsewhere(Exception):
 
 
 class StopRequested(Exception):
-    """The process was asked to stop (SIGTERM) while it waited for an unreachable store: the
-    action it retried is given up, not done."""
+    """The process was asked to stop (SIGTERM) while it waited for an unreachable store (the
+    database, Kafka): the action it retried is given up, not done."""
 
 
 class Backoff:
     """Capped exponential backoff for an unreachable store: 0.5 s, 1 s, 2 s ... up to `cap`.
     With `stopped`, a wait ends within a tenth of a second of it turning true, in StopRequested:
-    a process asked to stop does not wait for the database first."""
+    a process asked to stop does not wait for the database (or the broker) first."""
 
     STEP = 0.1  # seconds slept at a time while `stopped` is watched
 
@@ -117,24 +117,34 @@ class Backoff:
             try:
                 return action()
             except TransientStoreError as exc:
-                delay = min(self.cap, self.first * (2**attempt))
+                delay = self.delay(attempt)
                 attempt += 1
                 if self.on_retry is not None:
                     self.on_retry(attempt, delay, exc)
-                self._wait(delay, exc)
+                self.wait(delay, f"the store was unreachable ({exc})", exc)
 
-    def _wait(self, delay: float, error: Exception) -> None:
+    def delay(self, attempt: int) -> float:
+        """The wait after `attempt + 1` failed tries in a row: `first`, doubled each time, `cap` at most."""
+        return min(self.cap, self.first * (2**attempt))
+
+    def wait(self, delay: float, doing: str, error: Exception | None = None) -> None:
+        """Sleep `delay` seconds; with `stopped`, a STEP at a time (see check)."""
         if self.stopped is None:
             self.sleep(delay)
             return
         while True:
-            if self.stopped():
-                raise StopRequested(f"stopped while the store was unreachable ({error})") from error
+            self.check(doing, error)
             if delay <= 0:
                 return
             step = min(delay, self.STEP)
             self.sleep(step)
             delay -= step
+
+    def check(self, doing: str, error: Exception | None = None) -> None:
+        """StopRequested if `stopped` says so (`doing`: what is given up, for the message). For
+        loops that wait otherwise than by sleeping (a request in flight, a changelog being read)."""
+        if self.stopped is not None and self.stopped():
+            raise StopRequested(f"stopped while {doing}") from error
 
 
 class StreamPipeline:

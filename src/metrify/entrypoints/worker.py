@@ -3,7 +3,8 @@
 Scale out by starting more of them (same METRIFY_KAFKA__GROUP_ID, any machine): the consumer
 group spreads the input partitions over them (cooperative-sticky), and each partition's state
 follows it through the changelog. SIGTERM (or Ctrl-C) finishes the batch in hand, commits it,
-hands the partitions back to the group and exits.
+hands the partitions back to the group and exits; a restore or a new producer waiting for an
+absent broker is given up at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from metrify.adapters.kafka.admin import KafkaUnavailable, require_topics, wait_
 from metrify.adapters.kafka.clients import KafkaHealth
 from metrify.adapters.kafka.metrics import PrometheusWorkerMetrics, serve
 from metrify.application.kafka_stream import RunTotals, StreamWorker
+from metrify.application.stream import Backoff, StopRequested
 from metrify.container import Container
 from metrify.entrypoints.process import freeze_startup_heap
 from metrify.settings import Settings
@@ -99,13 +101,18 @@ def run_worker(settings: Settings, container: Container, options: WorkerOptions)
         serve(metrics.registry, options.metrics_port)
         instance = options.instance_id or default_instance_id()
         health = KafkaHealth(f"worker {instance}", on_change=metrics.kafka_up.setter("worker"))
-        stream_log = container.kafka_stream_log(
-            transactional_id=f"{names.prefix}{settings.kafka.group_id}.{instance}",
-            health=health,
-            session_timeout=options.session_timeout,
-            transaction_timeout=options.transaction_timeout,
-            instance=instance,
-        )
+        try:
+            stream_log = container.kafka_stream_log(
+                transactional_id=f"{names.prefix}{settings.kafka.group_id}.{instance}",
+                health=health,
+                session_timeout=options.session_timeout,
+                transaction_timeout=options.transaction_timeout,
+                instance=instance,
+                backoff=Backoff(first=0.2, cap=5.0, stopped=lambda: stopper.requested),
+            )
+        except StopRequested as exc:
+            log.warning("%s: not started", exc)
+            return RunTotals()
         worker = StreamWorker(
             settings.stream.to_config(),
             stream_log,
@@ -125,6 +132,11 @@ def run_worker(settings: Settings, container: Container, options: WorkerOptions)
         freeze_startup_heap()  # full collections would walk start-up's objects in every batch
         try:
             totals = worker.run(options.stop_when_idle)
+        except StopRequested as exc:
+            # A restore or a producer's start given up commits nothing: the partitions' next
+            # owner restores them from the changelog and reads on from their committed offsets.
+            log.warning("%s: given up", exc)
+            totals = worker.totals
         finally:
             stream_log.close()
     log.info(

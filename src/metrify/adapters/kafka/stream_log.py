@@ -15,6 +15,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from functools import partial
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -40,6 +42,7 @@ from metrify.adapters.kafka.clients import (
 )
 from metrify.application.kafka_stream import PartitionListener, PolledPartition, TransactionAborted
 from metrify.application.ports import PartitionState
+from metrify.application.stream import Backoff
 from metrify.domain.readings import RawReading
 
 log = logging.getLogger("metrify.worker")
@@ -53,6 +56,10 @@ ENVELOPE_BYTES = 256 * 1024
 # A single record over this (a reject of a raw message of hundreds of kB) has its raw values cut
 # (codec.cut_rejected): under the broker's default message.max.bytes (1,048,588) with room to spare.
 MESSAGE_BYTES = 900 * 1024
+# init_transactions is called with this timeout and, timed out, called again, which resumes it
+# (librdkafka: "retry call to resume"): between tries the process can see that it is to stop.
+INIT_TRY_SECONDS = 1.0
+RETIRED_KEPT = 3  # producers given up on that are kept (see _retire)
 
 
 def envelopes(kind: str, records: list[Any]) -> Iterator[bytes]:
@@ -151,6 +158,7 @@ class KafkaStreamLog:
         session_timeout: float = 10.0,
         transaction_timeout: float = 15.0,
         instance: str = "",
+        backoff: Backoff | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.names = names
@@ -160,8 +168,11 @@ class KafkaStreamLog:
         self.transactional_id = transactional_id
         self.transaction_timeout = transaction_timeout
         self.call_timeout = 15.0  # a transactional call that has not returned by then is given up
+        # Waits for an absent broker (init_transactions, restores); with `stopped`, they end in
+        # StopRequested once the process is asked to stop.
+        self.backoff = backoff or Backoff(first=0.2, cap=5.0)
         self.fences: list[float] = []
-        self.retired: list[Producer] = []  # producers given up on: kept, never destroyed while stuck
+        self.retired: list[Producer] = []  # producers given up on (see _retire)
         self.consumer = Consumer(consumer_config(bootstrap, group_id, self.health, session_timeout=session_timeout))
         self.restorer = Consumer(
             consumer_config(
@@ -182,24 +193,35 @@ class KafkaStreamLog:
     # -- producer life cycle ---------------------------------------------------------------------
 
     def _new_producer(self) -> Producer:
-        producer = Producer(
-            transactional_producer_config(
-                self.bootstrap, self.transactional_id, self.health, timeout=self.transaction_timeout
+        """A transactional producer whose init_transactions has aborted whatever an earlier
+        process with this transactional id left open, and fenced it. One that hangs there is
+        retired and another one started, until the process is asked to stop (StopRequested)."""
+        while True:
+            producer = Producer(
+                transactional_producer_config(
+                    self.bootstrap, self.transactional_id, self.health, timeout=self.transaction_timeout
+                )
             )
-        )
-        # Aborts whatever an earlier process with this transactional id left open, and fences it.
-        try:
-            start = lambda: producer.init_transactions(10.0)  # noqa: E731
-            self._retrying("init_transactions", lambda: bounded("init_transactions", start, 15.0))
-        except ProducerHung as exc:
-            log.warning("%s: starting another producer", exc)
-            self.retired.append(producer)
-            return self._new_producer()
-        return producer
+            start = partial(producer.init_transactions, INIT_TRY_SECONDS)
+            try:
+                self._retrying("init_transactions", partial(bounded, "init_transactions", start, 15.0))
+                return producer
+            except ProducerHung as exc:
+                log.warning("%s: starting another producer", exc)
+                self._retire(producer)
+                self.backoff.check("starting a transactional producer", exc)
+
+    def _retire(self, producer: Producer) -> None:
+        """Keep a producer given up on from being destroyed here and now: that can block while
+        the broker is away. The last few are kept; a hung one stays alive anyway, held by the
+        helper thread stuck in it."""
+        self.retired.append(producer)
+        del self.retired[:-RETIRED_KEPT]
 
     def _retrying(self, what: str, action: Callable[[], T]) -> T:
-        """Run a call that may meet an absent broker: retriable errors are retried with backoff."""
-        delay = 0.2
+        """Run a call that may meet an absent broker: retriable errors are retried with backoff,
+        until the process is asked to stop (StopRequested)."""
+        attempt = 0
         while True:
             try:
                 result = action()
@@ -209,9 +231,10 @@ class KafkaStreamLog:
                 error = error_of(exc)
                 if error is None or not error.retriable():
                     raise
+                delay = self.backoff.delay(attempt)
+                attempt += 1
                 log.warning("%s: %s; retrying in %.1fs", what, error.str(), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                self.backoff.wait(delay, f"{what} waited for kafka ({error.str()})", exc)
 
     def _transactional(self, what: str, action: Callable[[], T], direct: bool = False) -> T:
         """A transactional call. Any failure ends the transaction: abortable errors by aborting it,
@@ -265,8 +288,7 @@ class KafkaStreamLog:
                 old.purge()
             except KafkaException:
                 pass
-        self.retired.append(old)  # never destroyed on this path: that can block while the broker is away
-        del self.retired[:-3]
+        self._retire(old)
         self.producer = self._new_producer()
 
     def _abort(self) -> None:
@@ -375,14 +397,18 @@ class KafkaStreamLog:
 
     def _list_offsets(self, partition: int, spec: OffsetSpec, level: IsolationLevel) -> int:
         tp = TopicPartition(self.names.changelog, partition)
-        futures = self.admin.list_offsets({tp: spec}, isolation_level=level, request_timeout=10.0)
-        return futures[tp].result().offset
+        future = self.admin.list_offsets({tp: spec}, isolation_level=level, request_timeout=10.0)[tp]
+        # With the broker away the request runs to its timeout: the stop flag is watched meanwhile.
+        while not futures.wait([future], Backoff.STEP).done:
+            self.backoff.check(f"restoring partition {partition}")
+        return future.result().offset
 
     def restore(self, partition: int) -> PartitionState:
         """The partition's state as of its last committed transaction. Waits while a transaction
         on its changelog is unfinished (a crashed worker's: the broker aborts it after the
-        transaction timeout; at once if the crashed worker restarts with the same instance id)."""
-        delay = 0.2
+        transaction timeout; at once if the crashed worker restarts with the same instance id).
+        StopRequested when the process is asked to stop meanwhile."""
+        attempt = 0
         pause = 0.02
         waited_since = time.monotonic()
         while True:
@@ -392,16 +418,15 @@ class KafkaStreamLog:
                 low = self._list_offsets(partition, OffsetSpec.earliest(), IsolationLevel.READ_UNCOMMITTED)
             except KafkaException as exc:
                 error = error_of(exc)
+                reason = error.str() if error else str(exc)
+                delay = self.backoff.delay(attempt)
+                attempt += 1
                 log.warning(
-                    "restoring partition %s: kafka unreachable (%s); retrying in %.1fs",
-                    partition,
-                    error.str() if error else exc,
-                    delay,
+                    "restoring partition %s: kafka unreachable (%s); retrying in %.1fs", partition, reason, delay
                 )
                 # A fresh client: after a broker restart the old one may keep stale leader epochs.
                 self.admin = AdminClient(common_config(self.bootstrap))
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                self.backoff.wait(delay, f"restoring partition {partition}: kafka unreachable ({reason})", exc)
                 continue
             if stable >= high:
                 break
@@ -415,7 +440,7 @@ class KafkaStreamLog:
                 )
                 waited_since = time.monotonic()
             # Commit and abort markers are written just after the coordinator answers: poll briskly.
-            time.sleep(pause)
+            self.backoff.wait(pause, f"restoring partition {partition}: waiting for an unfinished transaction")
             pause = min(pause * 1.5, 1.0)
         if high <= low:
             return PartitionState(partition, None, 0, {})
@@ -432,6 +457,7 @@ class KafkaStreamLog:
         try:
             position = -1
             while position < end:
+                self.backoff.check(f"restoring partition {partition}: reading the changelog")
                 for message in self.restorer.consume(10_000, 0.05):
                     error = message.error()
                     if error is not None:
@@ -543,4 +569,5 @@ class KafkaStreamLog:
             self.restorer.close()
             if self.in_transaction:
                 self._abort()
-            self.producer.flush(10.0)
+            if self.producer not in self.retired:  # left by a stop while it was being replaced
+                self.producer.flush(10.0)
