@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from metrify.adapters.kafka import stream_log as stream_log_module
-from metrify.adapters.kafka.admin import admin_client
+from metrify.adapters.kafka.admin import KafkaUnavailable, admin_client, wait_for_broker
 from metrify.adapters.kafka.clients import TopicNames
 from metrify.adapters.kafka.stream_log import KafkaStreamLog, ProducerHung
 from metrify.application.stream import Backoff, StopRequested
@@ -120,3 +120,11 @@ def test_producers_that_hang_in_init_transactions_again_and_again_neither_pile_u
         assert len(set(depths)) == 1, depths  # a new producer per hang, in a loop (not a recursion)
     finally:
         log.close()
+
+
+def test_a_stop_while_waiting_for_an_absent_broker_at_start_ends_the_wait_at_once() -> None:
+    """The worker and the sink wait for the broker before anything else: backoff up to 10 s."""
+    stop = threading.Event()
+    took, raised = stops_within(lambda: wait_for_broker(closed_port(), stopped=stop.is_set), stop, after=8.0)
+    assert isinstance(raised, KafkaUnavailable), raised
+    assert took < 1.5

@@ -73,9 +73,11 @@ def wait_for_broker(
     admin = admin_client(bootstrap)
     started = time.monotonic()
     delay = 0.5
+    # shorter tries where a stop is watched: one in flight is not interrupted
+    probe = 1.0 if stopped is not None else 5.0
     while True:
         try:
-            topic_partitions(admin, timeout=5.0)
+            topic_partitions(admin, timeout=probe)
             return admin
         except KafkaUnavailable as exc:
             if timeout is not None and time.monotonic() - started >= timeout:
@@ -84,7 +86,13 @@ def wait_for_broker(
                 raise
             if on_wait is not None:
                 on_wait(str(exc), delay)
-            time.sleep(delay)
+            # a tenth of a second at a time while `stopped` is watched: a process asked to stop
+            # does not sleep out a wait of up to 10 s first
+            until = time.monotonic() + delay
+            while (left := until - time.monotonic()) > 0:
+                if stopped is not None and stopped():
+                    raise
+                time.sleep(min(left, 0.1) if stopped is not None else left)
             delay = min(delay * 2, 10.0)
 
 
