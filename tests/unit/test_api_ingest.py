@@ -559,3 +559,13 @@ def test_on_kafka_the_first_key_to_send_a_meter_claims_it_for_its_region() -> No
     assert fakes.meters.get("N-1") == Meter("N-1", "north")  # claimed already: the registry's region stays
     later = ingest.ingest(IngestKey("k3", "south gateway", "h3", "mtk_3", frozenset({"south"})), first[1:2])
     assert later.refused == [(0, "region_not_allowed")]
+
+
+def test_on_kafka_a_meter_whose_id_holds_nul_is_registered_as_any_other() -> None:
+    """The stream takes such an id (DESIGN §3), and every registry stores it (PostgreSQL's with
+    U+FFFD for the NUL): it was left unregistered, so no key's region ever claimed it."""
+    fakes = Fakes()
+    ingest = Ingest(fakes.meters, SystemClock(), producer=_Queued())
+    key = IngestKey("k1", "head end", "h1", "mtk_1", all_regions=True)
+    ingest.ingest(key, [RawReading(" N\x00-2 ", T0, "0.5", extra={"region": "north"})])
+    assert fakes.meters.meters == {"N\x00-2": Meter("N\x00-2", "north")}

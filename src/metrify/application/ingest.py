@@ -168,9 +168,8 @@ class Ingest:
                 {
                     meter_id: history.get(meter_id, _text_region(row.extra))
                     for row in reversed(admitted)  # the first claim in the batch wins
-                    if (meter_id := normalise_meter_id(row.meter_id))
+                    if (meter_id := normalise_meter_id(row.meter_id))  # a missing id is rejected
                     and meter_id not in self._registered
-                    and "\x00" not in meter_id  # a missing id is rejected; NUL cannot be stored
                 }
             )
             return report

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.errors import transient_errors
+from metrify.adapters.sqlalchemy.pg_text import NUL, without_nul
 from metrify.application.errors import AlreadyExists
 from metrify.domain.readings import Meter
 from metrify.domain.users import Scope
@@ -33,6 +34,17 @@ def scope_filter(meter: sa.ColumnElement[Any], scope: Scope) -> sa.ColumnElement
     if not conditions:
         return sa.false()
     return sa.or_(*conditions)
+
+
+V = TypeVar("V")
+
+
+def _as_asked(found: dict[str, V], asked: Sequence[str], dialect: str) -> dict[str, V]:
+    """What was found for some ids, keyed by the ids as asked: on PostgreSQL an id that holds NUL
+    is stored, found and given back with U+FFFD in its place (pg_text.py)."""
+    if dialect != "postgresql" or NUL not in "".join(asked):
+        return found
+    return {meter_id: found[held] for meter_id in asked if (held := without_nul(meter_id)) in found}
 
 
 def _meter(row: Any) -> Meter:
@@ -97,7 +109,7 @@ class SqlAlchemyMeterRegistry:
             for start in range(0, len(ids), _IN_CHUNK):
                 chunk = ids[start : start + _IN_CHUNK]
                 found.update(connection.execute(sa.select(c.meter_id, c.region).where(c.meter_id.in_(chunk))).all())
-        return found
+        return _as_asked(found, ids, self.engine.dialect.name)
 
     def history_regions(self, meter_ids: Collection[str]) -> dict[str, str | None]:
         ids = sorted(meter_ids)
@@ -112,7 +124,7 @@ class SqlAlchemyMeterRegistry:
                 last_ts = sa.select(sa.func.max(latest.ts)).where(latest.meter_id == r.meter_id).scalar_subquery()
                 stmt = sa.select(r.meter_id, r.region).where(r.meter_id.in_(chunk), r.ts == last_ts)
                 found.update((meter_id, region) for meter_id, region in connection.execute(stmt))
-        return found
+        return _as_asked(found, ids, self.engine.dialect.name)
 
     def register_missing(self, meters: Mapping[str, str | None], created_at: int) -> None:
         if not meters:

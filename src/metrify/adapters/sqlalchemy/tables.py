@@ -3,12 +3,18 @@
 Times are integer microseconds since the Unix epoch (the stream core's unit), so that a value
 read back is exactly the value written. Meter ids compare byte-wise (COLLATE "C" on PostgreSQL,
 SQLite's default BINARY), which for UTF-8 is code-point order: exports sort exactly as Python does.
+PostgreSQL's text cannot hold U+0000: there meter ids and regions are stored, and looked up, with
+each NUL replaced by U+FFFD (pg_text.py; `NulFreeText` for statements, the sink's writer for rows).
 The migrations in alembic/versions create these same tables; a test checks that they agree.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+
+from metrify.adapters.sqlalchemy.pg_text import without_nul
 
 metadata = sa.MetaData(
     naming_convention={
@@ -20,8 +26,22 @@ metadata = sa.MetaData(
     }
 )
 
+
+class NulFreeText(sa.TypeDecorator[str]):
+    """PostgreSQL's text for ids and regions: a value bound to a statement has each NUL replaced
+    by U+FFFD, as the sink's writer stores it (pg_text.py), so that an id holding one is stored
+    and found again. SQLite's columns keep such text exactly."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return without_nul(value) if type(value) is str else value
+
+
 # Byte-order text on PostgreSQL whatever the database's locale; SQLite compares bytes already.
-MeterId = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+MeterId = sa.Text().with_variant(NulFreeText(collation="C"), "postgresql")
+Region = sa.Text().with_variant(NulFreeText(), "postgresql")
 Micros = sa.BigInteger
 Kwh = sa.Double
 
@@ -33,7 +53,7 @@ meters = sa.Table(
     "meters",
     metadata,
     sa.Column("meter_id", MeterId, primary_key=True),
-    sa.Column("region", sa.Text, nullable=True, index=True),
+    sa.Column("region", Region, nullable=True, index=True),
     sa.Column("interval_seconds", sa.Integer, nullable=True),
     sa.Column("created_at", Micros, nullable=False),
 )
@@ -56,7 +76,7 @@ readings = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("partition", sa.Integer, nullable=False),
     *(sa.Column(name, sa.Double, nullable=True) for name in ELECTRICAL),
-    sa.Column("region", sa.Text, nullable=True),
+    sa.Column("region", Region, nullable=True),
 )
 
 rejected_readings = sa.Table(
@@ -192,7 +212,7 @@ user_regions = sa.Table(
     "user_regions",
     metadata,
     sa.Column("user_id", sa.Text, sa.ForeignKey("users.user_id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("region", sa.Text, primary_key=True),
+    sa.Column("region", Region, primary_key=True),
 )
 
 ingest_keys = sa.Table(
@@ -212,7 +232,7 @@ ingest_key_regions = sa.Table(
     "ingest_key_regions",
     metadata,
     sa.Column("key_id", sa.Text, sa.ForeignKey("ingest_keys.key_id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("region", sa.Text, primary_key=True),
+    sa.Column("region", Region, primary_key=True),
 )
 
 # Revocations of tokens (logged-out sessions, used refresh tokens) when there is no Redis to keep

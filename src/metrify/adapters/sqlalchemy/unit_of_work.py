@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.codec import decode_state
 from metrify.adapters.sqlalchemy.errors import is_transient, transient_errors
+from metrify.adapters.sqlalchemy.pg_text import meter_of_state_key
 from metrify.adapters.sqlalchemy.sink import Prepared, StateSave, batch_rows, writer_for
 from metrify.application.outcomes import fold_events
 from metrify.application.ports import PartitionState, SourceProgress, StreamWrittenElsewhere, TransientStoreError
@@ -71,7 +72,10 @@ class _SqlState:
                     t.meter_states.c.stream == stream, t.meter_states.c.partition == partition
                 )
             )
-            meters = {meter_id: decode_state(data) for meter_id, data in rows}
+            if connection.dialect.name == "postgresql":  # keys that hold no NUL (pg_text.state_key)
+                meters = {meter_of_state_key(key): decode_state(data) for key, data in rows}
+            else:
+                meters = {meter_id: decode_state(data) for meter_id, data in rows}
         return PartitionState(partition, header[0], header[1], meters)
 
     def save(
@@ -186,7 +190,7 @@ class SqlAlchemyStreamUnitOfWork:
         connection = self._checked_out()
         batch = fold_events(self.outcomes.events)
         now = self.now_us() if self.now_us is not None else None
-        rows = batch_rows(batch, self.state.saved, self.progress.staged, now)
+        rows = batch_rows(batch, self.state.saved, self.progress.staged, now, holds_nul=self.writer.holds_nul)
         self._prepared = (self._staged_counts(), rows, self.writer.prepare(connection, rows))
 
     def _staged_counts(self) -> tuple[int, int, int]:
