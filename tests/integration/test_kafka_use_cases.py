@@ -22,7 +22,7 @@ from metrify.application.kafka_stream import (
     TransactionAborted,
 )
 from metrify.application.ports import PartitionState, TransientStoreError
-from metrify.application.stream import Backoff, StopRequested
+from metrify.application.stream import Backoff, PartitionCountMismatch, StopRequested
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
@@ -51,6 +51,7 @@ class FakeLog:
         self.fail_next_commit = False
         self.rewinds: list[tuple[int, int]] = []
         self.listener: Any = None
+        self.count: int | None = None  # the input's partition count, as partition_count tells it
 
     def start(self, listener: Any) -> None:
         self.listener = listener
@@ -83,6 +84,9 @@ class FakeLog:
 
     def lag(self) -> dict[int, int]:
         return {}
+
+    def partition_count(self) -> int | None:
+        return self.count
 
     def close(self) -> None:
         pass
@@ -118,6 +122,48 @@ def test_an_aborted_transaction_restores_the_partition_and_rewinds_the_input() -
     log.batches.append({0: PolledPartition([reading("M", 11, 1)], [], 2)})
     worker.run_once()
     assert [e.status for e in log.outputs if type(e) is ReadingAccepted] == ["ON_TIME", "ON_TIME"]
+
+
+def test_a_partition_beyond_the_count_the_state_is_cut_into_is_refused_before_anything_is_restored() -> None:
+    log = FakeLog()
+    log.count = 4  # partitions added to the input: the group hands out the new ones
+    worker = StreamWorker(StreamConfig(), log, Clock(), partitions=2)
+    log.start(worker)
+    with pytest.raises(PartitionCountMismatch, match="now has 4 partitions but the stream state is cut into 2"):
+        worker.partitions_assigned([1, 2])
+    assert worker.cores == {}
+
+
+def test_a_worker_stops_once_the_input_has_another_partition_count_than_its_state() -> None:
+    log = FakeLog()
+    log.count = 2
+    worker = StreamWorker(StreamConfig(), log, Clock(), partitions=2, recount_every=0.0)
+    log.start(worker)
+    worker.partitions_assigned([0, 1])
+    log.batches.append({0: PolledPartition([reading("M", 10, 0)], [], 1)})
+    assert worker.run_once() == 1
+    log.count = None  # the broker does not answer now: nothing to go by
+    assert worker.run_once() == 0
+    log.count = 3
+    log.batches.append({0: PolledPartition([reading("M", 11, 1)], [], 2)})
+    with pytest.raises(PartitionCountMismatch, match="now has 3 partitions but the stream state is cut into 2"):
+        worker.run_once()
+    assert log.changelog[0].next_offset == 1  # the batch polled meanwhile was not processed
+
+
+def test_a_changelog_holding_meters_the_partition_count_routes_elsewhere_is_refused() -> None:
+    log = FakeLog()
+    meters = [f"M{i}" for i in range(20)]
+    core = PartitionStream(StreamConfig(), 0)
+    core.process([reading(meter, 10, offset) for offset, meter in enumerate(meters)], NOW)
+    # the state of one partition that held every meter: a stream of 1 partition, now read with 4
+    log.changelog[0] = PartitionState(0, core.max_event_time, 20, {m: core.snapshot_meter(m) for m in meters})
+    worker = StreamWorker(StreamConfig(), log, Clock(), partitions=4)
+    log.start(worker)
+    with pytest.raises(PartitionCountMismatch, match="holds meters that 4 partitions route elsewhere"):
+        worker.partitions_assigned([0])
+    assert worker.cores == {}
+    assert StreamWorker(StreamConfig(), log, Clock(), partitions=1).partitions_assigned([0]) == {0: 20}
 
 
 def test_records_of_revoked_partitions_and_records_already_processed_are_skipped() -> None:

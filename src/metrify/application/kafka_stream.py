@@ -30,16 +30,22 @@ from typing import Any, NamedTuple, Protocol
 from metrify.application.network import NetworkProfile, through_network
 from metrify.application.ports import Clock, OutcomeRepository, PartitionState, TransientStoreError
 from metrify.application.replay import EventTimePacer
-from metrify.application.stream import Backoff, gc_paused
+from metrify.application.stream import Backoff, PartitionCountMismatch, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
 from metrify.domain.stream.events import ReadingRejected, WindowUpdated
+from metrify.domain.stream.partitioner import partition_of
 
 log = logging.getLogger("metrify.worker")
 sink_log = logging.getLogger("metrify.sink")
 
 MALFORMED_MESSAGE = "malformed_message"
+_TO_GROW = (
+    "State does not move between partitions and Kafka cannot remove them: to run with {count}, create new "
+    "topics (`metrify topics create --partitions {count}` under a new METRIFY_KAFKA__TOPIC_PREFIX) and send "
+    "the readings there"
+)
 
 
 # -- what the log gives and takes ------------------------------------------------------------------
@@ -99,6 +105,10 @@ class StreamLog(Protocol):
     def rewind(self, partition: int, offset: int) -> None: ...
 
     def lag(self) -> dict[int, int]: ...
+
+    def partition_count(self) -> int | None:
+        """The input's partition count as the log tells it now; None when it cannot tell now."""
+        ...
 
     def close(self) -> None: ...
 
@@ -190,6 +200,8 @@ class StreamWorker:
         max_wait: float = 0.1,
         intervals: Mapping[str, int] | None = None,
         lag_every: float = 1.0,
+        partitions: int | None = None,
+        recount_every: float = 5.0,
     ) -> None:
         self.config = config
         self.log = log
@@ -204,10 +216,17 @@ class StreamWorker:
         self.totals = RunTotals()
         self.stopping = False
         self._last_lag = 0.0
+        # The input's partition count the state is cut into (the topics' count at start; None:
+        # not checked), and how often the log is asked whether the input still has it.
+        self.partitions = partitions
+        self.recount_every = recount_every
+        self._last_count = time.monotonic()
 
     # -- assignment (called by the log, from inside poll) -------------------------------------------
 
     def partitions_assigned(self, partitions: list[int]) -> dict[int, int]:
+        if self.partitions is not None and partitions and max(partitions) >= self.partitions:
+            self._refuse(self.log.partition_count() or max(partitions) + 1)
         offsets = {}
         for partition in partitions:
             offsets[partition] = self._restore(partition)
@@ -226,6 +245,8 @@ class StreamWorker:
     def _restore(self, partition: int) -> int:
         started = time.monotonic()
         state = self.log.restore(partition)
+        if self.partitions is not None:
+            self._check_routes(state)
         core = PartitionStream(self.config, partition, self.intervals)
         core.restore(state.max_event_time, state.meters)
         self.cores[partition] = core
@@ -240,6 +261,39 @@ class StreamWorker:
             seconds,
         )
         return state.next_offset
+
+    # -- the partition count (DESIGN §3: a meter's partition is murmur2(id) % the input's count) ---
+
+    def _recount(self) -> None:
+        """Stop (PartitionCountMismatch) once the input has another partition count than the state
+        is cut into: partitions added to it while this runs."""
+        assert self.partitions is not None
+        count = self.log.partition_count()
+        if count is not None and count != self.partitions:
+            self._refuse(count)
+
+    def _refuse(self, count: int) -> None:
+        raise PartitionCountMismatch(
+            f"the input topic now has {count} partitions but the stream state is cut into {self.partitions} "
+            f"(partitions were added while workers ran): meters route by murmur2(meter_id) % partitions, so "
+            f"many would reach a partition without their state; the worker stopped rather than process them. "
+            f"{_TO_GROW.format(count=count)}"
+        )
+
+    def _check_routes(self, state: PartitionState) -> None:
+        """Refuse a partition whose saved meters the input's partition count routes elsewhere: its
+        state was built with another count (partitions were added to every topic meanwhile)."""
+        count = self.partitions
+        assert count is not None
+        for meter_id in state.meters:
+            routed = partition_of(meter_id, count)
+            if routed != state.partition:
+                raise PartitionCountMismatch(
+                    f"the changelog of input partition {state.partition} holds meters that {count} partitions "
+                    f"route elsewhere ({meter_id!r} to partition {routed}): the stream state was built with "
+                    f"another partition count (partitions were added to the topics); the worker stopped rather "
+                    f"than process them. {_TO_GROW.format(count=count)}"
+                )
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -271,6 +325,9 @@ class StreamWorker:
         if now_mono - self._last_lag >= self.lag_every:
             self._last_lag = now_mono
             self.metrics.lag(self.log.lag())
+        if self.partitions is not None and now_mono - self._last_count >= self.recount_every:
+            self._last_count = now_mono
+            self._recount()
         if not polled:
             return 0
         self.totals.started(now_mono)

@@ -120,6 +120,7 @@ def run_worker(settings: Settings, container: Container, options: WorkerOptions)
             metrics,
             max_batch=options.batch_size,
             max_wait=options.batch_wait,
+            partitions=partitions,  # what the state is cut into: the worker stops if the input changes it
         )
         stopper.bind(worker.stop)
         log.info(

@@ -209,9 +209,16 @@ def require_topics(admin: AdminClient, names: TopicNames, timeout: float = 10.0)
     count = present[names.raw][0]
     wrong = [f"{s.name} has {present[s.name][0]}" for s in specs if present[s.name][0] != count]
     if wrong:
+        grown = present[names.changelog][0] < count
         raise TopicsMismatch(
             f"{names.raw} has {count} partitions but {'; '.join(wrong)}: every Metrify topic needs the "
             "input's partition count (the changelog and outputs are partitioned like the input)"
+            + (
+                "; partitions added to the input cannot be used by its stream (state does not move between "
+                "partitions): create new topics under a new METRIFY_KAFKA__TOPIC_PREFIX"
+                if grown
+                else ""
+            )
         )
     # A changelog made by hand with the default policy (delete) would drop the state of meters
     # quiet for longer than its retention: a worker restoring from it would start them afresh.

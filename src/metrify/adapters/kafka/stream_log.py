@@ -393,6 +393,18 @@ class KafkaStreamLog:
                 lags[number] = max(high - committed, 0)
         return lags
 
+    def partition_count(self) -> int | None:
+        """The raw topic's partition count as the broker tells it now (a metadata request, through
+        the consumer, which never creates a topic); None while the broker does not answer."""
+        try:
+            metadata = self.consumer.list_topics(self.names.raw, timeout=1.0)
+        except KafkaException:
+            return None
+        topic = metadata.topics.get(self.names.raw)
+        if topic is None or topic.error is not None:
+            return None
+        return len(topic.partitions)
+
     # -- the changelog ---------------------------------------------------------------------------------
 
     def _list_offsets(self, partition: int, spec: OffsetSpec, level: IsolationLevel) -> int:

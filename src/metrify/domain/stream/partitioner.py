@@ -38,9 +38,15 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
-@lru_cache(maxsize=1 << 20)
-def partition_for(meter_id: str, partitions: int) -> int:
+def partition_of(meter_id: str, partitions: int) -> int:
     """The partition of a (trimmed) meter id among `partitions`; a missing id hashes as b''."""
     if partitions == 1:
         return 0
     return (murmur2(meter_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+@lru_cache(maxsize=1 << 20)
+def partition_for(meter_id: str, partitions: int) -> int:
+    """partition_of, remembered: for routing, where the same meters come again and again (a check
+    over many meters once, such as a restore, calls partition_of and leaves this cache alone)."""
+    return partition_of(meter_id, partitions)

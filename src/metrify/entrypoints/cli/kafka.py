@@ -220,6 +220,7 @@ def worker(
 ) -> None:
     """Process the raw topic exactly once, in a consumer group; SIGTERM drains and exits."""
     from metrify.adapters.kafka.admin import TopicsMismatch, TopicsMissing
+    from metrify.application.stream import PartitionCountMismatch
     from metrify.entrypoints.worker import WorkerOptions, run_worker
 
     settings = _settings()
@@ -234,7 +235,7 @@ def worker(
     )
     try:
         totals = run_worker(settings, state.get_container(), options)
-    except (TopicsMissing, TopicsMismatch) as exc:
+    except (TopicsMissing, TopicsMismatch, PartitionCountMismatch) as exc:
         raise UserError(str(exc)) from None
     summary = {
         "readings": totals.records,
