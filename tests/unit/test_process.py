@@ -20,8 +20,20 @@ class Node:
 
 @pytest.fixture
 def unfrozen_after() -> Iterator[None]:
-    yield
-    gc.unfreeze()
+    """No collection but the test's own, and no freezer of the process's (an earlier test may
+    have installed one): either would freeze or unfreeze the heap under the test's counts."""
+    installed = SurvivorFreezer._installed
+    SurvivorFreezer.uninstall()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.unfreeze()
+        if installed is not None:
+            SurvivorFreezer.install()
 
 
 def test_what_survives_a_full_collection_is_frozen(unfrozen_after: None) -> None:
