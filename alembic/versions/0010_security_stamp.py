@@ -31,7 +31,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("users", sa.Column("security_stamp", sa.Text, nullable=True))
+    # Added NOT NULL with a default, in place: on SQLite a batch rebuild of `users` would drop the
+    # table, and with foreign keys on, that deletes every user's assignments (ON DELETE CASCADE).
+    op.add_column("users", sa.Column("security_stamp", sa.Text, nullable=False, server_default=""))
     users = sa.table(
         "users",
         sa.column("user_id", sa.Text),
@@ -43,10 +45,7 @@ def upgrade() -> None:
         # what auth.password_fingerprint gave before this revision, as the "pwd" claim
         stamp = hashlib.sha256(password_hash.encode()).hexdigest()[:16]
         connection.execute(users.update().where(users.c.user_id == user_id).values(security_stamp=stamp))
-    with op.batch_alter_table("users") as batch:
-        batch.alter_column("security_stamp", existing_type=sa.Text, nullable=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("users") as batch:
-        batch.drop_column("security_stamp")
+    op.drop_column("users", "security_stamp")  # SQLite drops a column in place (3.35 and later)

@@ -115,6 +115,15 @@ def test_users_keep_their_sessions_across_the_security_stamp_revision(empty_url:
                 ),
                 {"h": "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"},
             )
+            connection.execute(sa.text("INSERT INTO user_regions (user_id, region) VALUES ('u1', 'north')"))
+            connection.execute(sa.text("INSERT INTO user_meters (user_id, meter_id) VALUES ('u1', 'M-1')"))
+        migrations.upgrade(empty_url)
+        with engine.connect() as connection:  # the users' assignments are all kept
+            assert connection.execute(sa.text("SELECT region FROM user_regions")).all() == [("north",)]
+            assert connection.execute(sa.text("SELECT meter_id FROM user_meters")).all() == [("M-1",)]
+        migrations.downgrade(empty_url, "0009_revoked_tokens")
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT region FROM user_regions")).all() == [("north",)]
         migrations.upgrade(empty_url)
         with engine.connect() as connection:
             stamp = connection.execute(sa.text("SELECT security_stamp FROM users WHERE user_id = 'u1'")).scalar_one()

@@ -198,7 +198,7 @@ users = sa.Table(
     sa.Column("created_at", Micros, nullable=False),
     sa.Column("updated_at", Micros, nullable=False),
     # changes with the password and at deactivation; a token carries it (Alembic 0010)
-    sa.Column("security_stamp", sa.Text, nullable=False),
+    sa.Column("security_stamp", sa.Text, nullable=False, server_default=""),
 )
 
 user_meters = sa.Table(
