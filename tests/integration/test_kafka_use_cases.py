@@ -3,6 +3,7 @@ their ports: the edge cases the process-level tests reach only by chance. No ser
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -27,6 +28,7 @@ from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, WindowUpdated
+from metrify.domain.stream.partitioner import partition_of
 
 NOW = 1_800_000_000_000_000
 
@@ -164,6 +166,24 @@ def test_a_changelog_holding_meters_the_partition_count_routes_elsewhere_is_refu
         worker.partitions_assigned([0])
     assert worker.cores == {}
     assert StreamWorker(StreamConfig(), log, Clock(), partitions=1).partitions_assigned([0]) == {0: 20}
+
+
+def test_a_few_meters_a_producer_put_in_the_wrong_partition_do_not_block_it(caplog: pytest.LogCaptureFixture) -> None:
+    """One reading placed by hand (another partitioner, an explicit partition) is processed where
+    it came, as it always was: its meter's state in that changelog must not refuse the partition
+    at every restore thereafter."""
+    log = FakeLog()
+    home = [m for m in (f"M{i}" for i in range(200)) if partition_of(m, 4) == 0][:20]
+    stray = next(m for m in (f"S{i}" for i in range(200)) if partition_of(m, 4) != 0)
+    meters = [*home, stray]
+    core = PartitionStream(StreamConfig(), 0)
+    core.process([reading(meter, 10, offset) for offset, meter in enumerate(meters)], NOW)
+    log.changelog[0] = PartitionState(0, core.max_event_time, 21, {m: core.snapshot_meter(m) for m in meters})
+    worker = StreamWorker(StreamConfig(), log, Clock(), partitions=4)
+    log.start(worker)
+    with caplog.at_level(logging.WARNING, logger="metrify.worker"):
+        assert worker.partitions_assigned([0]) == {0: 21}
+    assert f"holds 1 of its 21 meters that 4 partitions route elsewhere (e.g. {stray!r}" in caplog.text
 
 
 def test_records_of_revoked_partitions_and_records_already_processed_are_skipped() -> None:
