@@ -29,6 +29,9 @@ from metrify.domain.users import InvalidUser, User, normalise_email
 ACCESS = "access"
 REFRESH = "refresh"
 _BAD_LOGIN = "wrong email or password"
+# Seconds after a refresh token's use in which presenting it again is refused without ending its
+# session: two tabs refreshing at once, or a client retrying after a lost answer, are no theft.
+REUSE_GRACE = 10.0
 
 
 class TokenCodec(Protocol):
@@ -104,14 +107,25 @@ class AuthService:
         """A token pair for the right email and password of an active user. Attempts are
         rate-limited per email (guessing one user's password) and per client address, when it is
         known (trying one password on many users), and an unknown email costs as much as a wrong
-        password (no user enumeration)."""
+        password (no user enumeration). A client address counts its failed attempts only: behind a
+        proxy that does not forward the clients' addresses, every client has the proxy's, and
+        signing in as oneself must not use up what everyone shares."""
+        now = self.clock.now_us()
+        by_client = None if client is None or self.login_client_limit is None else f"login-client:{client}"
+        if by_client is not None and self.login_client_limit is not None:
+            self.login_client_limit.refuse_when_spent(self.cache, by_client, now)
+        try:
+            return self._login(email, password, now)
+        except AuthenticationFailed:
+            if by_client is not None and self.login_client_limit is not None:
+                self.login_client_limit.count(self.cache, by_client, now)
+            raise
+
+    def _login(self, email: str, password: str, now: int) -> TokenPair:
         try:
             address, valid = normalise_email(email), True
         except InvalidUser:
             address, valid = email.strip().lower(), False
-        now = self.clock.now_us()
-        if client is not None and self.login_client_limit is not None:
-            self.login_client_limit.check(self.cache, f"login-client:{client}", now)
         self.login_limit.check(self.cache, f"login:{address}", now)
         # Every user's address is a valid one: another is not looked up (PostgreSQL could not look
         # one holding NUL up at all).
@@ -140,7 +154,8 @@ class AuthService:
         """A new pair, of the same session, for a valid refresh token, which is revoked by this
         call: each refresh token works once, however many requests race with it. A refresh token
         that comes back after it was used means two parties hold the session (one of them stole
-        it): the session ends, for both (OAuth 2.0 Security BCP, refresh token rotation)."""
+        it): the session ends, for both (OAuth 2.0 Security BCP, refresh token rotation), unless it
+        comes back within REUSE_GRACE seconds of its use."""
         try:
             claims = self._claims(refresh_token, REFRESH)
         except AuthenticationFailed:
@@ -224,15 +239,19 @@ class AuthService:
         jti, session = claims.get("jti"), claims.get("sid")
         if claims.get("typ") != REFRESH or not isinstance(jti, str) or not isinstance(session, str):
             return
-        if self.cache.get(f"revoked:{jti}") is not None and self.cache.get(f"revoked-session:{session}") is None:
-            self._end_session(session)
+        used = self.cache.get(f"revoked:{jti}")
+        if used is None or self.cache.get(f"revoked-session:{session}") is not None:
+            return
+        if used.isdigit() and self.clock.now_us() - int(used) < REUSE_GRACE * US:
+            return  # a second tab, or a retry after a lost answer: refused, and nothing more
+        self._end_session(session)
 
     def _revoke(self, claims: Mapping[str, Any]) -> bool:
         """Revoke a token until it would have expired; False when it was revoked already."""
         exp = claims.get("exp")
         remaining = (exp - self.clock.now_us() / US) if isinstance(exp, int | float) else self.refresh_ttl
         key, ttl = f"revoked:{claims['jti']}", max(1.0, remaining + 1)
-        if not self.cache.add(key, b"1", ttl):
+        if not self.cache.add(key, str(self.clock.now_us()).encode(), ttl):  # when: see REUSE_GRACE
             return False
         self._log(key, ttl)
         return True
