@@ -185,6 +185,7 @@ class KafkaStreamLog:
         )
         self.admin = AdminClient(common_config(bootstrap))
         self.producer = self._new_producer()
+        self.producer_given_up = False
         self.listener: PartitionListener | None = None
         self.committed: dict[int, int] = {}
         self.in_transaction = False
@@ -289,7 +290,9 @@ class KafkaStreamLog:
             except KafkaException:
                 pass
         self._retire(old)
+        self.producer_given_up = True  # until its successor is in place (a stop may come first)
         self.producer = self._new_producer()
+        self.producer_given_up = False
 
     def _abort(self) -> None:
         """Abort the open transaction, if any (used when partitions go during one)."""
@@ -581,5 +584,5 @@ class KafkaStreamLog:
             self.restorer.close()
             if self.in_transaction:
                 self._abort()
-            if self.producer not in self.retired:  # left by a stop while it was being replaced
+            if not self.producer_given_up:  # left by a stop while it was being replaced
                 self.producer.flush(10.0)
