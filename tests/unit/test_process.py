@@ -39,11 +39,13 @@ def unfrozen_after() -> Iterator[None]:
 def test_what_survives_a_full_collection_is_frozen(unfrozen_after: None) -> None:
     freezer = SurvivorFreezer(floor=10**9)  # never unfreezes
     survivors = [[] for _ in range(1000)]
-    before = gc.get_freeze_count()
+    # Nothing frozen to start with: threads left by earlier tests free objects now and then, and
+    # freeing a frozen one lowers the count under the test.
+    gc.unfreeze()
     freezer("stop", {"generation": 1, "collected": 0, "uncollectable": 0})
-    assert gc.get_freeze_count() == before  # young collections change nothing
+    assert gc.get_freeze_count() == 0  # young collections change nothing
     freezer(*FULL)
-    assert gc.get_freeze_count() >= before + len(survivors)
+    assert gc.get_freeze_count() >= len(survivors)
     assert not freezer.unfrozen
 
 
@@ -51,7 +53,7 @@ def test_the_heap_is_walked_whole_again_once_it_has_doubled(unfrozen_after: None
     gc.collect()
     gc.freeze()
     freezer = SurvivorFreezer(growth=2.0, floor=0)
-    assert freezer.walked == gc.get_freeze_count() > 0
+    assert freezer.walked >= gc.get_freeze_count() > 0  # (frees by other threads only lower the count)
     cycle = Node()
     garbage = weakref.ref(cycle)
     freezer(*FULL)  # grown by a few objects only: stays frozen
@@ -66,7 +68,7 @@ def test_the_heap_is_walked_whole_again_once_it_has_doubled(unfrozen_after: None
     freezer(*FULL)
     assert garbage() is None
     assert not freezer.unfrozen and freezer.whole_walks == 1
-    assert freezer.walked == gc.get_freeze_count() >= len(keep)
+    assert freezer.walked >= gc.get_freeze_count() >= len(keep)
 
 
 def test_one_freezer_a_process() -> None:
