@@ -13,6 +13,11 @@ Databases
   stream table empty. Postgres reuses the session database (migrated once, tables emptied per
   test) so each test costs milliseconds.
 
+Kafka and Redis
+---------------
+- `kafka_bootstrap`, `redis_url` (session): METRIFY_KAFKA__BOOTSTRAP and METRIFY_REDIS_URL, set by
+  the same command; a test that needs one FAILS without it (`service_setting`).
+
 Running without services
 ------------------------
 `METRIFY_TEST_NO_SERVICES=1 pytest` DESELECTS (rather than skips) every test that needs
@@ -75,6 +80,28 @@ def migrated_sqlite_url(sqlite_url: str) -> str:
 
 
 # --------------------------------------------------------------------------------- PostgreSQL
+
+
+def service_setting(variable: str, service: str) -> str:
+    """The address of a service the tests need, from the environment scripts/services.sh sets;
+    without it the test fails, saying how to start it."""
+    value = os.environ.get(variable, "")
+    if not value:
+        pytest.fail(
+            f'these tests need {service}: run `eval "$(bash scripts/services.sh up)"` ({variable} is unset)',
+            pytrace=False,
+        )
+    return value
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    return service_setting("METRIFY_KAFKA__BOOTSTRAP", "Kafka")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return service_setting("METRIFY_REDIS_URL", "Redis")
 
 
 @pytest.fixture(scope="session")

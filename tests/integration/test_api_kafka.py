@@ -3,7 +3,6 @@ keyed and partitioned by meter id exactly as the embedded profile partitions it.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,11 +27,8 @@ PARTITIONS = 3
 
 
 @pytest.fixture
-def bootstrap() -> str:
-    value = os.environ.get("METRIFY_KAFKA__BOOTSTRAP", "")
-    if not value:
-        pytest.fail('these tests need Kafka: run `eval "$(bash scripts/services.sh up)"`', pytrace=False)
-    return value
+def bootstrap(kafka_bootstrap: str) -> str:
+    return kafka_bootstrap
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ revocation and rate limits hold across two API processes sharing Redis and the d
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +18,6 @@ from metrify.entrypoints.api import create_app
 from metrify.settings import AuthSettings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("METRIFY_REDIS_URL", "")
-    if not url:
-        pytest.fail('these tests need Redis: run `eval "$(bash scripts/services.sh up)"`', pytrace=False)
-    return url
 
 
 @pytest.fixture

@@ -45,14 +45,13 @@ def test_without_redis_the_job_runs_in_the_calling_process(tmp_path: Path) -> No
     assert result["created"] == []  # SQLite has no partitions to make
 
 
-def test_a_celery_worker_runs_the_maintenance_job_sent_through_redis(tmp_path: Path, fresh_postgres_url: str) -> None:
+def test_a_celery_worker_runs_the_maintenance_job_sent_through_redis(
+    tmp_path: Path, fresh_postgres_url: str, redis_url: str
+) -> None:
     from celery.contrib.testing.worker import start_worker
 
     from metrify.entrypoints.celery_app import MAINTAIN_STORAGE, create_celery
 
-    redis_url = os.environ.get("METRIFY_REDIS_URL", "")
-    if not redis_url:
-        pytest.fail('needs Redis: run eval "$(bash scripts/services.sh up)"', pytrace=False)
     migrations.upgrade(fresh_postgres_url)
     # more months ahead than the migration made: the job has partitions to create
     app = create_celery(_settings(tmp_path, fresh_postgres_url, redis_url, months_ahead=8))

@@ -14,7 +14,6 @@ state, silently.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -37,11 +36,8 @@ METERS = 40
 
 
 @pytest.fixture(scope="module")
-def bootstrap() -> str:
-    value = os.environ.get("METRIFY_KAFKA__BOOTSTRAP", "")
-    if not value:
-        pytest.fail('needs Kafka: run eval "$(bash scripts/services.sh up)"', pytrace=False)
-    return value
+def bootstrap(kafka_bootstrap: str) -> str:
+    return kafka_bootstrap
 
 
 class Stream:

@@ -57,14 +57,8 @@ REPLAY_SECONDS = 16.0  # the paced replay spreads the fleet's two days over this
 
 
 @pytest.fixture(scope="module")
-def bootstrap() -> str:
-    value = os.environ.get("METRIFY_KAFKA__BOOTSTRAP", "")
-    if not value:
-        pytest.fail(
-            'these tests need Kafka: run `eval "$(bash scripts/services.sh up)"` (METRIFY_KAFKA__BOOTSTRAP is unset)',
-            pytrace=False,
-        )
-    return value
+def bootstrap(kafka_bootstrap: str) -> str:
+    return kafka_bootstrap
 
 
 @pytest.fixture(scope="module")

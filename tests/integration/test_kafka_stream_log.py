@@ -4,7 +4,6 @@ asked to stop gives up what it was waiting for at once. The broker "away" is a c
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -22,14 +21,6 @@ from metrify.adapters.kafka.stream_log import KafkaStreamLog, ProducerHung
 from metrify.application.stream import Backoff, StopRequested
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def kafka_bootstrap() -> str:
-    bootstrap = os.environ.get("METRIFY_KAFKA__BOOTSTRAP", "")
-    if not bootstrap:
-        pytest.fail('needs Kafka: run eval "$(bash scripts/services.sh up)"', pytrace=False)
-    return bootstrap
 
 
 def closed_port() -> str:

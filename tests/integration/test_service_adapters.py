@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 import pytest
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    url = os.environ.get("METRIFY_REDIS_URL", "")
-    if not url:
-        pytest.fail('needs Redis: run eval "$(bash scripts/services.sh up)"', pytrace=False)
-    return url
-
-
-@pytest.fixture(scope="module")
-def kafka_bootstrap() -> str:
-    bootstrap = os.environ.get("METRIFY_KAFKA__BOOTSTRAP", "")
-    if not bootstrap:
-        pytest.fail('needs Kafka: run eval "$(bash scripts/services.sh up)"', pytrace=False)
-    return bootstrap
 
 
 def test_redis_cache_round_trip_with_expiry(redis_url: str) -> None:
