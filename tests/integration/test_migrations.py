@@ -130,3 +130,39 @@ def test_users_keep_their_sessions_across_the_security_stamp_revision(empty_url:
         assert stamp == hashlib.sha256(b"$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA").hexdigest()[:16]
     finally:
         engine.dispose()
+
+
+def test_sqlite_aggregates_keep_their_rows_keyed_window_first_and_back(tmp_path: Path) -> None:
+    """0011 keys SQLite's aggregates by (window_us, window_start, meter_id) without a rowid, rows
+    kept; its downgrade keys them meter first again."""
+    url = f"sqlite:///{tmp_path / 'metrify.db'}"
+    migrations.upgrade(url, "0010_security_stamp")
+    rows = [
+        ("M-2", 3600, 7200, 2, 0.5, 0.2, 0.3),
+        ("M-1", 900, 0, 1, 0.25, 0.25, 0.25),
+        ("M-1", 3600, 0, 4, 1.0, 0.1, 0.4),
+    ]
+    engine = create_engine_for(url)
+
+    def stored() -> list[Any]:
+        with engine.connect() as connection:
+            return sorted(connection.execute(sa.text("SELECT * FROM aggregates")).all())
+
+    def key() -> str:
+        with engine.connect() as connection:
+            return str(connection.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'aggregates'")).scalar())
+
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text("INSERT INTO aggregates VALUES (:a, :b, :c, :d, :e, :f, :g)"),
+                [dict(zip("abcdefg", r, strict=True)) for r in rows],
+            )
+        migrations.upgrade(url)
+        assert stored() == sorted(rows)
+        assert "PRIMARY KEY (window_us, window_start, meter_id)) WITHOUT ROWID" in key()
+        migrations.downgrade(url, "0010_security_stamp")
+        assert stored() == sorted(rows)
+        assert "PRIMARY KEY (meter_id, window_us, window_start))" in key() and "WITHOUT ROWID" not in key()
+    finally:
+        engine.dispose()

@@ -15,6 +15,7 @@ from metrify.adapters.sqlalchemy.codec import decode_raw, extra_from_columns
 from metrify.adapters.sqlalchemy.errors import transient_errors
 from metrify.adapters.sqlalchemy.meters import meters_of_regions, scope_filter
 from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries, gaps_overlapping
+from metrify.adapters.sqlalchemy.windows import meter_windows
 from metrify.application.ports import GapRow
 from metrify.application.queries import RegionWindow, Subjects, TimeRange
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate, WindowUpdated
@@ -40,16 +41,6 @@ def _of(stmt: sa.Select[Any], meter: sa.ColumnElement[Any], subjects: Subjects) 
 
 
 _BIGINT_MAX = 2**63 - 1
-_WIDEST = 4  # a region page's span: at most this many times the windows still wanted
-
-
-def _first_region_window(region: str, window: int, lower: int | None, end: int | None) -> sa.Select[Any]:
-    """The earliest window start at or after `lower` (before `end`) of any meter of the region."""
-    a, m = t.aggregates.c, t.meters.c
-    first = sa.select(a.window_start).where(a.meter_id == m.meter_id, a.window_us == window)
-    first = _during(first, a.window_start, TimeRange(lower, end))
-    earliest = first.order_by(a.window_start).limit(1).correlate(t.meters).scalar_subquery()
-    return sa.select(sa.func.min(earliest)).where(m.region == region)
 
 
 def _region_windows(region: str, window: int, first: int | None, upper: int | None) -> sa.Select[Any]:
@@ -64,12 +55,34 @@ def _region_windows(region: str, window: int, first: int | None, upper: int | No
     return stmt.group_by(a.window_start).order_by(a.window_start)
 
 
+# The same on SQLite: the aggregates read through the key (window first) from the first start
+# on, each row kept if its meter is in the set of the region's meters, made once. The `+` keeps
+# SQLite from looking the aggregates up meter by meter through that set (a skip-scan over every
+# window, which its statistics may suggest), then grouping them all: keyed window first, the
+# aggregates have no way in by meter.
+_SQLITE_REGION_WINDOWS = (
+    "SELECT a.window_start, count(*), sum(a.count), sum(a.sum_kwh) FROM aggregates AS a "
+    "WHERE +a.meter_id IN (SELECT meter_id FROM meters WHERE region = :region) AND a.window_us = :window "
+    "AND a.window_start >= :first AND a.window_start <= :last "
+    "GROUP BY a.window_start ORDER BY a.window_start LIMIT :limit"
+)
+
+
 def _region_page(
-    region: str, window: int, connection: sa.Connection, windows: sa.Select[Any], limit: int
+    region: str, window: int, connection: sa.Connection, first: int | None, end: int | None, limit: int
 ) -> list[RegionWindow]:
+    if connection.dialect.name == "sqlite":
+        bounds = {
+            "first": -_BIGINT_MAX - 1 if first is None else first,
+            "last": _BIGINT_MAX if end is None else end - 1,
+        }
+        params = {"region": region, "window": window, "limit": limit, **bounds}
+        rows = connection.execute(sa.text(_SQLITE_REGION_WINDOWS), params)
+    else:
+        rows = connection.execute(_region_windows(region, window, first, end).limit(limit))
     return [
         RegionWindow(region, window, start, int(meters), int(count), float(total))
-        for start, meters, count, total in connection.execute(windows.limit(limit))
+        for start, meters, count, total in rows
     ]
 
 
@@ -92,52 +105,35 @@ class SqlAlchemyFleetQueries:
     def aggregates(
         self, meter_id: str, window: int, when: TimeRange, after: int | None, limit: int
     ) -> list[WindowUpdated]:
-        c = t.aggregates.c
-        stmt = sa.select(*t.aggregates.columns).where(c.meter_id == meter_id, c.window_us == window)
-        stmt = _during(stmt, c.window_start, when)
+        start = when.start
         if after is not None:
-            stmt = stmt.where(c.window_start > after)
-        return [WindowUpdated(*r) for r in self._all(stmt.order_by(c.window_start).limit(limit))]
+            if after >= _BIGINT_MAX:
+                return []
+            start = after + 1 if start is None else max(start, after + 1)
+        with transient_errors(), self.engine.connect() as connection:
+            if connection.dialect.name == "sqlite":  # keyed window first: see windows.py
+                rows = meter_windows(connection, meter_id, window, start, when.end, limit)
+            else:
+                c = t.aggregates.c
+                stmt = sa.select(*t.aggregates.columns).where(c.meter_id == meter_id, c.window_us == window)
+                stmt = _during(stmt, c.window_start, TimeRange(start, when.end))
+                rows = list(connection.execute(stmt.order_by(c.window_start).limit(limit)))
+        return [WindowUpdated(*r) for r in rows]
 
     def region_aggregates(
         self, region: str, window: int, when: TimeRange, after: int | None, limit: int
     ) -> list[RegionWindow]:
-        """A page of the region's windows, in order. On PostgreSQL, one GROUP BY through the index
-        by window (kept there by Alembic 0007), which walks the windows in order and stops once
-        the page is full. SQLite has no such index: so that a page never sums a region's whole
-        history, it first finds the page's first window (one seek per meter of the region,
-        through the primary key) and sums only the `limit` window lengths from there, through the
-        key again. Windows are aligned tumbling windows, so no more than `limit` of them start in
-        that span. Where the span holds fewer (stretches with no window, or windows shorter than
-        the meters' interval), the next span starts at the next window there is and is twice as
-        wide, up to `_WIDEST` times the windows still wanted: wide enough to fill a page of
-        15-minute windows of 30-minute meters in two spans, never so wide that a few stray
-        windows ahead of the data make a page sum months of it."""
+        """A page of the region's windows, in order: one GROUP BY that reads the windows in order
+        of their start, every meter's window of one start side by side (SQLite's key, Alembic
+        0011; PostgreSQL's index by window), joined with the registry for the meters of the
+        region, and stops once the page is full."""
         lower = when.start
         if after is not None:
             if after >= _BIGINT_MAX:
                 return []
             lower = after + 1 if lower is None else max(lower, after + 1)
-        found: list[RegionWindow] = []
-        widen = 1
         with transient_errors(), self.engine.connect() as connection:
-            if connection.dialect.name != "sqlite":
-                return _region_page(region, window, connection, _region_windows(region, window, lower, when.end), limit)
-            while len(found) < limit:
-                first = connection.execute(_first_region_window(region, window, lower, when.end)).scalar()
-                if first is None:
-                    break
-                reach = first + window * (limit - len(found)) * widen
-                if when.end is not None:
-                    reach = min(reach, when.end)
-                upper = reach if reach <= _BIGINT_MAX else None  # None: the rest of time
-                found += _region_page(
-                    region, window, connection, _region_windows(region, window, first, upper), limit - len(found)
-                )
-                if upper is None:
-                    break
-                lower, widen = upper, min(widen * 2, _WIDEST)
-        return found
+            return _region_page(region, window, connection, lower, when.end, limit)
 
     def gaps(
         self, subjects: Subjects, status: str | None, when: TimeRange, after: tuple[str, int] | None, limit: int

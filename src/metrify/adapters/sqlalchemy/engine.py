@@ -12,6 +12,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_WRITER_CHECKPOINT_PAGES = 100_000  # the writer's own checkpoint: a safety net (see below)
+SQLITE_TEMP_STORE = "MEMORY"  # temporary tables and sorts: small, but for an export's sort (queries.py)
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -51,7 +52,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA temp_store = MEMORY")
+        cursor.execute(f"PRAGMA temp_store = {SQLITE_TEMP_STORE}")
         # 64 MiB of page cache (the default is 2 MiB): inserts land all over the readings index.
         cursor.execute("PRAGMA cache_size = -65536")
         # The writer copies the log back itself only past ~400 MiB: SqliteCheckpointer does it from

@@ -13,7 +13,9 @@ import sqlalchemy as sa
 
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.codec import decode_raw, extra_from_columns
+from metrify.adapters.sqlalchemy.engine import SQLITE_TEMP_STORE
 from metrify.adapters.sqlalchemy.errors import transient_errors
+from metrify.adapters.sqlalchemy.windows import meter_windows, window_sizes
 from metrify.application.ports import ExportFilter, GapRow
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate, WindowUpdated
 
@@ -110,12 +112,46 @@ class SqlAlchemyOutcomeQueries:
         return self._stream(stmt, lambda r: GapRow(*r), where)
 
     def aggregates(self, where: ExportFilter) -> Iterator[WindowUpdated]:
+        if self.engine.dialect.name == "sqlite":
+            return self._sqlite_aggregates(where)
         c = t.aggregates.c
         stmt = _where(sa.select(*t.aggregates.columns), c.meter_id, c.window_start, where)
         if where.window is not None:
             stmt = stmt.where(c.window_us == where.window)
         stmt = stmt.order_by(c.meter_id, c.window_start, c.window_us)
         return self._stream(stmt, lambda r: WindowUpdated(*r), where)
+
+    def _sqlite_aggregates(self, where: ExportFilter) -> Iterator[WindowUpdated]:
+        """SQLite keys the aggregates window first (windows.py): one meter's windows are looked up
+        start by start, size by size; all meters' are read through the key by size and time, then
+        sorted by meter, in temporary files rather than in memory (the connection's temp_store),
+        so that an export of any size holds only the sorter's pages."""
+        with transient_errors(), self.engine.connect() as connection:
+            sizes = window_sizes(connection) if where.window is None else [where.window]
+            if where.meter_id is not None:
+                rows = [
+                    row
+                    for size in sizes
+                    for row in meter_windows(connection, where.meter_id, size, where.start, where.end)
+                ]
+                rows.sort(key=lambda row: (row[2], row[1]))
+                yield from (WindowUpdated(*r) for r in rows)
+                return
+            if not sizes:
+                return
+            c = t.aggregates.c
+            stmt = _where(
+                sa.select(*t.aggregates.columns).where(c.window_us.in_(sizes)), c.meter_id, c.window_start, where
+            )
+            stmt = stmt.order_by(c.meter_id, c.window_start, c.window_us)
+            connection.exec_driver_sql("PRAGMA temp_store = FILE")
+            try:
+                result = connection.execution_options(yield_per=self.chunk_rows).execute(stmt)
+                for chunk in result.partitions():
+                    yield from (WindowUpdated(*r) for r in chunk)
+            finally:
+                connection.rollback()
+                connection.exec_driver_sql(f"PRAGMA temp_store = {SQLITE_TEMP_STORE}")
 
     def stream_summary(self, narrow: MeterFilter | None = None) -> dict[str, Any]:
         """Counts per table, readings per status, rejected per reason, open gaps, and each

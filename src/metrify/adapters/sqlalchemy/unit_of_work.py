@@ -190,7 +190,15 @@ class SqlAlchemyStreamUnitOfWork:
         connection = self._checked_out()
         batch = fold_events(self.outcomes.events)
         now = self.now_us() if self.now_us is not None else None
-        rows = batch_rows(batch, self.state.saved, self.progress.staged, now, holds_nul=self.writer.holds_nul)
+        w = self.writer
+        rows = batch_rows(
+            batch,
+            self.state.saved,
+            self.progress.staged,
+            now,
+            holds_nul=w.holds_nul,
+            windows_by_meter=w.windows_by_meter,
+        )
         self._prepared = (self._staged_counts(), rows, self.writer.prepare(connection, rows))
 
     def _staged_counts(self) -> tuple[int, int, int]:

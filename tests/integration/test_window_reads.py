@@ -1,0 +1,123 @@
+"""A meter's windows read back as stored, on both databases: SQLite keys them window first and
+finds one meter's window start by start, a span at a time (windows.py); PostgreSQL reads them
+through its key, meter first. The windows here lie where the spans break: sparse over thousands
+of starts, before 1970, at the ends of a time range, of two sizes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import sqlalchemy as sa
+
+from metrify.adapters.sqlalchemy import SqlAlchemyOutcomeQueries, SqlAlchemyStreamUnitOfWork, create_engine_for
+from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
+from metrify.adapters.sqlalchemy.windows import PROBES_FIRST
+from metrify.application.ports import ExportFilter
+from metrify.application.queries import TimeRange
+from metrify.domain.stream.events import WindowUpdated
+
+pytestmark = pytest.mark.integration
+
+US = 1_000_000
+QUARTER, HOUR = 900 * US, 3600 * US
+T0 = 1_709_510_400 * US  # 2024-03-04T00:00:00Z
+
+
+def _fleet() -> list[WindowUpdated]:
+    pick = random.Random(7)
+    windows = [WindowUpdated("DENSE", QUARTER, T0 + i * QUARTER, 1, 0.5, 0.5, 0.5) for i in range(300)]
+    # one window in every few hundred starts, over about 40 times the first span's starts
+    sparse = sorted(pick.sample(range(40 * PROBES_FIRST), 25))
+    windows += [WindowUpdated("SPARSE", QUARTER, T0 + i * QUARTER, 2, 1.0 + i, 0.25, 0.75) for i in sparse]
+    windows += [WindowUpdated("SPARSE", HOUR, T0 + i * HOUR, 4, 2.0, 0.25, 0.75) for i in range(0, 600, 7)]
+    windows += [WindowUpdated("OLD", QUARTER, -T0 + i * QUARTER, 1, 0.1, 0.1, 0.1) for i in range(-3, 3)]
+    return windows
+
+
+@pytest.fixture
+def stored(store_url: str) -> tuple[sa.Engine, list[WindowUpdated]]:
+    engine = create_engine_for(store_url)
+    windows = _fleet()
+    with SqlAlchemyStreamUnitOfWork(engine) as uow:
+        uow.outcomes.add_events(windows)
+        uow.commit()
+    return engine, windows
+
+
+def _expected(windows: list[WindowUpdated], meter: str, size: int | None, start: int | None, end: int | None) -> list:
+    kept = [
+        w
+        for w in windows
+        if w.meter_id == meter
+        and (size is None or w.window == size)
+        and (start is None or w.window_start >= start)
+        and (end is None or w.window_start < end)
+    ]
+    return sorted(kept, key=lambda w: (w.window_start, w.window))
+
+
+RANGES = [
+    (None, None),
+    (T0 + 1, None),  # from just after a start: that window is out
+    (None, T0 + 2000 * QUARTER),  # to a start: that window is out
+    (T0 + 17 * QUARTER + 5, T0 + 4000 * QUARTER + 1),
+    (-T0 - 2 * QUARTER - 1, -T0 + QUARTER),  # before 1970
+    (T0 + 10**6 * QUARTER, None),  # after every window
+]
+
+
+@pytest.mark.parametrize("meter", ["DENSE", "SPARSE", "OLD", "NONE"])
+@pytest.mark.parametrize(("start", "end"), RANGES)
+def test_a_meter_s_windows_page_by_page_are_those_stored(
+    stored: tuple[sa.Engine, list[WindowUpdated]], meter: str, start: int | None, end: int | None
+) -> None:
+    engine, windows = stored
+    queries = SqlAlchemyFleetQueries(engine)
+    for size in (QUARTER, HOUR):
+        for limit in (1, 7, PROBES_FIRST + 1) if meter != "DENSE" else (PROBES_FIRST - 1,):
+            pages, after = [], None
+            while True:
+                page = queries.aggregates(meter, size, TimeRange(start, end), after, limit)
+                assert len(page) <= limit
+                pages += page
+                if len(page) < limit:
+                    break
+                after = page[-1].window_start
+            assert pages == _expected(windows, meter, size, start, end), (size, limit)
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("start", "end"), RANGES)
+def test_exports_of_windows_are_ordered_by_meter_then_time(
+    stored: tuple[sa.Engine, list[WindowUpdated]], start: int | None, end: int | None
+) -> None:
+    engine, windows = stored
+    queries = SqlAlchemyOutcomeQueries(engine, chunk_rows=10)
+    for size in (None, QUARTER):
+        for meter in ("SPARSE", "OLD", "NONE"):
+            got = list(queries.aggregates(ExportFilter(meter_id=meter, start=start, end=end, window=size)))
+            assert got == _expected(windows, meter, size, start, end)
+        everyone = list(queries.aggregates(ExportFilter(start=start, end=end, window=size)))
+        meters = sorted({w.meter_id for w in windows})
+        assert everyone == [w for m in meters for w in _expected(windows, m, size, start, end)]
+    engine.dispose()
+
+
+def test_an_export_of_every_meter_leaves_its_connection_sorting_in_memory_again(migrated_sqlite_url: str) -> None:
+    """SQLite sorts an export of every meter in temporary files (windows first on disk, the
+    export meter first): the connection goes back to the pool with its sorts in memory, whether
+    the export was read to its end or left early."""
+    engine = create_engine_for(migrated_sqlite_url)
+    windows = _fleet()
+    with SqlAlchemyStreamUnitOfWork(engine) as uow:
+        uow.outcomes.add_events(windows)
+        uow.commit()
+    queries = SqlAlchemyOutcomeQueries(engine, chunk_rows=10)
+    for read in (len(windows), 3):
+        exported = queries.aggregates(ExportFilter())
+        assert len([w for _, w in zip(range(read), exported, strict=False)]) == read
+        exported.close()
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
+    engine.dispose()
