@@ -6,6 +6,7 @@ of starts, before 1970, at the ends of a time range, of two sizes."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -120,4 +121,37 @@ def test_an_export_of_every_meter_leaves_its_connection_sorting_in_memory_again(
         exported.close()
         with engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
+    engine.dispose()
+
+
+def test_sqlite_never_looks_up_a_scope_s_meters_under_every_window(migrated_sqlite_url: str) -> None:
+    """An OPERATOR's or USER's counts of aggregates on SQLite, keyed window first, read the rows
+    and check each one's meter; with statistics, SQLite would otherwise look each meter up under
+    every window start stored (a skip-scan: windows x meters look-ups, hours for years of data)."""
+    engine = create_engine_for(migrated_sqlite_url)
+    windows = [
+        WindowUpdated(f"M{m}", QUARTER, T0 + i * QUARTER, 1, 0.5, 0.5, 0.5) for m in range(40) for i in range(50)
+    ]
+    with SqlAlchemyStreamUnitOfWork(engine) as uow:
+        uow.outcomes.add_events(windows)
+        uow.commit()
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ANALYZE")
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "FROM aggregates" in statement and not statement.startswith("EXPLAIN"):
+            statements.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    summary = SqlAlchemyOutcomeQueries(engine).stream_summary(lambda stmt, meter: stmt.where(meter.in_(["M1", "M2"])))
+    sa.event.remove(engine, "before_cursor_execute", seen)
+    assert summary["tables"]["aggregates"] == 100
+    assert statements
+    with engine.connect() as connection:
+        for statement, parameters in statements:
+            plan = " ".join(
+                row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            )
+            assert "ANY(" not in plan, plan
     engine.dispose()
