@@ -16,7 +16,7 @@ from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
 from metrify.adapters.sqlalchemy.windows import PROBES_FIRST
 from metrify.application.ports import ExportFilter
 from metrify.application.queries import TimeRange
-from metrify.domain.stream.events import WindowUpdated
+from metrify.domain.stream.events import ReadingAccepted, WindowUpdated
 
 pytestmark = pytest.mark.integration
 
@@ -154,4 +154,65 @@ def test_sqlite_never_looks_up_a_scope_s_meters_under_every_window(migrated_sqli
                 row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
             )
             assert "ANY(" not in plan, plan
+    engine.dispose()
+
+
+@pytest.mark.parametrize("after", [2**63 - 2, 2**63 - QUARTER, 2**63 - 1])
+def test_a_cursor_at_the_end_of_time_gives_an_empty_page(
+    stored: tuple[sa.Engine, list[WindowUpdated]], after: int
+) -> None:
+    """The next window start after such a cursor lies beyond what the key's column holds: nothing
+    to look up (SQLite raised OverflowError binding it, a 500 at the API)."""
+    engine, _ = stored
+    queries = SqlAlchemyFleetQueries(engine)
+    for size in (QUARTER, HOUR):
+        assert queries.aggregates("SPARSE", size, TimeRange(), after, 10) == []
+        assert queries.aggregates("SPARSE", size, TimeRange(start=after), None, 10) == []
+        assert queries.region_aggregates("R", size, TimeRange(), after, 10) == []
+    engine.dispose()
+
+
+def test_a_silent_region_s_page_reads_no_further_than_its_meters_readings(migrated_sqlite_url: str) -> None:
+    """SQLite reads a region's windows in time order, every meter's, until the page is full. A
+    region whose meters went silent cannot fill it: the read stops a week past their latest
+    reading instead of running on through the rest of the fleet's windows (counted here in
+    SQLite's virtual machine steps, which do not depend on the machine's speed)."""
+    engine = create_engine_for(migrated_sqlite_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO meters (meter_id, region, interval_seconds, created_at) VALUES "
+            "('Q1', 'quiet', 1800, 0), ('B1', 'busy', NULL, 0), ('B2', 'busy', NULL, 0), ('B3', 'busy', NULL, 0)"
+        )
+    events: list[Any] = [
+        ReadingAccepted("Q1", T0 + i * 1800 * US, T0 + i * 1800 * US, 0.5, "ON_TIME", 0) for i in range(4)
+    ]
+    events += [WindowUpdated("Q1", HOUR, T0 + i * HOUR, 2, 1.0, 0.5, 0.5) for i in range(2)]
+    events += [WindowUpdated(f"B{m}", HOUR, T0 + i * HOUR, 2, 1.0, 0.5, 0.5) for m in (1, 2, 3) for i in range(3000)]
+    with SqlAlchemyStreamUnitOfWork(engine) as uow:
+        uow.outcomes.add_events(events)
+        uow.commit()
+    queries = SqlAlchemyFleetQueries(engine)
+    steps = 0
+
+    def step() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with engine.connect() as connection:  # the pool's one connection, then used by the queries
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.set_progress_handler(step, 100)
+    quiet = queries.region_aggregates("quiet", HOUR, TimeRange(), None, 100)
+    quiet_steps, steps = steps, 0
+    busy = queries.region_aggregates("busy", HOUR, TimeRange(), T0 + 2900 * HOUR, 100)
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.set_progress_handler(None, 100)
+    assert [(w.window_start, w.meters, w.count) for w in quiet] == [(T0, 1, 2), (T0 + HOUR, 1, 2)]
+    assert len(busy) == 99 and all(w.meters == 3 for w in busy)
+    # the quiet page reads a week of windows (3 x 169 rows), the busy one its 99 windows (297 rows)
+    assert 0 < quiet_steps < 4 * steps
+    assert queries.region_aggregates("nowhere", HOUR, TimeRange(), None, 100) == []
     engine.dispose()

@@ -68,15 +68,31 @@ _SQLITE_REGION_WINDOWS = (
 )
 
 
+# On SQLite, where the region's windows end: the latest reading of its meters (one seek each,
+# through the readings' key), as late as a window of theirs can start, give or take the meters'
+# interval (a slot is a reading's time rounded to it). Retention takes the oldest readings
+# first, so where any of the region's meters has readings left, this bounds every meter's
+# windows. Without it, a page the region's windows cannot fill (its meters went silent) would
+# read every meter's windows of that size to the end of the data.
+_SQLITE_REGION_REACH = (
+    "SELECT count(*), max((SELECT max(r.ts) FROM readings AS r WHERE r.meter_id = m.meter_id)), "
+    "max(m.interval_seconds) FROM meters AS m WHERE m.region = :region"
+)
+_REACH_MARGIN = 7 * 86_400 * 1_000_000  # past the latest reading: any interval up to two weeks
+
+
 def _region_page(
     region: str, window: int, connection: sa.Connection, first: int | None, end: int | None, limit: int
 ) -> list[RegionWindow]:
     if connection.dialect.name == "sqlite":
-        bounds = {
-            "first": -_BIGINT_MAX - 1 if first is None else first,
-            "last": _BIGINT_MAX if end is None else end - 1,
-        }
-        params = {"region": region, "window": window, "limit": limit, **bounds}
+        meters, latest, interval = connection.execute(sa.text(_SQLITE_REGION_REACH), {"region": region}).one()
+        if not meters:
+            return []
+        last = _BIGINT_MAX if end is None else end - 1
+        if latest is not None:
+            last = min(last, latest + max(_REACH_MARGIN, (interval or 0) * 1_000_000))
+        params = {"region": region, "window": window, "limit": limit, "last": last}
+        params["first"] = -_BIGINT_MAX - 1 if first is None else first
         rows = connection.execute(sa.text(_SQLITE_REGION_WINDOWS), params)
     else:
         rows = connection.execute(_region_windows(region, window, first, end).limit(limit))

@@ -72,6 +72,8 @@ def meter_windows(
     found: list[Any] = []
     probes = PROBES_FIRST if limit is None else max(PROBES_FIRST, limit)
     while limit is None or len(found) < limit:
+        if first is not None and first > last:  # checked before it is bound: it may pass 2**63 - 1
+            break
         # from the first start any meter has a window at (one seek): a stretch of time no meter
         # has windows in, however long (a stray window years off), costs nothing
         following = sa.select(sa.func.min(a.window_start)).where(a.window_us == window)
