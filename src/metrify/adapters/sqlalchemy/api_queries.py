@@ -41,6 +41,7 @@ def _of(stmt: sa.Select[Any], meter: sa.ColumnElement[Any], subjects: Subjects) 
 
 
 _BIGINT_MAX = 2**63 - 1
+_FEW_METERS = 100  # a scope of at most this many meters, and no region, is looked up meter by meter
 
 
 def _region_windows(region: str, window: int, first: int | None, upper: int | None) -> sa.Select[Any]:
@@ -206,6 +207,8 @@ class SqlAlchemyFleetQueries:
         return {reason: int(n) for reason, n in self._all(stmt.group_by(c.reason).order_by(c.reason))}
 
     def summary(self, subjects: Subjects) -> dict[str, Any]:
+        scope = subjects.scope
+        few = not scope.regions and subjects.region is None and len(scope.meters) <= _FEW_METERS
         return SqlAlchemyOutcomeQueries(self.engine).stream_summary(
-            None if subjects.scope.everything else lambda stmt, meter: _of(stmt, meter, subjects)
+            None if scope.everything else lambda stmt, meter: _of(stmt, meter, subjects), few_meters=few
         )

@@ -153,10 +153,11 @@ class SqlAlchemyOutcomeQueries:
                 connection.rollback()
                 connection.exec_driver_sql(f"PRAGMA temp_store = {SQLITE_TEMP_STORE}")
 
-    def stream_summary(self, narrow: MeterFilter | None = None) -> dict[str, Any]:
+    def stream_summary(self, narrow: MeterFilter | None = None, *, few_meters: bool = False) -> dict[str, Any]:
         """Counts per table, readings per status, rejected per reason, open gaps, and each
         partition's watermark source and next input offset. `narrow` (a statement and a table's
-        meter id column -> the statement kept to some meters) limits the counts, not the partitions."""
+        meter id column -> the statement kept to some meters) limits the counts, not the partitions;
+        `few_meters`: it keeps a short list of meters (a USER's), not a region's."""
         counted = (t.readings, t.rejected_readings, t.too_late_readings, t.gaps, t.aggregates, t.meter_states)
         with transient_errors(), self.engine.connect() as connection:
 
@@ -164,10 +165,11 @@ class SqlAlchemyOutcomeQueries:
                 if narrow is None:
                     return stmt
                 meter: sa.ColumnElement[Any] = table.c.meter_id
-                if table is t.aggregates and connection.dialect.name == "sqlite":
-                    # keyed window first (windows.py): the meters are checked row by row, never
-                    # looked up one by one under every window (the skip-scan SQLite's statistics
-                    # may pick: windows x meters look-ups); CAST keeps the key out of the plan
+                if table is t.aggregates and connection.dialect.name == "sqlite" and not few_meters:
+                    # Keyed window first (windows.py): a region's meters are checked row by row,
+                    # never looked up one by one under every window start (the skip-scan SQLite's
+                    # statistics may pick: windows x meters look-ups); CAST keeps the key out of
+                    # the plan. A few meters' are looked up so (400k rows: 1.5 ms against 32 ms).
                     meter = sa.cast(meter, sa.Text)
                 return narrow(stmt, meter)
 
