@@ -36,13 +36,17 @@ def _fleet() -> list[WindowUpdated]:
     return windows
 
 
+def _write(engine: sa.Engine, events: list[Any]) -> None:
+    with SqlAlchemyStreamUnitOfWork(engine) as uow:
+        uow.outcomes.add_events(events)
+        uow.commit()
+
+
 @pytest.fixture
 def stored(store_url: str) -> tuple[sa.Engine, list[WindowUpdated]]:
     engine = create_engine_for(store_url)
     windows = _fleet()
-    with SqlAlchemyStreamUnitOfWork(engine) as uow:
-        uow.outcomes.add_events(windows)
-        uow.commit()
+    _write(engine, windows)
     return engine, windows
 
 
@@ -111,9 +115,7 @@ def test_an_export_of_every_meter_leaves_its_connection_sorting_in_memory_again(
     the export was read to its end or left early."""
     engine = create_engine_for(migrated_sqlite_url)
     windows = _fleet()
-    with SqlAlchemyStreamUnitOfWork(engine) as uow:
-        uow.outcomes.add_events(windows)
-        uow.commit()
+    _write(engine, windows)
     queries = SqlAlchemyOutcomeQueries(engine, chunk_rows=10)
     for read in (len(windows), 3):
         exported = queries.aggregates(ExportFilter())
@@ -134,9 +136,7 @@ def test_sqlite_looks_up_only_a_few_meters_under_every_window(migrated_sqlite_ur
     windows = [
         WindowUpdated(f"M{m}", QUARTER, T0 + i * QUARTER, 1, 0.5, 0.5, 0.5) for m in range(40) for i in range(50)
     ]
-    with SqlAlchemyStreamUnitOfWork(engine) as uow:
-        uow.outcomes.add_events(windows)
-        uow.commit()
+    _write(engine, windows)
     with engine.begin() as connection:
         connection.exec_driver_sql("ANALYZE")
     statements: list[tuple[str, Any]] = []
@@ -190,9 +190,7 @@ def test_a_silent_region_s_page_reads_no_further_than_its_meters_readings(migrat
     ]
     events += [WindowUpdated("Q1", HOUR, T0 + i * HOUR, 2, 1.0, 0.5, 0.5) for i in range(2)]
     events += [WindowUpdated(f"B{m}", HOUR, T0 + i * HOUR, 2, 1.0, 0.5, 0.5) for m in (1, 2, 3) for i in range(3000)]
-    with SqlAlchemyStreamUnitOfWork(engine) as uow:
-        uow.outcomes.add_events(events)
-        uow.commit()
+    _write(engine, events)
     queries = SqlAlchemyFleetQueries(engine)
     steps = 0
 

@@ -44,6 +44,14 @@ _BIGINT_MAX = 2**63 - 1
 _FEW_METERS = 100  # a scope of at most this many meters, and no region, is looked up meter by meter
 
 
+def _page_start(when: TimeRange, after: int | None) -> int | None:
+    """Where a page of windows begins: the range's start, or just past the cursor's window when
+    that is later (None: the beginning of time)."""
+    if after is None:
+        return when.start
+    return after + 1 if when.start is None else max(when.start, after + 1)
+
+
 def _region_windows(region: str, window: int, first: int | None, upper: int | None) -> sa.Select[Any]:
     """The region's windows of one size starting in [first, upper), summed over its meters, in order."""
     a, m = t.aggregates.c, t.meters.c
@@ -122,11 +130,9 @@ class SqlAlchemyFleetQueries:
     def aggregates(
         self, meter_id: str, window: int, when: TimeRange, after: int | None, limit: int
     ) -> list[WindowUpdated]:
-        start = when.start
-        if after is not None:
-            if after >= _BIGINT_MAX:
-                return []
-            start = after + 1 if start is None else max(start, after + 1)
+        if after is not None and after >= _BIGINT_MAX:
+            return []
+        start = _page_start(when, after)
         with transient_errors(), self.engine.connect() as connection:
             if connection.dialect.name == "sqlite":  # keyed window first: see windows.py
                 rows = meter_windows(connection, meter_id, window, start, when.end, limit)
@@ -144,13 +150,10 @@ class SqlAlchemyFleetQueries:
         of their start, every meter's window of one start side by side (SQLite's key, Alembic
         0011; PostgreSQL's index by window), joined with the registry for the meters of the
         region, and stops once the page is full."""
-        lower = when.start
-        if after is not None:
-            if after >= _BIGINT_MAX:
-                return []
-            lower = after + 1 if lower is None else max(lower, after + 1)
+        if after is not None and after >= _BIGINT_MAX:
+            return []
         with transient_errors(), self.engine.connect() as connection:
-            return _region_page(region, window, connection, lower, when.end, limit)
+            return _region_page(region, window, connection, _page_start(when, after), when.end, limit)
 
     def gaps(
         self, subjects: Subjects, status: str | None, when: TimeRange, after: tuple[str, int] | None, limit: int
