@@ -42,6 +42,7 @@ pytestmark = pytest.mark.integration
 T0 = 1_709_589_600 * US  # 2024-03-04T22:00:00Z
 HALF_HOUR = 1800 * US
 HOUR = 3600 * US
+DAY = 24 * HOUR
 
 
 @dataclass
@@ -259,6 +260,23 @@ def test_first_reading_wins_and_last_window_value_wins(store: Store) -> None:
     assert got == expected_after(first, second)
     assert got["readings"] == [reading("M1", T0, 1.0)]
     assert got["aggregates"] == [WindowUpdated("M1", HOUR, T0, 2, 3.0, 1.0, 2.0)]
+
+
+@pytest.mark.parametrize("meters", [1, 400], ids=["one-statement", "many-statements"])
+def test_a_window_emitted_twice_in_one_batch_keeps_its_later_value(store: Store, meters: int) -> None:
+    """A window closes and a LATE reading updates it within one batch: the batch holds both of
+    its values (SQLite takes them in one multi-row statement, in order; PostgreSQL the last)."""
+    batch: list[Any] = []
+    for n in range(meters):
+        batch.append(WindowUpdated(f"M{n:03d}", HOUR, T0, 1, 1.0, 1.0, 1.0))
+    for n in range(meters):
+        batch.append(WindowUpdated(f"M{n:03d}", HOUR, T0, 2, 3.0, 1.0, 2.0))
+        batch.append(WindowUpdated(f"M{n:03d}", DAY, T0, 2, 3.0, 1.0, 2.0))
+    write(store, batch)
+    got = everything(store)
+    assert got == expected_after(batch)
+    assert len(got["aggregates"]) == 2 * meters
+    assert {(w.window, w.count, w.sum_kwh) for w in got["aggregates"]} == {(HOUR, 2, 3.0), (DAY, 2, 3.0)}
 
 
 def test_a_gap_whose_first_slot_moved_replaces_its_old_row(store: Store) -> None:

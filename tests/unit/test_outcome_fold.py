@@ -113,7 +113,7 @@ def test_the_last_value_of_a_window_wins() -> None:
             WindowUpdated("M1", 24 * H, 0, 3, 8.0, 1.0, 5.0),
         ]
     )
-    assert batch.windows == {
+    assert batch.latest_windows() == {
         ("M1", H, 0): WindowUpdated("M1", H, 0, 2, 3.0, 1.0, 2.0),
         ("M1", H, H): WindowUpdated("M1", H, H, 1, 5.0, 5.0, 5.0),
         ("M1", 24 * H, 0): WindowUpdated("M1", 24 * H, 0, 3, 8.0, 1.0, 5.0),
@@ -130,4 +130,4 @@ def test_folding_is_idempotent_for_keyed_outcomes() -> None:
     once, twice = fold_events(events), fold_events(events + events)
     assert once.gap_upserts == twice.gap_upserts
     assert once.gap_deletes == twice.gap_deletes
-    assert once.windows == twice.windows
+    assert once.latest_windows() == twice.latest_windows()

@@ -20,15 +20,23 @@ from metrify.domain.stream.events import (
 class OutcomeBatch:
     """What a batch of events leaves behind, keyed by natural keys so that writing it twice changes
     nothing: readings by (meter, timestamp); rejected and too-late readings by (partition, input
-    offset); gaps by (meter, missing_from), with the identities healing retired; windows by
-    (meter, window, window_start), the last value winning."""
+    offset); gaps by (meter, missing_from), with the identities healing retired. Windows come as
+    they were emitted: of two values of one (meter, window, window_start), the later one wins
+    when they are written in order (`latest_windows` is the last value of each). Keying 20,000
+    windows closed by one batch took 2-3 ms of it, and SQLite applies a statement's rows in order
+    anyway; a store that cannot take one key twice in a statement (PostgreSQL) asks for the last."""
 
     readings: list[ReadingAccepted] = field(default_factory=list)
     rejected: list[ReadingRejected] = field(default_factory=list)
     too_late: list[ReadingTooLate] = field(default_factory=list)
     gap_upserts: dict[tuple[str, int], GapRow] = field(default_factory=dict)
     gap_deletes: set[tuple[str, int]] = field(default_factory=set)
-    windows: dict[tuple[str, int, int], WindowUpdated] = field(default_factory=dict)
+    windows: list[WindowUpdated] = field(default_factory=list)
+
+    def latest_windows(self) -> dict[tuple[str, int, int], WindowUpdated]:
+        """The last value of each window, by (meter_id, window, window_start), in the order each
+        window was first emitted."""
+        return {window[:3]: window for window in self.windows}
 
     def is_empty(self) -> bool:
         return not (
@@ -42,7 +50,7 @@ def fold_events(events: Iterable[Any]) -> OutcomeBatch:
     readings_append = batch.readings.append
     rejected_append = batch.rejected.append
     too_late_append = batch.too_late.append
-    windows = batch.windows
+    windows_append = batch.windows.append
     upserts = batch.gap_upserts
     deletes = batch.gap_deletes
     for event in events:
@@ -50,7 +58,7 @@ def fold_events(events: Iterable[Any]) -> OutcomeBatch:
         if kind is ReadingAccepted:
             readings_append(event)
         elif kind is WindowUpdated:
-            windows[event[:3]] = event  # by (meter_id, window, window_start)
+            windows_append(event)
         elif kind is ReadingRejected:
             rejected_append(event)
         elif kind is ReadingTooLate:

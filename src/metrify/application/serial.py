@@ -23,7 +23,7 @@ from metrify.domain.readings import RawReading, normalise_meter_id
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate
 from metrify.domain.stream.partitioner import partition_for
 
-_OUTCOMES = (ReadingAccepted, ReadingRejected, ReadingTooLate)
+_OUTCOME_KINDS = frozenset((ReadingAccepted, ReadingRejected, ReadingTooLate))
 
 
 class BoundedBackoff:
@@ -170,16 +170,18 @@ def _cannot_run(exc: PartitionCountMismatch) -> Unavailable:
 
 def _attribute(rows: Sequence[RawReading], events: Sequence[Any], partitions: int) -> list[Any]:
     """Each row's outcome event: per partition, the outcome events come in the order of its rows."""
+    if partitions == 1:  # the outcome events in order: one per row
+        outcomes = [event for event in events if type(event) in _OUTCOME_KINDS]
+        if len(outcomes) != len(rows):
+            raise RuntimeError("the stream core returned another number of outcomes than readings")
+        return outcomes
     waiting: list[deque[int]] = [deque() for _ in range(partitions)]
-    if partitions == 1:
-        waiting[0].extend(range(len(rows)))
-    else:
-        for index, row in enumerate(rows):
-            waiting[partition_for(normalise_meter_id(row.meter_id), partitions)].append(index)
-    outcomes: list[Any] = [None] * len(rows)
+    for index, row in enumerate(rows):
+        waiting[partition_for(normalise_meter_id(row.meter_id), partitions)].append(index)
+    attributed: list[Any] = [None] * len(rows)
     for event in events:
-        if type(event) in _OUTCOMES:
-            outcomes[waiting[event.partition].popleft()] = event
+        if type(event) in _OUTCOME_KINDS:
+            attributed[waiting[event.partition].popleft()] = event
     if any(queue for queue in waiting):
         raise RuntimeError("the stream core returned fewer outcomes than readings")
-    return outcomes
+    return attributed

@@ -37,7 +37,7 @@ class InMemoryStreamStore:
         for key in batch.gap_deletes:
             self.gaps.pop(key, None)
         self.gaps.update(batch.gap_upserts)
-        self.windows.update(batch.windows)
+        self.windows.update(batch.latest_windows())
 
     # -- OutcomeQueries --------------------------------------------------------------------
 

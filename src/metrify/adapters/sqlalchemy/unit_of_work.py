@@ -22,6 +22,12 @@ from metrify.adapters.sqlalchemy.sink import Prepared, StateSave, batch_rows, wr
 from metrify.application.outcomes import fold_events
 from metrify.application.ports import PartitionState, SourceProgress, StreamWrittenElsewhere, TransientStoreError
 
+# The partition header's input offset, by (stream, partition); PostgreSQL locks the header.
+_EXPECTED_SQL = {
+    "sqlite": 'SELECT next_offset FROM stream_partitions WHERE stream = ? AND "partition" = ?',
+    "postgresql": 'SELECT next_offset FROM stream_partitions WHERE stream = %s AND "partition" = %s FOR UPDATE',
+}
+
 
 class _StagedOutcomes:
     def __init__(self) -> None:
@@ -44,12 +50,13 @@ class _SqlState:
         """Inside the commit's transaction: every expected partition still holds its offset. The
         headers are locked on PostgreSQL; on SQLite the transaction's first write would fail
         (busy, retried) if another writer had committed since its read."""
-        c = t.stream_partitions.c
+        if not self.expected:
+            return
+        # Through the driver, one statement text per dialect: a SQLAlchemy select compiled and run
+        # per partition took 0.5 ms of a 19 ms ingest batch; this takes a few microseconds.
+        sql = _EXPECTED_SQL[connection.dialect.name]
         for stream, partition, offset in self.expected:
-            stmt = sa.select(c.next_offset).where(c.stream == stream, c.partition == partition)
-            if connection.dialect.name == "postgresql":
-                stmt = stmt.with_for_update()
-            row = connection.execute(stmt).first()
+            row = connection.exec_driver_sql(sql, (stream, partition)).first()
             held = 0 if row is None else row[0]
             if held != offset:
                 raise StreamWrittenElsewhere(
