@@ -176,21 +176,24 @@ class Ingest:
         assert self.pipeline is not None
         outcomes = self.pipeline.submit(admitted)
         seen: dict[str, str | None] = {}
+        registered = self._registered
+        accepted = late = too_late = 0  # counted in locals: this loop runs once per reading
         for index, event in zip(indices, outcomes, strict=True):
             kind = type(event)
             if kind is ReadingAccepted:
-                report.accepted += 1
+                accepted += 1
                 if event.status == "LATE":
-                    report.late += 1
-                if event.meter_id not in self._registered:
-                    meter_id = event.meter_id
+                    late += 1
+                meter_id = event.meter_id
+                if meter_id not in registered:
                     seen.setdefault(meter_id, history.get(meter_id, _text_region(event.extra)))
             elif kind is ReadingRejected:
                 report.rejected += 1
                 report.rejected_by_reason[event.reason] += 1
                 report.rejected_readings.append((index, event.reason))
             elif kind is ReadingTooLate:
-                report.too_late += 1
+                too_late += 1
+        report.accepted, report.late, report.too_late = accepted, late, too_late
         self._register(seen)
         return report
 
