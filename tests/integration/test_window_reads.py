@@ -126,6 +126,33 @@ def test_an_export_of_every_meter_leaves_its_connection_sorting_in_memory_again(
     engine.dispose()
 
 
+def test_an_export_of_every_meter_is_one_snapshot_sizes_included(
+    migrated_sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's export of every meter reads the window sizes, then the windows of those sizes:
+    both in one read transaction. Windows committed in between (of a new size, or of a size
+    read) are in neither: the export is the store as it was when the export began."""
+    from metrify.adapters.sqlalchemy import queries as sql_queries
+
+    engine = create_engine_for(migrated_sqlite_url)
+    _write(engine, [WindowUpdated("M1", QUARTER, T0, 1, 0.5, 0.5, 0.5)])
+    other = create_engine_for(migrated_sqlite_url)
+    read_sizes = sql_queries.window_sizes
+
+    def sizes_then_a_commit_elsewhere(connection: sa.Connection) -> list[int]:
+        sizes = read_sizes(connection)
+        _write(other, [WindowUpdated("M0", HOUR, T0, 4, 2.0, 0.5, 0.5), WindowUpdated("M2", QUARTER, T0, 1, 1, 1, 1)])
+        return sizes
+
+    monkeypatch.setattr(sql_queries, "window_sizes", sizes_then_a_commit_elsewhere)
+    exported = list(SqlAlchemyOutcomeQueries(engine).aggregates(ExportFilter()))
+    assert exported == [WindowUpdated("M1", QUARTER, T0, 1, 0.5, 0.5, 0.5)]
+    monkeypatch.undo()
+    assert [w.meter_id for w in SqlAlchemyOutcomeQueries(engine).aggregates(ExportFilter())] == ["M0", "M1", "M2"]
+    other.dispose()
+    engine.dispose()
+
+
 @pytest.mark.parametrize("few_meters", [False, True])
 def test_sqlite_looks_up_only_a_few_meters_under_every_window(migrated_sqlite_url: str, few_meters: bool) -> None:
     """An OPERATOR's counts of aggregates on SQLite, keyed window first, read the rows and check

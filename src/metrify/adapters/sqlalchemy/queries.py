@@ -125,8 +125,11 @@ class SqlAlchemyOutcomeQueries:
         """SQLite keys the aggregates window first (windows.py): one meter's windows are looked up
         start by start, size by size; all meters' are read through the key by size and time, then
         sorted by meter, in temporary files rather than in memory (the connection's temp_store),
-        so that an export of any size holds only the sorter's pages."""
+        so that an export of any size holds only the sorter's pages. The sizes and the windows are
+        read in one read transaction (Python's sqlite3 runs each SELECT in a snapshot of its own):
+        the export is the store as it was when it began, whatever is committed meanwhile."""
         with transient_errors(), self.engine.connect() as connection:
+            connection.exec_driver_sql("BEGIN")  # ended by the rollback when the connection goes back
             sizes = window_sizes(connection) if where.window is None else [where.window]
             if where.meter_id is not None:
                 rows = [
