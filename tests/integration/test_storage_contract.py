@@ -553,6 +553,36 @@ def test_stream_summary_counts_what_was_written(sql_url: str) -> None:
         engine.dispose()
 
 
+def test_a_stream_summary_counts_one_moment_of_the_store(sql_url: str) -> None:
+    """A batch committed while the summary runs (here: right after its first statement) is in
+    none of its counts or in all of them: the readings by status add up to the readings."""
+    engine, writer = create_engine_for(sql_url), create_engine_for(sql_url)
+    late_batch = [reading("LATE-1", T0, 1.0), reading("LATE-2", T0, 2.0, "LATE")]
+
+    committed: list[bool] = []
+
+    def commit_a_batch_once(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if committed or "count(" not in statement:  # after the summary's first count
+            return
+        committed.append(True)
+        with SqlAlchemyStreamUnitOfWork(writer) as uow:
+            uow.outcomes.add_events(late_batch)
+            uow.commit()
+
+    try:
+        with SqlAlchemyStreamUnitOfWork(engine) as uow:
+            uow.outcomes.add_events(MIXED_BATCH)
+            uow.commit()
+        sa.event.listen(engine, "after_cursor_execute", commit_a_batch_once)
+        summary = SqlAlchemyOutcomeQueries(engine).stream_summary()
+        assert committed
+        assert summary["tables"]["readings"] == sum(summary["readings_by_status"].values()) == 3 * len(METERS) + 2
+        assert SqlAlchemyOutcomeQueries(engine).stream_summary()["tables"]["readings"] == 3 * len(METERS) + 4
+    finally:
+        engine.dispose()
+        writer.dispose()
+
+
 def test_an_unreachable_server_is_a_transient_error() -> None:
     engine = create_engine_for("postgresql+psycopg://nobody:secret@127.0.0.1:9/none?connect_timeout=2")
     try:

@@ -59,6 +59,17 @@ def gaps_overlapping(stmt: sa.Select[Any], start: int | None, end: int | None) -
 MeterFilter = Callable[[sa.Select[Any], sa.ColumnElement[Any]], sa.Select[Any]]
 
 
+def one_snapshot(connection: sa.Connection) -> None:
+    """The connection's reads from here to the end of its transaction (its rollback when it goes
+    back to the pool) see the store as of one moment. Python's sqlite3 runs each SELECT outside a
+    transaction, and PostgreSQL's READ COMMITTED takes a snapshot per statement: a read of several
+    statements saw a commit made between two of them in one and not in the other."""
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+
 class SqlAlchemyOutcomeQueries:
     def __init__(self, engine: sa.Engine, chunk_rows: int = CHUNK_ROWS) -> None:
         self.engine = engine
@@ -129,7 +140,7 @@ class SqlAlchemyOutcomeQueries:
         read in one read transaction (Python's sqlite3 runs each SELECT in a snapshot of its own):
         the export is the store as it was when it began, whatever is committed meanwhile."""
         with transient_errors(), self.engine.connect() as connection:
-            connection.exec_driver_sql("BEGIN")  # ended by the rollback when the connection goes back
+            one_snapshot(connection)
             sizes = window_sizes(connection) if where.window is None else [where.window]
             if where.meter_id is not None:
                 rows = [
@@ -163,6 +174,7 @@ class SqlAlchemyOutcomeQueries:
         `few_meters`: it keeps a short list of meters (a USER's), not a region's."""
         counted = (t.readings, t.rejected_readings, t.too_late_readings, t.gaps, t.aggregates, t.meter_states)
         with transient_errors(), self.engine.connect() as connection:
+            one_snapshot(connection)  # counts of one moment: readings by status add up to readings
 
             def kept(stmt: sa.Select[Any], table: sa.Table) -> sa.Select[Any]:
                 if narrow is None:
