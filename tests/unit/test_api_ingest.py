@@ -432,6 +432,40 @@ def test_a_batch_is_parsed_and_processed_without_automatic_garbage_collection(
     assert gc.isenabled()
 
 
+def test_the_collector_stays_off_until_the_last_overlapping_batch_is_done() -> None:
+    """Two requests' batches overlap on two threads: the first one done must not turn automatic
+    collection on under the other; the last one done does. Collection off before stays off."""
+    import gc
+    import threading
+
+    from metrify.application.stream import gc_paused
+
+    inside, first_done, observed = threading.Event(), threading.Event(), []
+
+    def other_batch() -> None:
+        with gc_paused():
+            inside.set()
+            first_done.wait(5)
+            observed.append(gc.isenabled())
+
+    assert gc.isenabled()
+    with gc_paused():
+        thread = threading.Thread(target=other_batch)
+        thread.start()
+        assert inside.wait(5)
+    first_done.set()
+    thread.join(5)
+    assert observed == [False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_a_json_line_nested_too_deep_is_one_rejected_reading_like_any_unreadable_line(api: Api) -> None:
     deep = b'{"meter_id": "M2", "timestamp": ' + b"[" * 500 + b"]" * 500 + b', "consumption_kwh": 1}'
     body = orjson.dumps(reading("M1")) + b"\n" + deep + b"\n"

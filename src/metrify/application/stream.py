@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,20 +32,46 @@ _RELOADS = 3  # times a batch is processed again on state another writer committ
 log = logging.getLogger("metrify.stream")
 
 
+class _CollectorPause:
+    """Who holds automatic garbage collection off, across threads: it comes back on when the last
+    holder leaves, and only if it was on when the first came in. Per call, as before, one API
+    request leaving turned it on again in the middle of another's batch (the next allocations of
+    that batch then set off collections over its live readings and events)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holders = 0
+        self.resume = False
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.holders == 0:
+                self.resume = gc.isenabled()
+                gc.disable()
+            self.holders += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.holders -= 1
+            if self.holders == 0 and self.resume:
+                gc.enable()
+
+
+_PAUSE = _CollectorPause()
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """No automatic garbage collection inside: a batch allocates a few objects per reading, nearly
     all short-lived and without cycles, and collections triggered every few hundred of them would
     walk the whole heap (the meters' state, the process's modules) again and again. The collector
-    runs once, after the batch, if it is due."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
+    runs once, after the batch (the last one, when threads overlap), if it is due. Collection
+    turned off by other means stays off."""
+    _PAUSE.enter()
     try:
         yield
     finally:
-        gc.enable()
+        _PAUSE.leave()
 
 
 class PartitionCountMismatch(Exception):
