@@ -78,7 +78,7 @@ def test_kafka_event_bus_round_trip_keeps_kafka_partitioning(kafka_bootstrap: st
 
 
 def test_a_worker_refuses_a_state_changelog_that_is_not_compacted(kafka_bootstrap: str) -> None:
-    from confluent_kafka.admin import ConfigResource
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
     from metrify.adapters.kafka.admin import (
         TopicsMismatch,
@@ -95,9 +95,21 @@ def test_a_worker_refuses_a_state_changelog_that_is_not_compacted(kafka_bootstra
         create_topics(kafka_bootstrap, names, partitions=2, replication=1)
         assert require_topics(admin, names) == 2
         # as if made by hand with the default policy: the state of quiet meters would expire
-        changelog = ConfigResource(ConfigResource.Type.TOPIC, names.changelog, set_config={"cleanup.policy": "delete"})
-        for future in admin.alter_configs([changelog]).values():
+        changelog = ConfigResource(
+            ConfigResource.Type.TOPIC,
+            names.changelog,
+            incremental_configs=[ConfigEntry("cleanup.policy", "delete", incremental_operation=AlterConfigOpType.SET)],
+        )
+        for future in admin.incremental_alter_configs([changelog]).values():
             future.result()
+        # the controller acknowledges before every broker has applied the change from the metadata log
+        described = ConfigResource(ConfigResource.Type.TOPIC, names.changelog)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            entries = next(iter(admin.describe_configs([described]).values())).result()
+            if entries["cleanup.policy"].value == "delete":
+                break
+            time.sleep(0.1)
         with pytest.raises(TopicsMismatch, match="cleanup.policy=delete"):
             require_topics(admin, names)
     finally:
