@@ -536,6 +536,37 @@ def test_readings_keep_their_electrical_extras(sql_url: str) -> None:
         engine.dispose()
 
 
+def test_readings_of_every_shape_of_extras_keep_them_in_one_batch(sql_url: str) -> None:
+    """SQLite names only the extra columns some reading of a run holds: readings without extras,
+    with one, with all, and with none it stores, mixed in a batch long enough for many statements."""
+    full = {"voltage": 229.5, "current": 1.5, "power_kw": 0.3, "power_factor": 0.9, "frequency": 50.0}
+    # runs of readings with extras (each cut into statements): some columns held by none of a run
+    runs: list[list[dict[str, Any] | None]] = [
+        [{"voltage": 230.0}, {"region": "north"}, {"unknown": 1}],
+        [None],
+        [{**full, "region": "south"}],
+        [{"frequency": 49.9}, {"unknown": 2}],
+        [{"unknown": 3}],
+    ]
+    shapes = [run[index % len(run)] for run in runs for index in range(300)]
+    events = [reading(f"M{index:04d}", T0 + HALF_HOUR * (index % 3), extra=shape) for index, shape in enumerate(shapes)]
+    expected = {
+        (event.meter_id, event.timestamp): ({k: v for k, v in event.extra.items() if k != "unknown"} or None)
+        if event.extra
+        else None
+        for event in events
+    }
+    engine = create_engine_for(sql_url)
+    try:
+        with SqlAlchemyStreamUnitOfWork(engine) as uow:
+            uow.outcomes.add_events(events)
+            uow.commit()
+        got = {(r.meter_id, r.timestamp): r.extra for r in SqlAlchemyOutcomeQueries(engine).readings(ExportFilter())}
+        assert got == expected
+    finally:
+        engine.dispose()
+
+
 def test_stream_summary_counts_what_was_written(sql_url: str) -> None:
     engine = create_engine_for(sql_url)
     try:
