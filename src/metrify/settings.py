@@ -156,6 +156,9 @@ class ApiSettings(BaseModel):
     max_batch_readings: int = Field(10_000, ge=1)
     page_size: int = Field(100, ge=1, le=1000)
     max_page_size: int = Field(1000, ge=1, le=1000)  # lowers the API's own bound, never raises it
+    # Embedded ingest: closed windows stored per batch at most (0: all, with the batch that closed
+    # them); the rest over the next batches, or within ~0.1 s once batches stop (StreamPipeline).
+    window_writes_per_batch: int = Field(0, ge=0)
 
 
 class StorageSettings(BaseModel):

@@ -29,6 +29,7 @@ from metrify.domain.ingest_keys import IngestKey
 from metrify.domain.readings import Meter, RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.users import Role, User
+from metrify.entrypoints.api.app import create_app
 from metrify.entrypoints.api.bodies import _reading, read_body
 from metrify.entrypoints.api.problems import ApiProblem
 from metrify.settings import ApiSettings
@@ -603,3 +604,27 @@ def test_on_kafka_a_meter_whose_id_holds_nul_is_registered_as_any_other() -> Non
     key = IngestKey("k1", "head end", "h1", "mtk_1", all_regions=True)
     ingest.ingest(key, [RawReading(" N\x00-2 ", T0, "0.5", extra={"region": "north"})])
     assert fakes.meters.meters == {"N\x00-2": Meter("N\x00-2", "north")}
+
+
+def test_windows_the_api_holds_back_are_stored_by_the_end_of_its_process(tmp_path: Path, fakes: Fakes) -> None:
+    """METRIFY_API__WINDOW_WRITES_PER_BATCH: closed windows beyond it wait for later batches (or
+    a quiet spell); the app's shutdown stores the rest. The store ends as without holding."""
+    rows = fleet(meters=12, slots=20)
+    batches = [rows[i : i + 50] for i in range(0, len(rows), 50)]
+    expected = InMemoryStreamStore()
+    pipeline = StreamPipeline(StreamConfig(), 1, lambda: InMemoryStreamUnitOfWork(expected), SystemClock())
+    pipeline.load()
+    for batch in batches:
+        pipeline.process(batch)
+
+    settings = api_settings(tmp_path, api=ApiSettings(window_writes_per_batch=1))
+    app = create_app(settings, memory_container(settings, fakes))
+    with running_api(app.state.services.container, settings, app=app) as api:
+        key = api.ingest_key()
+        held = 0
+        for batch in batches:
+            body = [{"meter_id": m, "timestamp": ts, "consumption_kwh": kwh} for m, ts, kwh, *_ in batch]
+            post(api, key, {"readings": body})
+            held = max(held, app.state.services.pipeline.held_windows)
+        assert held > 1, "windows must have been held back"
+    assert outcome(fakes.store) == outcome(expected)

@@ -10,6 +10,7 @@ the core emits exactly one per reading, in order, per partition.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -22,6 +23,8 @@ from metrify.application.stream import PartitionCountMismatch, StreamPipeline
 from metrify.domain.readings import RawReading, normalise_meter_id
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate
 from metrify.domain.stream.partitioner import partition_for
+
+log = logging.getLogger("metrify.api")
 
 _OUTCOME_KINDS = frozenset((ReadingAccepted, ReadingRejected, ReadingTooLate))
 
@@ -82,6 +85,7 @@ class SerialPipeline:
         self._writer = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: deque[_Job] = deque()
+        self.last_batch = time.monotonic()  # when the last batch came in
 
     def load(self) -> None:
         with self._writer:
@@ -92,8 +96,32 @@ class SerialPipeline:
         """Whether the stream state is in memory (else the next batch loads it, or says why not)."""
         return self._pipeline is not None
 
+    @property
+    def held_windows(self) -> int:
+        """Closed windows not stored yet (see StreamPipeline's window_writes)."""
+        pipeline = self._pipeline
+        return 0 if pipeline is None else pipeline.held_windows
+
+    def write_held_windows(self, limit: int | None = None, wait: bool = False) -> int:
+        """Store up to `limit` (None: all) of the closed windows waiting, between batches: at
+        once if no batch is being written, else not at all (unless `wait`). The number stored."""
+        if not self._writer.acquire(blocking=wait):
+            return 0
+        try:
+            pipeline = self._pipeline
+            if pipeline is None:
+                return 0
+            try:
+                return pipeline.write_held_windows(limit)
+            except BaseException:
+                self._pipeline = None  # loaded again, held windows included, before the next write
+                raise
+        finally:
+            self._writer.release()
+
     def submit(self, rows: Sequence[RawReading]) -> list[Any]:
         """Process the rows (with whatever else is waiting) and return each row's outcome event."""
+        self.last_batch = time.monotonic()
         job = _Job(rows)
         with self._queue_lock:
             self._queue.append(job)
@@ -161,6 +189,39 @@ class SerialPipeline:
             for job in jobs:
                 job.error = exc
             raise
+
+
+class QuietWindowWriter:
+    """A thread that stores the closed windows a SerialPipeline holds back once no batch has come
+    for `quiet` seconds, `limit` at a time: a fleet that stops sending does not leave its last
+    windows waiting. `stop` stores all that are left."""
+
+    def __init__(self, pipeline: SerialPipeline, limit: int | None, quiet: float = 0.1) -> None:
+        self.pipeline = pipeline
+        self.limit = limit
+        self.quiet = quiet
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrify-held-windows", daemon=True)
+
+    def start(self) -> QuietWindowWriter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        pipeline = self.pipeline
+        while not self._stopping.wait(self.quiet):
+            if not pipeline.held_windows or time.monotonic() - pipeline.last_batch < self.quiet:
+                continue
+            try:
+                pipeline.write_held_windows(self.limit)
+            except Exception:  # the next batch loads the stream again and stores them
+                log.warning("closed windows not stored between batches", exc_info=True)
+
+    def stop(self) -> int:
+        """Stop the thread, then store every window still waiting; the number stored."""
+        self._stopping.set()
+        self._thread.join()
+        return self.pipeline.write_held_windows(None, wait=True)
 
 
 def _cannot_run(exc: PartitionCountMismatch) -> Unavailable:

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,8 @@ from metrify.application.ports import (
 from metrify.domain.readings import RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.stream.core import PartitionStream
+from metrify.domain.stream.events import WindowUpdated
+from metrify.domain.stream.meter_state import NO_HOLD
 from metrify.domain.stream.partitioner import partition_for
 
 _ROUTES_LIMIT = 1 << 20
@@ -187,6 +190,7 @@ class StreamPipeline:
         stream: str = "main",
         intervals: Mapping[str, int] | None = None,
         backoff: Backoff | None = None,
+        window_writes: int | None = None,
     ) -> None:
         self.config = config
         self.partition_count = partitions
@@ -195,7 +199,16 @@ class StreamPipeline:
         self.stream = stream
         self.backoff = backoff or Backoff()
         self.intervals = intervals
-        self.cores = [PartitionStream(config, p, intervals) for p in range(partitions)]
+        # Closed windows stored per batch, at most (None: all of them, with the batch that closed
+        # them). When a batch moves the watermark past every meter's windows, its 10,000-20,000
+        # windows would double its time: held back, they are stored over the next batches, or by
+        # `write_held_windows` when the stream is quiet. Until stored, each stays in its meter's
+        # state (PartitionStream.hold), which is saved with every batch: a process that loads the
+        # stream stores again every closed window the states hold, nothing is lost in a crash.
+        self.window_writes = window_writes
+        # per partition, the windows waiting: segments of (earliest end in it, windows in order)
+        self.held: list[deque[tuple[int, list[Any]]]] = [deque() for _ in range(partitions)]
+        self.cores = self._new_cores()
         self.next_offsets = [0] * partitions
         # per partition, the input offset the store held when this process last loaded or
         # committed it: each commit expects it still there (one writer per stream, checked)
@@ -226,12 +239,86 @@ class StreamPipeline:
 
         self.backoff.run(read)
         self.committed_offsets = list(self.next_offsets)
+        # The closed windows the states hold: some may not be stored yet (a writer that held them
+        # stopped before), so all are stored again, before anything newer (an upsert of the value
+        # each has: the same value again for those stored already).
+        self.held = [deque() for _ in range(self.partition_count)]
+        for core in self.cores:
+            self._hold(core, core.closed_windows())
 
     def reload(self) -> None:
         """Forget the state held here and load the store's: after another writer committed."""
-        self.cores = [PartitionStream(self.config, p, self.intervals) for p in range(self.partition_count)]
+        self.cores = self._new_cores()
         self.next_offsets = [0] * self.partition_count
         self.load()
+
+    def _new_cores(self) -> list[PartitionStream]:
+        cores = [PartitionStream(self.config, p, self.intervals) for p in range(self.partition_count)]
+        for core in cores:
+            core.hold = self.window_writes is not None
+        return cores
+
+    @property
+    def held_windows(self) -> int:
+        """Closed windows not stored yet."""
+        return sum(len(windows) for segments in self.held for _, windows in segments)
+
+    def _hold(self, core: PartitionStream, windows: list[Any]) -> None:
+        """Queue closed windows of a partition, in order, behind those waiting already."""
+        if not windows:
+            return
+        segments = self.held[core.partition]
+        segments.append((min(w[2] + w[1] for w in windows), windows))
+        core.hold_from = min(end for end, _ in segments) if core.hold else NO_HOLD
+
+    def _held_share(self) -> int | None:
+        """How many waiting windows a batch stores: `window_writes`, or an eighth of those
+        waiting when more (a fleet that closes more windows per batch than that, for long, would
+        otherwise leave an ever longer queue)."""
+        if self.window_writes is None:
+            return None
+        return max(self.window_writes, self.held_windows // 8)
+
+    def _take_held(self, limit: int | None) -> list[Any]:
+        """Up to `limit` (None: all) of the windows waiting, oldest first, out of the queue. A
+        segment cut in two keeps its earliest end: the hold stays as long, or longer."""
+        taken: list[Any] = []
+        for segments in self.held:
+            while segments and (limit is None or len(taken) < limit):
+                end, windows = segments[0]
+                room = len(windows) if limit is None else limit - len(taken)
+                if room >= len(windows):
+                    segments.popleft()
+                    taken.extend(windows)
+                else:
+                    taken.extend(windows[:room])
+                    segments[0] = (end, windows[room:])
+        return taken
+
+    def _release_holds(self) -> None:
+        """After a commit: each core holds windows back to the earliest end still waiting."""
+        for core, segments in zip(self.cores, self.held, strict=True):
+            core.hold_from = min(end for end, _ in segments) if segments and core.hold else NO_HOLD
+
+    def write_held_windows(self, limit: int | None = None) -> int:
+        """Store up to `limit` (None: all) of the closed windows waiting, in a transaction of
+        their own that expects every partition's input offset to be as this process last saw it
+        (another writer's newer value of a window must not be overwritten). The number stored."""
+        if not any(self.held):
+            return 0
+        chunk = self._take_held(limit)
+        committed = self.committed_offsets
+
+        def write() -> None:
+            with self.uow_factory() as uow:
+                uow.outcomes.add_events(chunk)
+                for partition in range(self.partition_count):
+                    uow.state.expect(self.stream, partition, committed[partition])
+                uow.commit()
+
+        self.backoff.run(write)
+        self._release_holds()
+        return len(chunk)
 
     def split(self, rows: Sequence[RawReading]) -> list[tuple[Sequence[RawReading], int]]:
         """Route rows to partitions by meter id (murmur2, as Kafka): each partition's rows, in
@@ -288,12 +375,25 @@ class StreamPipeline:
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
         emitted = 0
+        holding = self.window_writes is not None
         for core, (part, first_offset) in zip(self.cores, self.split(rows), strict=True):
             if part:
                 before = core.windows_emitted
-                events.extend(core.process(part, now, first_offset))
+                produced = core.process(part, now, first_offset)
+                if holding:
+                    self._hold(core, [e for e in produced if type(e) is WindowUpdated])
+                events.extend(produced)
                 emitted += core.windows_emitted - before
                 touched.append((core, core.take_dirty()))
+        # Windows waiting (held, or found in the states when loaded) go first: a newer value of
+        # one in this batch must be stored after it.
+        stored = self._take_held(self._held_share()) if any(self.held) else []
+        if holding:
+            stored.extend(e for e in events if type(e) is not WindowUpdated)
+        elif stored:
+            stored.extend(events)
+        else:
+            stored = events
 
         committed = self.committed_offsets
         token = uuid.uuid4().hex  # this unit of work's, saved with each header (see _store_holds)
@@ -312,7 +412,7 @@ class StreamPipeline:
             nonlocal tries
             tries += 1
             with self.uow_factory() as uow:
-                uow.outcomes.add_events(events)
+                uow.outcomes.add_events(stored)
                 for partition, max_event_time, next_offset, meters in saves:
                     uow.state.expect(self.stream, partition, committed[partition])
                     uow.state.save(self.stream, partition, max_event_time, next_offset, meters, token)
@@ -335,6 +435,7 @@ class StreamPipeline:
             log.warning("the store holds this batch already: its commit went through, its acknowledgement was lost")
         for core, _ in touched:
             committed[core.partition] = self.next_offsets[core.partition]
+        self._release_holds()
         self.windows_emitted += emitted
         for source in progress:
             self.progress_seen[source.source_key] = source

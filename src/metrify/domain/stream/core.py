@@ -34,7 +34,14 @@ from metrify.domain.stream.grammar import (
     parse_unseen_timestamp_text,
     text_above,
 )
-from metrify.domain.stream.meter_state import WINDOW_KEYS, WINDOW_KEYS_LIMIT, MeterState, Partial, slots_in_window
+from metrify.domain.stream.meter_state import (
+    NO_HOLD,
+    WINDOW_KEYS,
+    WINDOW_KEYS_LIMIT,
+    MeterState,
+    Partial,
+    slots_in_window,
+)
 
 _NO_WATERMARK = -(1 << 62)  # W before any valid reading: below every real event time
 # Builds an event from a ready tuple without the NamedTuple's Python-level __new__ (hot path).
@@ -90,6 +97,8 @@ class PartitionStream:
         "_keep_masks",
         "_dirty",
         "windows_emitted",
+        "hold",
+        "hold_from",
     )
 
     def __init__(self, config: StreamConfig, partition: int = 0, intervals: Mapping[str, int] | None = None) -> None:
@@ -103,6 +112,12 @@ class PartitionStream:
         # Windows emitted for the first time by this object: at their close, or at their first
         # reading after it (a LATE reading changing an emitted window re-emits it: not counted).
         self.windows_emitted = 0
+        # Holding (a writer that stores closed windows over later batches, see
+        # StreamPipeline's window_writes): a closed window stays in its meter's state, which is
+        # then its durable record, until pruning finds it ends before `hold_from` (the earliest
+        # end among the windows not stored yet; NO_HOLD when none is waiting).
+        self.hold = False
+        self.hold_from = NO_HOLD
         self._reset_timers()
 
     def _reset_timers(self) -> None:
@@ -446,7 +461,9 @@ class PartitionStream:
                                 events.append(new(window_event, partial.updated(meter_id, size_object, start)))
                                 closed += 1
                                 interval = state.interval
-                                if partial.count == (1 if size <= interval else slots_in_window(start, size, interval)):
+                                if not self.hold and partial.count == (
+                                    1 if size <= interval else slots_in_window(start, size, interval)
+                                ):
                                     # Every slot filled: it cannot change again (see MeterState.prune).
                                     windows.pop(position)
                                 break
@@ -493,9 +510,28 @@ class PartitionStream:
         meters = self.meters
         dirty = sorted(self._dirty)
         self._dirty = set()
+        hold_from = self.hold_from
         for meter_id in dirty:
-            meters[meter_id].prune(watermark, config)
+            meters[meter_id].prune(watermark, config, hold_from)
         return dirty
+
+    def closed_windows(self) -> list[Any]:
+        """A WindowUpdated for every closed window the meters' state still holds, at its current
+        value: what a writer that stores windows behind the batches re-emits when it loads a
+        stream (the value of each, emitted already, may not have been stored)."""
+        watermark = self.watermark
+        sizes = self.config.windows
+        new = _new
+        window_event: Any = WindowUpdated
+        events: list[Any] = []
+        for meter_id in sorted(self.meters):
+            for partial in self.meters[meter_id].windows:
+                key = partial.key
+                size = sizes[key & 7]
+                start = (key >> 3) * size
+                if start + size <= watermark:
+                    events.append(new(window_event, partial.updated(meter_id, size, start)))
+        return events
 
     def snapshot_meter(self, meter_id: str) -> list[Any]:
         return self.meters[meter_id].to_data()

@@ -29,6 +29,17 @@ class Partial:
         return (meter_id, size, start, self.count, total, self.low, self.high)
 
 
+# `hold_from` when nothing is held: no window ends this late.
+NO_HOLD = 1 << 62
+
+
+def _end(partial: Partial, sizes: tuple[int, ...]) -> int:
+    """The end of a partial's window (its key: window number << 3 | window index)."""
+    key = partial.key
+    size = sizes[key & 7]
+    return ((key >> 3) + 1) * size
+
+
 # Window keys, one int object per window for all meters (a process-wide memo, cleared when large).
 WINDOW_KEYS: dict[int, int] = {}
 WINDOW_KEYS_LIMIT = 1 << 16
@@ -85,15 +96,20 @@ class MeterState:
                     return missing_from, missing_to
         return None
 
-    def prune(self, watermark: int, config: StreamConfig) -> None:
+    def prune(self, watermark: int, config: StreamConfig, hold_from: int = NO_HOLD) -> None:
         """Drop what can no longer change: gaps and windows ending at or before W - L - I, and
         closed windows whose every slot is filled (any further reading there is a duplicate;
         their value was emitted when they closed, or when their last reading arrived LATE).
-        A meter silent for longer than the TTL keeps only its last slot and its open gap."""
+        A meter silent for longer than the TTL keeps only its last slot and its open gap.
+        Windows ending at or after `hold_from` stay whatever they are: their value may not be
+        stored yet (see PartitionStream.hold_from)."""
         interval = self.interval
         horizon = watermark - config.allowed_lateness - interval
         if self.last is not None and watermark - self.last > config.state_ttl:
-            self.windows = []
+            if hold_from == NO_HOLD or not self.windows:
+                self.windows = []
+            else:
+                self.windows = [p for p in self.windows if _end(p, config.windows) >= hold_from]
             self.gaps = None
             self.mask = 1
             return
@@ -110,6 +126,9 @@ class MeterState:
                 size = sizes[key & 7]
                 start = (key >> 3) * size
                 end = start + size
+                if end >= hold_from:
+                    kept.append(partial)
+                    continue
                 if end <= horizon:
                     continue
                 # A window no longer than the interval holds one slot at most.

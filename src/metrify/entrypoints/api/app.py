@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from metrify import __version__
+from metrify.application.serial import QuietWindowWriter
 from metrify.container import Container, build_container
 from metrify.entrypoints.api import problems
 from metrify.entrypoints.api.metrics import ApiMetrics, MetricsMiddleware
@@ -52,9 +53,17 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             except Exception as exc:  # noqa: BLE001 - the API still serves what it can
                 log.warning("stream state not loaded at start: %s", exc)
         freeze_startup_heap()
+        quiet_writer = None
+        if services.pipeline is not None and settings.api.window_writes_per_batch:
+            quiet_writer = QuietWindowWriter(services.pipeline, settings.api.window_writes_per_batch).start()
         try:
             yield
         finally:
+            if quiet_writer is not None:  # every closed window held back is stored before the end
+                try:
+                    await run_in_threadpool(quiet_writer.stop)
+                except Exception as exc:  # noqa: BLE001 - the states hold them: the next start stores them
+                    log.warning("closed windows held back not stored at shutdown: %s", exc)
             close = getattr(services.ingest.producer, "close", None)
             if close is not None:  # what is queued for Kafka goes out before the process ends
                 await run_in_threadpool(close)

@@ -45,7 +45,10 @@ class ApiServices:
         if settings.kafka.bootstrap:
             ingest = Ingest(container.meter_registry(), clock, producer=KafkaIngestProducer(container))
         else:
-            pipeline = SerialPipeline(lambda: container.stream_pipeline(backoff=BoundedBackoff()))
+            window_writes = settings.api.window_writes_per_batch or None
+            pipeline = SerialPipeline(
+                lambda: container.stream_pipeline(backoff=BoundedBackoff(), window_writes=window_writes)
+            )
             ingest = Ingest(container.meter_registry(), clock, pipeline=pipeline)
         windows = settings.stream.to_config().windows
         services = cls(
