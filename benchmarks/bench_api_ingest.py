@@ -16,7 +16,11 @@ path instead: each batch only goes to the raw topic of a throw-away topic prefix
 uvicorn processes may serve it.
 
     python benchmarks/bench_api_ingest.py [--batches 200] [--batch 1000] [--seconds 60] [--clients 4]
-                                          [--runs 1] [--kafka [--workers N]]
+                                          [--runs 1] [--window-writes N] [--kafka [--workers N]]
+
+With `--window-writes N` the API stores at most N closed windows per batch and the rest over the
+next batches (METRIFY_API__WINDOW_WRITES_PER_BATCH): the batches that close every meter's windows
+no longer store them all at once.
 
 This host's speed varies from run to run by 10-20%: `--runs 5` prints five runs and their medians.
 
@@ -184,6 +188,7 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
             METRIFY_DATA_DIR=folder,
             METRIFY_LOG_FORMAT="json",
             METRIFY_AUTH__INGEST_RATE_LIMIT="0",
+            METRIFY_API__WINDOW_WRITES_PER_BATCH=str(args.window_writes),
             PYTHONPATH=str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", ""),
         )
         if args.kafka:
@@ -246,6 +251,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent connections")
     parser.add_argument("--warmup", type=int, default=5, help="batches sent before the clock starts")
     parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh database; then their medians")
+    parser.add_argument(
+        "--window-writes",
+        type=int,
+        default=0,
+        help="METRIFY_API__WINDOW_WRITES_PER_BATCH: closed windows stored per batch at most (0: all)",
+    )
     parser.add_argument("--kafka", action="store_true", help="production ingest: batches go to the raw topic")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn processes (more than 1 needs --kafka)")
     args = parser.parse_args()
@@ -265,6 +276,7 @@ def main() -> None:
     print(
         f"ingest path: {'Kafka raw topic' if args.kafka else 'embedded stream pipeline into SQLite'}, "
         f"{args.workers} API process(es)"
+        + (f", at most {args.window_writes} closed windows stored per batch" if args.window_writes else "")
     )
     figures = []
     for run in range(1, args.runs + 1):
