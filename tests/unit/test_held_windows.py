@@ -55,6 +55,7 @@ def test_windows_held_back_end_stored_as_if_stored_with_their_batch() -> None:
     for start in range(0, len(data), BATCH):
         pipeline.process(data[start : start + BATCH])
         most_held = max(most_held, pipeline.held_windows)
+        assert pipeline.held_windows == sum(len(windows) for queue in pipeline.held for _, windows in queue)
     assert most_held > 3, "some windows must have waited"
     assert store.windows != expected.windows
     pipeline.write_held_windows()

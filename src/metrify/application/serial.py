@@ -210,10 +210,9 @@ class QuietWindowWriter:
     def _run(self) -> None:
         pipeline = self.pipeline
         while not self._stopping.wait(self.quiet):
-            if not pipeline.held_windows or time.monotonic() - pipeline.last_batch < self.quiet:
-                continue
             try:
-                pipeline.write_held_windows(self.limit)
+                if pipeline.held_windows and time.monotonic() - pipeline.last_batch >= self.quiet:
+                    pipeline.write_held_windows(self.limit)
             except Exception:  # the next batch loads the stream again and stores them
                 log.warning("closed windows not stored between batches", exc_info=True)
 

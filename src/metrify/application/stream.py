@@ -208,6 +208,7 @@ class StreamPipeline:
         self.window_writes = window_writes
         # per partition, the windows waiting: segments of (earliest end in it, windows in order)
         self.held: list[deque[tuple[int, list[Any]]]] = [deque() for _ in range(partitions)]
+        self._held_count = 0
         self.cores = self._new_cores()
         self.next_offsets = [0] * partitions
         # per partition, the input offset the store held when this process last loaded or
@@ -243,6 +244,7 @@ class StreamPipeline:
         # stopped before), so all are stored again, before anything newer (an upsert of the value
         # each has: the same value again for those stored already).
         self.held = [deque() for _ in range(self.partition_count)]
+        self._held_count = 0
         for core in self.cores:
             self._hold(core, core.closed_windows())
 
@@ -260,8 +262,9 @@ class StreamPipeline:
 
     @property
     def held_windows(self) -> int:
-        """Closed windows not stored yet."""
-        return sum(len(windows) for segments in self.held for _, windows in segments)
+        """Closed windows not stored yet (a count kept as they come and go: other threads read it
+        while the writer's thread changes the queue)."""
+        return self._held_count
 
     def _hold(self, core: PartitionStream, windows: list[Any]) -> None:
         """Queue closed windows of a partition, in order, behind those waiting already."""
@@ -269,6 +272,7 @@ class StreamPipeline:
             return
         segments = self.held[core.partition]
         segments.append((min(w[2] + w[1] for w in windows), windows))
+        self._held_count += len(windows)
         core.hold_from = min(end for end, _ in segments) if core.hold else NO_HOLD
 
     def _held_share(self) -> int | None:
@@ -293,6 +297,7 @@ class StreamPipeline:
                 else:
                     taken.extend(windows[:room])
                     segments[0] = (end, windows[room:])
+        self._held_count -= len(taken)
         return taken
 
     def _release_holds(self) -> None:
