@@ -273,7 +273,7 @@ class StreamPipeline:
         segments = self.held[core.partition]
         segments.append((min(w[2] + w[1] for w in windows), windows))
         self._held_count += len(windows)
-        core.hold_from = min(end for end, _ in segments) if core.hold else NO_HOLD
+        self._set_hold(core)
 
     def _held_share(self) -> int | None:
         """How many waiting windows a batch stores: `window_writes`, or an eighth of those
@@ -300,10 +300,15 @@ class StreamPipeline:
         self._held_count -= len(taken)
         return taken
 
+    def _set_hold(self, core: PartitionStream) -> None:
+        """The core holds windows back to the earliest end still waiting in its partition."""
+        segments = self.held[core.partition]
+        core.hold_from = min(end for end, _ in segments) if segments and core.hold else NO_HOLD
+
     def _release_holds(self) -> None:
-        """After a commit: each core holds windows back to the earliest end still waiting."""
-        for core, segments in zip(self.cores, self.held, strict=True):
-            core.hold_from = min(end for end, _ in segments) if segments and core.hold else NO_HOLD
+        """After a commit: each core holds back only what still waits."""
+        for core in self.cores:
+            self._set_hold(core)
 
     def write_held_windows(self, limit: int | None = None) -> int:
         """Store up to `limit` (None: all) of the closed windows waiting, in a transaction of
