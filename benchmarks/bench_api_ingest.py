@@ -189,6 +189,7 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
             METRIFY_LOG_FORMAT="json",
             METRIFY_AUTH__INGEST_RATE_LIMIT="0",
             METRIFY_API__WINDOW_WRITES_PER_BATCH=str(args.window_writes),
+            METRIFY_API__STREAM_WRITER=args.stream_writer,
             PYTHONPATH=str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", ""),
         )
         if args.kafka:
@@ -207,10 +208,18 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
             base = f"http://127.0.0.1:{port}"
             key = ingest_key(base)
             load(base, key, payloads[: args.warmup], 1, args.seconds)
-            return load(base, key, payloads[args.warmup :], args.clients, args.seconds)
-        finally:
+            latencies, accepted, wall = load(base, key, payloads[args.warmup :], args.clients, args.seconds)
+            # Until the server has stored everything and ended (SIGTERM: the API's shutdown waits
+            # for its stream writer process to store what it answered).
+            stopping = time.perf_counter()
             server.terminate()
-            server.wait(timeout=30)
+            server.wait(timeout=120)
+            print(f"server stored all and stopped {1000 * (time.perf_counter() - stopping):.0f} ms after the last answer")
+            return latencies, accepted, wall
+        finally:
+            if server.poll() is None:
+                server.terminate()
+            server.wait(timeout=120)
             if args.kafka:
                 from metrify.adapters.kafka.admin import delete_topics
                 from metrify.adapters.kafka.clients import TopicNames
@@ -257,6 +266,12 @@ def main() -> None:
         default=0,
         help="METRIFY_API__WINDOW_WRITES_PER_BATCH: closed windows stored per batch at most (0: all)",
     )
+    parser.add_argument(
+        "--stream-writer",
+        choices=("inline", "process"),
+        default="inline",
+        help="METRIFY_API__STREAM_WRITER: the stream in the API process, or in a stream writer process of its own",
+    )
     parser.add_argument("--kafka", action="store_true", help="production ingest: batches go to the raw topic")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn processes (more than 1 needs --kafka)")
     args = parser.parse_args()
@@ -277,6 +292,7 @@ def main() -> None:
         f"ingest path: {'Kafka raw topic' if args.kafka else 'embedded stream pipeline into SQLite'}, "
         f"{args.workers} API process(es)"
         + (f", at most {args.window_writes} closed windows stored per batch" if args.window_writes else "")
+        + (", a stream writer process" if args.stream_writer == "process" and not args.kafka else "")
     )
     figures = []
     for run in range(1, args.runs + 1):

@@ -11,8 +11,10 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec, load_or_create_secret
+from metrify.adapters.files.journal import SqliteIngestJournal
 from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
 from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
 from metrify.adapters.sqlalchemy.engine import SqliteCheckpointer, create_engine_for
@@ -69,6 +71,12 @@ def _log_store_retry(attempt: int, delay: float, error: Exception) -> None:
     logging.getLogger("metrify.store").warning(
         "database unreachable, retrying: attempt=%s retry_in=%.1fs reason=%s", attempt, delay, error
     )
+
+
+def _ingest_journal(path: Path):  # noqa: ANN202 - a generator resource
+    journal = SqliteIngestJournal(path)
+    yield journal
+    journal.close()
 
 
 def _redis_client(url: str):  # noqa: ANN202 - a generator resource
@@ -160,6 +168,8 @@ class Container(containers.DeclarativeContainer):
         backoff=backoff,
         intervals=providers.Callable(stream_intervals, registry=meter_registry),
     )
+
+    ingest_journal = providers.Resource(_ingest_journal, path=settings.provided.ingest_journal_path)
 
     redis_client = providers.Resource(_redis_client, url=settings.provided.redis_url)
     kafka_producer = providers.Resource(_kafka_producer, bootstrap=settings.provided.kafka.bootstrap)

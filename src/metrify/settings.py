@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from platformdirs import user_data_dir
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
@@ -159,6 +159,10 @@ class ApiSettings(BaseModel):
     # Embedded ingest: closed windows stored per batch at most (0: all, with the batch that closed
     # them); the rest over the next batches, or within ~0.1 s once batches stop (StreamPipeline).
     window_writes_per_batch: int = Field(0, ge=0)
+    # Embedded ingest: "inline" runs the stream in the API process and answers once a batch is
+    # stored; "process" hands it to a stream writer process, which answers once the batch is
+    # through the core and in the journal, and stores it while the API takes the next request.
+    stream_writer: Literal["inline", "process"] = "inline"
 
 
 class StorageSettings(BaseModel):
@@ -207,6 +211,16 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         # the path quoted: a folder named with '?' or '%' is a path, not a URL's query or escapes
         return self.database_url or f"sqlite:///{quote(str(self.data_dir / 'metrify.db'), safe='/')}"
+
+    @property
+    def ingest_journal_path(self) -> Path:
+        """Where a stream writer process journals the batches it answered (beside a SQLite
+        database file, else in the data folder)."""
+        url = self.resolved_database_url
+        if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+            database = Path(unquote(url[len("sqlite:///") :].split("?", 1)[0]))
+            return database.with_name(database.name + "-ingest-journal")
+        return self.data_dir / "ingest-journal"
 
     @property
     def resolved_log_format(self) -> str:

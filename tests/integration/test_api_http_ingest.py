@@ -5,10 +5,13 @@ rows replayed through the stream pipeline do; a real `metrify api` process serve
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from metrify.application.ports import ExportFilter
 from metrify.application.simulator import FleetProfile, fleet_rows, region_of
 from metrify.domain.readings import RawReading
 from metrify.domain.users import Role
+from metrify.settings import ApiSettings
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +83,15 @@ def test_http_batches_store_what_a_replay_of_the_same_rows_stores(store_url: str
     assert totals["accepted"] + totals["rejected"] + totals["too_late"] == len(fleet)
     assert totals["rejected"] == len(over_http["rejected"]) and totals["too_late"] == len(over_http["late"])
 
+    replayed = replayed_exports(tmp_path, fleet)
+    for kind in EXPORT_KINDS:
+        assert over_http[kind] == replayed[kind], kind
+    assert {r["reason"] for r in replayed["rejected"]} >= {"duplicate", "missing_meter_id"}
+    assert any(g["status"] == "open" for g in replayed["gaps"])
+
+
+def replayed_exports(tmp_path: Path, fleet: list[dict]) -> dict[str, list]:
+    """What `fleet` leaves in a fresh SQLite database replayed through the stream pipeline."""
     reference_url = f"sqlite:///{tmp_path / 'replayed.db'}"
     migrations.upgrade(reference_url)
     reference = database_container(api_settings(tmp_path, database_url=reference_url))
@@ -93,10 +106,7 @@ def test_http_batches_store_what_a_replay_of_the_same_rows_stores(store_url: str
     pipeline.process(rows)
     replayed = exports(reference)
     reference.shutdown_resources()
-    for kind in EXPORT_KINDS:
-        assert over_http[kind] == replayed[kind], kind
-    assert {r["reason"] for r in replayed["rejected"]} >= {"duplicate", "missing_meter_id"}
-    assert any(g["status"] == "open" for g in replayed["gaps"])
+    return replayed
 
 
 def test_meters_are_registered_with_their_region_as_their_readings_arrive(store_url: str, tmp_path: Path) -> None:
@@ -261,3 +271,62 @@ def test_the_first_admin_is_made_from_standard_input(tmp_path: Path) -> None:
     with engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(t.users)).scalar_one() == 0
     engine.dispose()
+
+
+def test_a_stream_writer_process_killed_again_and_again_stores_what_the_api_process_would(
+    tmp_path: Path, fleet: list
+) -> None:
+    """METRIFY_API__STREAM_WRITER=process: the API answers from the writer's core and journal and
+    the writer stores after the answer. SIGKILLed between batches and in the middle of them, the
+    writer is started again and the store ends as a replay of the same rows leaves it: every
+    reading answered once, stored once."""
+    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process"))
+    migrations.upgrade(settings.resolved_database_url)
+    container = database_container(settings)
+    kills = 0
+    with running_api(container, settings) as api:
+        writer = api.client.app.state.services.pipeline
+        key = api.ingest_key()
+        totals = {"accepted": 0, "rejected": 0, "too_late": 0}
+        chance = random.Random(7)
+
+        def kill() -> None:
+            nonlocal kills
+            pid = writer.pid
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+
+        def kill_once_journaled(high: int) -> None:
+            """SIGKILL the writer as soon as it has journaled the next batch: before or after
+            its answer went out, before its store ends."""
+            journal = sqlite3.connect(settings.ingest_journal_path)
+            try:
+                deadline = time.monotonic() + 30
+                while journal.execute("SELECT seq FROM high").fetchone()[0] <= high and time.monotonic() < deadline:
+                    pass
+                kill()
+            finally:
+                journal.close()
+
+        for number, start in enumerate(range(0, len(fleet), 150)):
+            killer = None
+            if number % 5 == 4:  # between batches, or a few ms into one: in its core, journal or store
+                killer = threading.Timer(chance.choice((0.0, chance.uniform(0, 0.04))), kill)
+                killer.start()
+            elif number % 5 == 2:
+                high = sqlite3.connect(settings.ingest_journal_path).execute("SELECT seq FROM high").fetchone()[0]
+                killer = threading.Thread(target=kill_once_journaled, args=(high,))
+                killer.start()
+            response = api.client.post(URL, json={"readings": fleet[start : start + 150]}, headers={"X-API-Key": key})
+            assert response.status_code == 202, response.text
+            for name in totals:
+                totals[name] += response.json()[name]
+            if killer is not None:
+                killer.join()
+    over_http = exports(container)
+    container.shutdown_resources()
+    assert kills >= 3, "the writer must have been killed a few times"
+    assert totals["accepted"] + totals["rejected"] + totals["too_late"] == len(fleet)
+    assert totals["rejected"] == len(over_http["rejected"]) and totals["too_late"] == len(over_http["late"])
+    assert over_http == replayed_exports(tmp_path, fleet)

@@ -19,10 +19,9 @@ from typing import Protocol
 from metrify.application.errors import AuthenticationFailed, NotFound
 from metrify.application.meters import MeterRegistry
 from metrify.application.ports import Clock
-from metrify.application.serial import SerialPipeline
+from metrify.application.serial import LATE, ON_TIME, TOO_LATE, Outcome
 from metrify.domain.ingest_keys import TOKEN_PREFIX, IngestKey, hash_token, reading_region
 from metrify.domain.readings import RawReading, normalise_meter_id
-from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate
 from metrify.domain.users import Role, User
 
 log = logging.getLogger("metrify.ingest")
@@ -39,6 +38,15 @@ class IngestKeyRepository(Protocol):
 
     def list(self) -> list[IngestKey]:
         """Every key, revoked ones too, oldest first."""
+        ...
+
+
+class OutcomeSource(Protocol):
+    """Runs readings through the embedded stream: in this process (SerialPipeline) or in a stream
+    writer process of its own (entrypoints/stream_writer.py)."""
+
+    def outcomes(self, rows: Sequence[RawReading]) -> list[Outcome]:
+        """Each row's outcome, in order, once the batch is safe: stored, or journaled."""
         ...
 
 
@@ -142,7 +150,7 @@ class Ingest:
         meters: MeterRegistry,
         clock: Clock,
         *,
-        pipeline: SerialPipeline | None = None,
+        pipeline: OutcomeSource | None = None,
         producer: RawReadingProducer | None = None,
     ) -> None:
         if (pipeline is None) == (producer is None):
@@ -174,25 +182,25 @@ class Ingest:
             )
             return report
         assert self.pipeline is not None
-        outcomes = self.pipeline.submit(admitted)
+        outcomes = self.pipeline.outcomes(admitted)
         seen: dict[str, str | None] = {}
         registered = self._registered
         accepted = late = too_late = 0  # counted in locals: this loop runs once per reading
-        for index, event in zip(indices, outcomes, strict=True):
-            kind = type(event)
-            if kind is ReadingAccepted:
+        for index, row, outcome in zip(indices, admitted, outcomes, strict=True):
+            if outcome is ON_TIME or outcome is LATE:  # small ints: one object each
                 accepted += 1
-                if event.status == "LATE":
+                if outcome is LATE:
                     late += 1
-                meter_id = event.meter_id
+                meter_id = normalise_meter_id(row[0])
                 if meter_id not in registered:
-                    seen.setdefault(meter_id, history.get(meter_id, _text_region(event.extra)))
-            elif kind is ReadingRejected:
-                report.rejected += 1
-                report.rejected_by_reason[event.reason] += 1
-                report.rejected_readings.append((index, event.reason))
-            elif kind is ReadingTooLate:
+                    seen.setdefault(meter_id, history.get(meter_id, _text_region(row[3])))
+            elif outcome is TOO_LATE:
                 too_late += 1
+            else:
+                reason = str(outcome)
+                report.rejected += 1
+                report.rejected_by_reason[reason] += 1
+                report.rejected_readings.append((index, reason))
         report.accepted, report.late, report.too_late = accepted, late, too_late
         self._register(seen)
         return report

@@ -133,6 +133,28 @@ class OutcomeQueries(Protocol):
     def aggregates(self, where: ExportFilter) -> Iterator[WindowUpdated]: ...
 
 
+class IngestJournal(Protocol):
+    """Batches of readings answered and not yet stored, in order, each under its sequence number
+    (embedded ingest through a stream writer process: see application/journaled.py). One process
+    writes it at a time."""
+
+    def append(self, seq: int, payload: bytes) -> None:
+        """Keep a batch; once this returns, it survives a crash of the process."""
+        ...
+
+    def after(self, seq: int) -> list[tuple[int, bytes]]:
+        """The batches numbered above `seq`, in order."""
+        ...
+
+    def last(self) -> int:
+        """The highest sequence number kept or dropped (0 for a new journal)."""
+        ...
+
+    def drop_through(self, seq: int) -> None:
+        """Forget the batches numbered up to `seq` (stored by now)."""
+        ...
+
+
 class TransientStoreError(Exception):
     """The store is unreachable for now (connection refused, server restarting): retry later."""
 

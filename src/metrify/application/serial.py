@@ -28,6 +28,26 @@ log = logging.getLogger("metrify.api")
 
 _OUTCOME_KINDS = frozenset((ReadingAccepted, ReadingRejected, ReadingTooLate))
 
+# A reading's outcome as the API reports it: accepted ON_TIME, accepted LATE, too late, or the
+# reason code (text) of its rejection. Small, so that a stream writer process can send it back.
+ON_TIME, LATE, TOO_LATE = 0, 1, 2
+Outcome = int | str
+
+
+def outcome_codes(outcomes: Sequence[Any]) -> list[Outcome]:
+    """Each outcome event as its Outcome."""
+    codes: list[Outcome] = []
+    code = codes.append
+    for event in outcomes:
+        kind = type(event)
+        if kind is ReadingAccepted:
+            code(LATE if event.status == "LATE" else ON_TIME)
+        elif kind is ReadingRejected:
+            code(event.reason)
+        else:
+            code(TOO_LATE)
+    return codes
+
 
 class BoundedBackoff:
     """Retries an unreachable store for at most `budget` seconds, then gives up with Unavailable:
@@ -132,6 +152,10 @@ class SerialPipeline:
             raise job.error
         return job.outcomes
 
+    def outcomes(self, rows: Sequence[RawReading]) -> list[Outcome]:
+        """`submit`, each row's outcome as its code (what Ingest reports)."""
+        return outcome_codes(self.submit(rows))
+
     def _loaded(self) -> StreamPipeline:
         if self._pipeline is None:
             pipeline = self.factory()
@@ -179,7 +203,7 @@ class SerialPipeline:
                 events = pipeline.process(rows)
             except PartitionCountMismatch as exc:  # met on a reload after another writer's commit
                 raise _cannot_run(exc) from exc
-            outcomes = _attribute(rows, events, pipeline.partition_count)
+            outcomes = attribute(rows, events, pipeline.partition_count)
             start = 0
             for job in jobs:
                 job.outcomes = outcomes[start : start + len(job.rows)]
@@ -228,7 +252,7 @@ def _cannot_run(exc: PartitionCountMismatch) -> Unavailable:
     return Unavailable(f"ingest cannot run: {exc}", retry_after=60)
 
 
-def _attribute(rows: Sequence[RawReading], events: Sequence[Any], partitions: int) -> list[Any]:
+def attribute(rows: Sequence[RawReading], events: Sequence[Any], partitions: int) -> list[Any]:
     """Each row's outcome event: per partition, the outcome events come in the order of its rows."""
     if partitions == 1:  # the outcome events in order: one per row
         outcomes = [event for event in events if type(event) in _OUTCOME_KINDS]

@@ -11,6 +11,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from metrify.application.errors import Unavailable
@@ -175,6 +176,17 @@ class Backoff:
         loops that wait otherwise than by sleeping (a request in flight, a changelog being read)."""
         if self.stopped is not None and self.stopped():
             raise StopRequested(f"stopped while {doing}") from error
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch run through the cores and not stored yet (StreamPipeline.prepare, then commit)."""
+
+    events: list[Any]  # every event of the batch, in order: each reading's outcome among them
+    stored: list[Any]  # the events to store: held windows first, then the batch's own
+    saves: list[tuple[int, int | None, int, dict[str, Any]]]  # per partition touched: its header and meters
+    progress: tuple[SourceProgress, ...]
+    emitted: int  # windows emitted for the first time
 
 
 class StreamPipeline:
@@ -381,6 +393,13 @@ class StreamPipeline:
         raise AssertionError("unreachable")
 
     def _process(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress]) -> list[Any]:
+        batch = self.prepare(rows, progress)
+        self.commit(batch)
+        return batch.events
+
+    def prepare(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress] = ()) -> PreparedBatch:
+        """Run a batch through the cores: its events, and what `commit` is to store of it. Until
+        that commit, the cores are ahead of the store (a failed commit calls for `reload`)."""
         now = self.clock.now_us()
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
@@ -404,9 +423,6 @@ class StreamPipeline:
             stored.extend(events)
         else:
             stored = events
-
-        committed = self.committed_offsets
-        token = uuid.uuid4().hex  # this unit of work's, saved with each header (see _store_holds)
         saves = [
             (
                 core.partition,
@@ -416,6 +432,14 @@ class StreamPipeline:
             )
             for core, dirty in touched
         ]
+        return PreparedBatch(events, stored, saves, tuple(progress), emitted)
+
+    def commit(self, batch: PreparedBatch) -> None:
+        """Store a prepared batch: its outcomes, the states it changed and its progress, in one
+        transaction that expects each partition's input offset as this process last saw it."""
+        stored, saves, progress = batch.stored, batch.saves, batch.progress
+        committed = self.committed_offsets
+        token = uuid.uuid4().hex  # this unit of work's, saved with each header (see _store_holds)
         tries = 0
 
         def write() -> None:
@@ -443,13 +467,12 @@ class StreamPipeline:
             if not self._store_holds(token, saves, progress, retry=isinstance(exc, StreamWrittenElsewhere)):
                 raise
             log.warning("the store holds this batch already: its commit went through, its acknowledgement was lost")
-        for core, _ in touched:
-            committed[core.partition] = self.next_offsets[core.partition]
+        for partition, _, next_offset, _ in saves:
+            committed[partition] = next_offset
         self._release_holds()
-        self.windows_emitted += emitted
+        self.windows_emitted += batch.emitted
         for source in progress:
             self.progress_seen[source.source_key] = source
-        return events
 
     def refuse_if_replayed_elsewhere(self) -> None:
         """Raise ReplayedElsewhere when one of the replay's progress rows (`progress_seen`) is no

@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from metrify import __version__
-from metrify.application.serial import QuietWindowWriter
+from metrify.application.serial import QuietWindowWriter, SerialPipeline
 from metrify.container import Container, build_container
 from metrify.entrypoints.api import problems
 from metrify.entrypoints.api.metrics import ApiMetrics, MetricsMiddleware
@@ -22,6 +22,7 @@ from metrify.entrypoints.api.routers import auth, health, keys, meters, outcomes
 from metrify.entrypoints.api.schemas import BatchIn
 from metrify.entrypoints.api.services import ApiServices
 from metrify.entrypoints.process import freeze_startup_heap
+from metrify.entrypoints.stream_writer import StreamWriterProcess
 from metrify.settings import Settings, load_settings
 
 log = logging.getLogger("metrify.api")
@@ -53,9 +54,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             except Exception as exc:  # noqa: BLE001 - the API still serves what it can
                 log.warning("stream state not loaded at start: %s", exc)
         freeze_startup_heap()
+        pipeline = services.pipeline
         quiet_writer = None
-        if services.pipeline is not None and settings.api.window_writes_per_batch:
-            quiet_writer = QuietWindowWriter(services.pipeline, settings.api.window_writes_per_batch).start()
+        if isinstance(pipeline, SerialPipeline) and settings.api.window_writes_per_batch:
+            quiet_writer = QuietWindowWriter(pipeline, settings.api.window_writes_per_batch).start()
         try:
             yield
         finally:
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                     await run_in_threadpool(quiet_writer.stop)
                 except Exception as exc:  # noqa: BLE001 - the states hold them: the next start stores them
                     log.warning("closed windows held back not stored at shutdown: %s", exc)
+            if isinstance(pipeline, StreamWriterProcess):  # it stores what it took, then ends
+                await run_in_threadpool(pipeline.stop)
             close = getattr(services.ingest.producer, "close", None)
             if close is not None:  # what is queued for Kafka goes out before the process ends
                 await run_in_threadpool(close)

@@ -14,7 +14,8 @@ from metrify.application.serial import BoundedBackoff, SerialPipeline
 from metrify.application.users import UserAdmin
 from metrify.container import Container
 from metrify.entrypoints.api.kafka_ingest import KafkaIngestProducer
-from metrify.settings import Settings
+from metrify.entrypoints.stream_writer import StreamWriterProcess
+from metrify.settings import Settings, SettingsError
 
 
 @dataclass
@@ -29,7 +30,7 @@ class ApiServices:
     meters: MeterService
     outcomes: OutcomeQueryService
     ingest: Ingest
-    pipeline: SerialPipeline | None
+    pipeline: SerialPipeline | StreamWriterProcess | None
     user_limit: RateLimit
     ingest_limit: RateLimit
 
@@ -41,9 +42,17 @@ class ApiServices:
         hasher = container.password_hasher()
         meters = MeterService(container.meter_registry(), clock)
         auth = settings.auth
-        pipeline: SerialPipeline | None = None
+        pipeline: SerialPipeline | StreamWriterProcess | None = None
         if settings.kafka.bootstrap:
             ingest = Ingest(container.meter_registry(), clock, producer=KafkaIngestProducer(container))
+        elif settings.api.stream_writer == "process":
+            if _in_memory(settings.resolved_database_url):
+                raise SettingsError(
+                    "METRIFY_API__STREAM_WRITER=process needs a database that another process can open, "
+                    "not SQLite in memory"
+                )
+            pipeline = StreamWriterProcess(settings)
+            ingest = Ingest(container.meter_registry(), clock, pipeline=pipeline)
         else:
             window_writes = settings.api.window_writes_per_batch or None
             pipeline = SerialPipeline(
@@ -79,3 +88,8 @@ class ApiServices:
         )
         services.auth.restore_revocations()  # the logouts of the processes before this one
         return services
+
+
+def _in_memory(url: str) -> bool:
+    """SQLite in memory: `sqlite://`, or `:memory:` as the database."""
+    return url.startswith("sqlite") and (url.rstrip("/").endswith(":") or ":memory:" in url)

@@ -1,0 +1,43 @@
+"""The ingest journal in a file of its own: SQLite, written by the stream writer process alone."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+class SqliteIngestJournal:
+    """Batches kept in a SQLite file beside the database (write-ahead log, synchronous NORMAL: a
+    batch appended survives a crash of the process, as the database's own commits do). The highest
+    number ever appended is kept apart from the batches, so it survives their dropping."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS high (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL)"
+        )
+        self._db.execute("INSERT OR IGNORE INTO high VALUES (0, 0)")
+
+    def append(self, seq: int, payload: bytes) -> None:
+        with self._db:  # one transaction: the batch and the high mark
+            self._db.execute("BEGIN")
+            self._db.execute("INSERT INTO batches VALUES (?, ?)", (seq, payload))
+            self._db.execute("UPDATE high SET seq = max(seq, ?) WHERE id = 0", (seq,))
+
+    def after(self, seq: int) -> list[tuple[int, bytes]]:
+        rows = self._db.execute("SELECT seq, payload FROM batches WHERE seq > ? ORDER BY seq", (seq,))
+        return [(int(number), bytes(payload)) for number, payload in rows]
+
+    def last(self) -> int:
+        return int(self._db.execute("SELECT seq FROM high WHERE id = 0").fetchone()[0])
+
+    def drop_through(self, seq: int) -> None:
+        self._db.execute("DELETE FROM batches WHERE seq <= ?", (seq,))
+
+    def close(self) -> None:
+        self._db.close()

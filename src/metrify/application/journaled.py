@@ -1,0 +1,130 @@
+"""The embedded stream's one writer in a process of its own, behind a journal (DESIGN §4).
+
+With METRIFY_API__STREAM_WRITER=process the API hands each batch to a stream writer process. The
+writer runs the batch through the stream core, keeps it in the journal (a file of its own), and
+sends each reading's outcome back: the API answers from that. Only then does the writer store
+the batch (outcomes, meter states, and the batch's journal number as the progress of the source
+"api-journal:<stream>", in one transaction, as every way in does), while the API reads and parses
+the next request in its own process. The two halves of a batch's work run on two cores at once.
+
+A crash loses nothing and repeats nothing: a batch answered is in the journal, and a writer that
+starts stores every journaled batch the store's progress does not cover, in order, before any new
+one (the same outcomes: the core is deterministic and starts from the state stored with that
+progress). A batch whose journaling failed was not answered, and its core work is undone by
+loading the stream again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from metrify.application.ports import IngestJournal, SourceProgress, StreamWrittenElsewhere
+from metrify.application.serial import Outcome, attribute, outcome_codes
+from metrify.application.stream import PreparedBatch, StreamPipeline
+from metrify.domain.readings import RawReading
+
+log = logging.getLogger("metrify.stream")
+
+JOURNAL_SOURCE = "api-journal"
+_DROP_EVERY = 64  # batches stored between two clean-ups of the journal
+
+
+class JournaledWriter:
+    """Takes batches (core and journal, then their outcomes) and stores them, one at a time."""
+
+    def __init__(
+        self,
+        pipeline: StreamPipeline,
+        journal: IngestJournal,
+        decode: Callable[[bytes], tuple[str, Sequence[RawReading]]],
+    ) -> None:
+        self.pipeline = pipeline
+        self.journal = journal
+        self.decode = decode
+        self.source_key = f"{JOURNAL_SOURCE}:{pipeline.stream}"
+        self.seq = 0  # the last batch journaled
+        self._pending: tuple[Sequence[RawReading], PreparedBatch] | None = None
+
+    def recover(self) -> dict[str, list[Outcome]]:
+        """Load the stream, then store the journaled batches the store lacks, in order: their
+        outcomes by the token each batch came with (a batch whose sender saw the writer stop
+        before the answer is answered from these, not sent again)."""
+        pipeline = self.pipeline
+        self._pending = None
+        pipeline.reload()
+        done = self._stored_through()
+        replayed: dict[str, list[Outcome]] = {}
+        for seq, payload in self.journal.after(done):
+            token, rows = self.decode(payload)
+            events = pipeline.process(rows, [self._progress(seq)])
+            replayed[token] = outcome_codes(attribute(rows, events, pipeline.partition_count))
+        self.seq = max(self.journal.last(), done)
+        self.journal.drop_through(self.seq)
+        if replayed:
+            log.info("stored %d journaled batch(es) a stream writer before this one had answered", len(replayed))
+        return replayed
+
+    def take(self, payload: bytes) -> tuple[str, list[Outcome]]:
+        """Run a batch (encoded as `payload`: its token and rows) through the core and keep it in
+        the journal: its token and each row's outcome. `store` stores it; until then no other
+        batch is taken."""
+        if self._pending is not None:
+            raise RuntimeError("the batch taken before is not stored yet")
+        pipeline = self.pipeline
+        token, rows = self.decode(payload)
+        seq = self.seq + 1
+        try:
+            batch = pipeline.prepare(rows, [self._progress(seq)])
+            outcomes = outcome_codes(attribute(rows, batch.events, pipeline.partition_count))
+            self.journal.append(seq, payload)
+        except BaseException:
+            pipeline.reload()  # the cores may have moved on with a batch that will not be answered
+            raise
+        self.seq = seq
+        self._pending = (rows, batch)
+        return token, outcomes
+
+    def store(self) -> None:
+        """Store the batch taken last. On failure it stays in the journal: `recover` stores it."""
+        if self._pending is None:
+            return
+        rows, batch = self._pending
+        self._pending = None
+        pipeline = self.pipeline
+        try:
+            pipeline.commit(batch)
+        except StreamWrittenElsewhere as exc:
+            # Another writer (a replay on the same data folder) committed meanwhile: the batch
+            # goes onto its state. Its readings were answered on this writer's state, so the
+            # outcomes stored may differ from the answer: two writers of one stream are a misuse.
+            log.warning("%s: storing a journaled batch on the state loaded again", exc)
+            pipeline.reload()
+            pipeline.process(rows, batch.progress)
+        if self.seq % _DROP_EVERY == 0:
+            self.journal.drop_through(self.seq)
+
+    def write_held_windows(self, limit: int | None) -> int:
+        """Store closed windows held back (see StreamPipeline's window_writes), between batches."""
+        if self._pending is not None:
+            return 0
+        return self.pipeline.write_held_windows(limit)
+
+    def close(self) -> None:
+        """Store what is taken and every window held back; the journal keeps nothing stored."""
+        self.store()
+        self.pipeline.write_held_windows(None)
+        self.journal.drop_through(self.seq)
+
+    def _progress(self, seq: int) -> SourceProgress:
+        return SourceProgress(self.source_key, seq, False)
+
+    def _stored_through(self) -> int:
+        """The last journaled batch the store holds (its progress row), 0 when none."""
+
+        def read() -> int:
+            with self.pipeline.uow_factory() as uow:
+                progress = uow.progress.get(self.source_key)
+            return 0 if progress is None else progress.rows_done
+
+        return int(self.pipeline.backoff.run(read))

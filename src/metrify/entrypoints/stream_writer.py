@@ -1,0 +1,259 @@
+"""The API's stream writer process (METRIFY_API__STREAM_WRITER=process, embedded profile).
+
+The API process reads, parses and admits each batch, then hands it to this process over a pipe;
+the writer runs it through the stream core, journals it and sends the outcomes back, then stores
+it while the API serves the next request (application/journaled.py says why nothing is lost).
+
+The conversation, one batch at a time: the API sends a batch only once the writer has said it
+is idle ("stored"), so a batch it sends is taken at once, and a writer stuck on an unreachable
+database makes the API answer 503 without having handed anything over. When the writer stops in
+the middle of a batch (killed, crashed), the API starts another: it stores what the journal
+holds and tells the API the outcomes of those batches by their tokens, so the batch in flight is
+answered from them, or sent again when it never reached the journal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import pickle
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from metrify.application.errors import Unavailable
+from metrify.application.journaled import JournaledWriter
+from metrify.application.serial import Outcome
+from metrify.application.stream import PartitionCountMismatch, gc_paused
+from metrify.domain.readings import RawReading
+from metrify.settings import Settings
+
+log = logging.getLogger("metrify.api")
+
+_CLOSE = b"close"
+_QUIET = 0.1  # seconds without a batch after which closed windows held back are stored
+_STORE_WAIT = 5.0  # seconds the API waits for the writer to be idle before answering 503
+_TAKE_WAIT = 120.0  # seconds a batch's core work and journaling may take before the writer is deemed stuck
+_START_WAIT = 600.0  # seconds a starting writer may take to load the stream and store its journal
+
+
+def encode_batch(token: str, rows: Sequence[RawReading]) -> bytes:
+    """A batch as the journal keeps it. Pickle, because raw values are kept exactly as received
+    (integers of any size, text with lone surrogates); the bytes only ever travel between this
+    deployment's own processes and its own data folder. Rows as plain tuples: a NamedTuple
+    pickles five times slower."""
+    return pickle.dumps((token, [tuple(row) for row in rows]), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_batch(payload: bytes) -> tuple[str, list[RawReading]]:
+    token, rows = pickle.loads(payload)  # noqa: S301 - our own bytes (see encode_batch)
+    new = tuple.__new__
+    return token, [new(RawReading, row) for row in rows]
+
+
+@contextmanager
+def _sole_writer(path: Path) -> Iterator[None]:
+    """Hold the journal's lock file while writing: a writer that outlived its API (still storing
+    its last batch) finishes before the next one starts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def serve(settings: Settings, conn: Connection) -> None:
+    """The writer process: recover, say "ready", then take and store batches until told to close
+    (or until the API's end of the pipe is gone)."""
+    from metrify.container import build_container
+    from metrify.entrypoints.logs import configure_logging
+    from metrify.entrypoints.process import freeze_startup_heap
+
+    configure_logging(settings.log_level, settings.resolved_log_format, settings.data_dir)
+    container = build_container(settings)
+    limit = settings.api.window_writes_per_batch or None
+    try:
+        with _sole_writer(settings.ingest_journal_path.with_name(settings.ingest_journal_path.name + ".lock")):
+            writer = JournaledWriter(
+                container.stream_pipeline(window_writes=limit), container.ingest_journal(), decode_batch
+            )
+            try:
+                replayed = writer.recover()
+            except Exception as exc:  # noqa: BLE001 - told to the API, which answers 503 with it
+                reason = str(exc) if isinstance(exc, PartitionCountMismatch) else f"{type(exc).__name__}: {exc}"
+                log.warning("the stream writer could not load the stream: %s", reason)
+                conn.send(("failed", reason))
+                return
+            freeze_startup_heap()
+            conn.send(("ready", replayed))
+            _serve_batches(writer, conn, limit)
+    finally:
+        container.shutdown_resources()
+
+
+def _serve_batches(writer: JournaledWriter, conn: Connection, limit: int | None) -> None:
+    held = writer.pipeline.window_writes is not None
+    while True:
+        if not conn.poll(_QUIET):
+            if held:
+                writer.write_held_windows(limit)
+            continue
+        try:
+            payload = conn.recv_bytes()
+        except (EOFError, OSError):  # the API is gone: store what is taken, then stop
+            break
+        if payload == _CLOSE:
+            break
+        with gc_paused():
+            try:
+                token, outcomes = writer.take(payload)
+            except Exception as exc:  # noqa: BLE001 - that batch fails alone, as it would in the API
+                log.exception("a batch failed in the stream core")
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+                continue
+            conn.send_bytes(pickle.dumps(("taken", token, outcomes), protocol=pickle.HIGHEST_PROTOCOL))
+            _store(writer)
+        conn.send(("stored",))
+    writer.close()
+
+
+def _store(writer: JournaledWriter) -> None:
+    """Store the batch just answered; a failure leaves it in the journal, and loading the stream
+    again stores it from there (a writer that cannot do even that stops: the API starts another)."""
+    try:
+        writer.store()
+    except Exception:
+        log.exception("a batch answered was not stored: storing it again from the journal")
+        writer.recover()
+
+
+class StreamWriterProcess:
+    """The API's side: starts the writer, hands it batches one at a time, and starts it again
+    when it stops. Thread-safe: requests take turns."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._idle = False  # the writer said "stored" (or "ready") since the last batch sent
+        self._recovered: dict[str, list[Outcome]] = {}  # outcomes of the batches the last start stored
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a writer is running and has loaded the stream."""
+        return self._conn is not None and self._process is not None and self._process.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        """The writer's process id, while one runs."""
+        return None if self._process is None else self._process.pid
+
+    def load(self) -> None:
+        """Start the writer (if none runs) and wait until it has loaded the stream."""
+        with self._lock:
+            self._started()
+
+    def outcomes(self, rows: Sequence[RawReading]) -> list[Outcome]:
+        token = uuid.uuid4().hex
+        payload = encode_batch(token, rows)
+        with self._lock:
+            conn = self._started()
+            try:
+                return self._hand_over(conn, token, payload)
+            except (EOFError, OSError, TimeoutError) as exc:
+                log.warning("the stream writer stopped (%s): starting another", exc)
+                self._stop_writer()
+            conn = self._started()  # it stores what the journal holds first
+            recovered = self._recovered.pop(token, None)
+            if recovered is not None:  # the batch was journaled, and is stored now
+                return recovered
+            try:
+                return self._hand_over(conn, token, payload)
+            except (EOFError, OSError, TimeoutError) as exc:
+                self._stop_writer()
+                raise Unavailable(f"the stream writer stopped twice in a row: {exc}") from exc
+
+    def _hand_over(self, conn: Connection, token: str, payload: bytes) -> list[Outcome]:
+        self._wait_idle(conn)
+        conn.send_bytes(payload)
+        self._idle = False
+        return self._taken(conn, token)
+
+    def stop(self) -> None:
+        """Let the writer store what it took and the windows it holds back, then end it."""
+        with self._lock:
+            conn, process = self._conn, self._process
+            if conn is None or process is None:
+                return
+            try:
+                conn.send_bytes(_CLOSE)
+            except OSError:
+                pass  # already gone: its journal is stored by the next start
+            process.join(_START_WAIT)
+            self._stop_writer()
+
+    def _started(self) -> Connection:
+        if self.loaded:
+            assert self._conn is not None
+            return self._conn
+        self._stop_writer()
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(target=serve, args=(self.settings, theirs), name="metrify-stream-writer", daemon=True)
+        process.start()
+        theirs.close()
+        self._process, self._conn = process, ours
+        try:
+            if not ours.poll(_START_WAIT):
+                raise TimeoutError("the stream writer did not start")
+            message = ours.recv()
+        except (EOFError, OSError, TimeoutError) as exc:
+            self._stop_writer()
+            raise Unavailable(f"the stream writer did not start: {exc}") from exc
+        if message[0] == "failed":
+            self._stop_writer()
+            raise Unavailable(f"ingest cannot run: {message[1]}", retry_after=60)
+        self._recovered = message[1]
+        self._idle = True
+        return ours
+
+    def _wait_idle(self, conn: Connection) -> None:
+        """Until the writer has stored the batch before: 503 if it takes longer than _STORE_WAIT
+        (the database does not answer), with nothing handed over."""
+        if self._idle:
+            return
+        if not conn.poll(_STORE_WAIT):
+            raise Unavailable("the database does not answer: the stream writer is still storing the batch before")
+        message = conn.recv()
+        if message[0] != "stored":
+            raise RuntimeError(f"the stream writer said {message[0]!r}, not 'stored'")
+        self._idle = True
+
+    def _taken(self, conn: Connection, token: str) -> list[Outcome]:
+        if not conn.poll(_TAKE_WAIT):
+            raise TimeoutError("the stream writer did not answer")
+        message = pickle.loads(conn.recv_bytes())  # noqa: S301 - our own writer's answer
+        if message[0] == "error":
+            self._idle = True  # nothing taken: the writer waits for the next batch
+            raise RuntimeError(f"the stream writer failed the batch: {message[1]}")
+        if message[0] != "taken" or message[1] != token:
+            raise RuntimeError(f"the stream writer answered {message[0]!r} for another batch")
+        return list(message[2])
+
+    def _stop_writer(self) -> None:
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        self._idle = False
+        if conn is not None:
+            conn.close()
+        if process is not None:
+            if process.is_alive():
+                process.join(1.0)
+            if process.is_alive():
+                process.kill()
+                process.join()

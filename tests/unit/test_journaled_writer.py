@@ -1,0 +1,173 @@
+"""The stream writer process's use case (application/journaled.py): batches answered from the
+core and the journal, stored after the answer; a writer stopped at any point loses nothing and
+stores nothing twice, and the outcomes it answered are the ones stored."""
+
+from __future__ import annotations
+
+import pytest
+from tests.support.core_runner import FixedClock
+
+from metrify.adapters.memory.journal import InMemoryIngestJournal
+from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
+from metrify.application.journaled import JournaledWriter
+from metrify.application.network import NetworkProfile, through_network
+from metrify.application.serial import attribute, outcome_codes
+from metrify.application.simulator import FleetProfile, fleet_rows
+from metrify.application.stream import StreamPipeline
+from metrify.domain.readings import RawReading
+from metrify.domain.stream.config import StreamConfig
+from metrify.entrypoints.stream_writer import decode_batch, encode_batch
+
+NOW = 2_000_000_000 * 1_000_000
+BATCH = 40
+
+
+def batches() -> list[list[RawReading]]:
+    """A fleet's readings, some late, some duplicated, one malformed: every kind of outcome."""
+    fleet = [RawReading(*row) for row in fleet_rows(FleetProfile(meters=12, days=2, seed=3))]
+    data = list(through_network(fleet, NetworkProfile(delay_prob=0.2, max_delay=3000, seed=4)))
+    data[30:30] = data[10:14]  # sent twice
+    data.insert(7, RawReading("M-bad", "not a time", "1.0"))
+    return [data[start : start + BATCH] for start in range(0, len(data), BATCH)]
+
+
+class FailingUnitOfWork(InMemoryStreamUnitOfWork):
+    """A store whose next commit fails, once, with an error that is not its being away."""
+
+    fail_next = False
+
+    def commit(self) -> None:
+        if FailingUnitOfWork.fail_next:
+            FailingUnitOfWork.fail_next = False
+            self.rollback()
+            raise RuntimeError("disk I/O error")
+        super().commit()
+
+
+def pipeline_on(store: InMemoryStreamStore, window_writes: int | None = None) -> StreamPipeline:
+    return StreamPipeline(
+        StreamConfig(), 2, lambda: FailingUnitOfWork(store), FixedClock(NOW), window_writes=window_writes
+    )
+
+
+def expected(data: list[list[RawReading]]) -> tuple[InMemoryStreamStore, list[list]]:
+    """The store and the outcomes of the batches processed in the API's own process."""
+    store = InMemoryStreamStore()
+    pipeline = pipeline_on(store)
+    pipeline.load()
+    answers = [outcome_codes(attribute(batch, pipeline.process(batch), 2)) for batch in data]
+    return store, answers
+
+
+def outcome(store: InMemoryStreamStore) -> tuple:
+    return store.readings, store.rejected, store.too_late, store.gaps, store.windows, store.meter_states
+
+
+def writer_on(store: InMemoryStreamStore, journal: InMemoryIngestJournal, window_writes: int | None = None):
+    writer = JournaledWriter(pipeline_on(store, window_writes), journal, decode_batch)
+    return writer, writer.recover()
+
+
+def test_batches_through_the_writer_are_stored_and_answered_as_in_the_api_process() -> None:
+    data = batches()
+    reference, answers = expected(data)
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, replayed = writer_on(store, journal)
+    assert replayed == {}
+    for number, batch in enumerate(data):
+        token, outcomes = writer.take(encode_batch(f"t{number}", batch))
+        assert (token, outcomes) == (f"t{number}", answers[number])
+        writer.store()
+    writer.close()
+    assert outcome(store) == outcome(reference)
+    assert set(store.progress) == {"api-journal:main"}
+    assert journal.batches == {}, "a closed writer leaves nothing in the journal"
+    kinds = {type(code) for answer in answers for code in answer}
+    assert kinds == {int, str} and {0, 1, 2} <= {code for answer in answers for code in answer}
+
+
+@pytest.mark.parametrize("window_writes", [None, 3], ids=["windows stored at once", "windows held back"])
+def test_a_writer_stopped_after_answering_and_before_storing_loses_nothing(window_writes: int | None) -> None:
+    """Stopped (killed) at several points between an answer and its commit: the next writer
+    stores the journaled batches first, tells their outcomes by token, then goes on."""
+    data = batches()
+    reference, answers = expected(data)
+    for stop_at in (0, 3, len(data) // 2, len(data) - 1):
+        store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+        writer, _ = writer_on(store, journal, window_writes)
+        for number in range(stop_at):
+            writer.take(encode_batch(f"t{number}", data[number]))
+            writer.store()
+        writer.take(encode_batch(f"t{stop_at}", data[stop_at]))  # answered, then the process dies
+        after, replayed = writer_on(store, journal, window_writes)
+        assert replayed == {f"t{stop_at}": answers[stop_at]}, f"stopped at batch {stop_at}"
+        for number in range(stop_at + 1, len(data)):
+            _, outcomes = after.take(encode_batch(f"t{number}", data[number]))
+            assert outcomes == answers[number]
+            after.store()
+        after.close()
+        # held back, a window rides in its meter's saved state until a later save: states differ
+        compared = 6 if window_writes is None else 5
+        assert outcome(store)[:compared] == outcome(reference)[:compared], f"stopped at batch {stop_at}"
+
+
+def test_a_writer_started_again_stores_nothing_twice() -> None:
+    data = batches()
+    reference, _ = expected(data)
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal)
+    for number, batch in enumerate(data):
+        writer.take(encode_batch(f"t{number}", batch))
+        writer.store()  # stored, and left in the journal (dropped only every so often)
+    assert journal.batches, "the journal must still hold batches stored already"
+    again, replayed = writer_on(store, journal)
+    assert replayed == {}
+    assert journal.batches == {}
+    assert again.seq == len(data), "numbering goes on after the batches dropped"
+    assert outcome(store) == outcome(reference)
+
+
+def test_a_batch_the_journal_refuses_is_not_answered_and_leaves_no_trace() -> None:
+    data = batches()
+    reference, answers = expected(data[:3] + data[4:])
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal)
+    for number in range(3):
+        writer.take(encode_batch(f"t{number}", data[number]))
+        writer.store()
+    journal.fail_next_append = True
+    with pytest.raises(OSError, match="no space"):
+        writer.take(encode_batch("t3", data[3]))
+    for number in range(4, len(data)):
+        _, outcomes = writer.take(encode_batch(f"t{number}", data[number]))
+        assert outcomes == answers[number - 1]
+        writer.store()
+    assert outcome(store) == outcome(reference)
+
+
+def test_a_failed_commit_is_stored_again_from_the_journal() -> None:
+    """A commit that fails after the answer (not a transient error: nothing retried it) leaves
+    the batch in the journal; loading the stream again stores it."""
+    data = batches()
+    reference, _ = expected(data)
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal)
+    for number, batch in enumerate(data):
+        writer.take(encode_batch(f"t{number}", batch))
+        if number == 5:
+            FailingUnitOfWork.fail_next = True
+            with pytest.raises(RuntimeError, match="disk I/O"):
+                writer.store()
+            writer.recover()
+        else:
+            writer.store()
+    writer.close()
+    assert outcome(store) == outcome(reference)
+
+
+def test_another_writer_taking_a_batch_before_the_last_is_stored_is_refused() -> None:
+    data = batches()
+    writer, _ = writer_on(InMemoryStreamStore(), InMemoryIngestJournal())
+    writer.take(encode_batch("t0", data[0]))
+    with pytest.raises(RuntimeError, match="not stored yet"):
+        writer.take(encode_batch("t1", data[1]))
