@@ -94,18 +94,88 @@ class _Job:
         self.done = False
 
 
-class SerialPipeline:
-    """The process-wide pipeline behind a lock, loaded on first use and reloaded from the store
-    after a failed write (its in-memory state may then be ahead of what was committed)."""
+class GroupCommit:
+    """Requests take turns at one writer: those that arrive while a batch is being written wait,
+    and the next turn takes all of them (up to `max_rows`), in arrival order, as one batch (group
+    commit). Each gets back the outcomes of its own rows, or the error of its group: a group that
+    fails for anything but the store being away is tried again request by request, so that only
+    the culprit fails. Subclasses say how a group is written (`_run`)."""
 
-    def __init__(self, factory: Callable[[], StreamPipeline], max_rows: int = 50_000) -> None:
-        self.factory = factory
+    def __init__(self, max_rows: int = 50_000) -> None:
         self.max_rows = max_rows
-        self._pipeline: StreamPipeline | None = None
         self._writer = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: deque[_Job] = deque()
         self.last_batch = time.monotonic()  # when the last batch came in
+
+    def submit(self, rows: Sequence[RawReading]) -> list[Any]:
+        """Write the rows (with whatever else is waiting) and return each row's outcome."""
+        self.last_batch = time.monotonic()
+        job = _Job(rows)
+        with self._queue_lock:
+            self._queue.append(job)
+        with self._writer:
+            while not job.done:  # the writer before may have left it for a later round
+                self._run_waiting()
+        if job.error is not None:
+            raise job.error
+        return job.outcomes
+
+    def _run_waiting(self) -> None:
+        jobs: list[_Job] = []
+        total = 0
+        with self._queue_lock:
+            while self._queue and (not jobs or total + len(self._queue[0].rows) <= self.max_rows):
+                job = self._queue.popleft()
+                jobs.append(job)
+                total += len(job.rows)
+        try:
+            self._run(jobs)
+        except BaseException as exc:  # each job holds it: its own thread raises it
+            if len(jobs) == 1 or not isinstance(exc, Exception) or isinstance(exc, Unavailable | TransientStoreError):
+                return
+            # Something in one request's rows, or a fault of ours they set off, failed the group's
+            # one transaction (nothing of it was written). Each request goes again on its own: the
+            # others are answered as if they had come alone, and only the culprit fails.
+            for job in jobs:
+                job.error = None
+                try:
+                    self._run([job])
+                except Exception:  # noqa: BLE001 - already the job's own error
+                    pass
+        finally:
+            for job in jobs:
+                job.done = True
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Write the jobs' rows as one batch and set each job's outcomes; on failure, set each
+        job's error and raise it."""
+        try:
+            rows = [row for job in jobs for row in job.rows]
+            outcomes = self._write(rows)
+            start = 0
+            for job in jobs:
+                job.outcomes = outcomes[start : start + len(job.rows)]
+                start += len(job.rows)
+        except BaseException as exc:
+            for job in jobs:
+                job.error = exc
+            raise
+
+    def _write(self, rows: list[RawReading]) -> list[Any]:
+        """One batch written: each row's outcome, in order."""
+        raise NotImplementedError
+
+
+class SerialPipeline(GroupCommit):
+    """The process-wide pipeline behind a lock, loaded on first use and reloaded from the store
+    after a failed write (its in-memory state may then be ahead of what was committed). `submit`
+    returns each row's outcome event."""
+
+    def __init__(self, factory: Callable[[], StreamPipeline], max_rows: int = 50_000) -> None:
+        super().__init__(max_rows)
+        self.factory = factory
+        self._pipeline: StreamPipeline | None = None
 
     def load(self) -> None:
         with self._writer:
@@ -139,19 +209,6 @@ class SerialPipeline:
         finally:
             self._writer.release()
 
-    def submit(self, rows: Sequence[RawReading]) -> list[Any]:
-        """Process the rows (with whatever else is waiting) and return each row's outcome event."""
-        self.last_batch = time.monotonic()
-        job = _Job(rows)
-        with self._queue_lock:
-            self._queue.append(job)
-        with self._writer:
-            while not job.done:  # the writer before may have left it for a later round
-                self._run_waiting()
-        if job.error is not None:
-            raise job.error
-        return job.outcomes
-
     def outcomes(self, rows: Sequence[RawReading]) -> list[Outcome]:
         """`submit`, each row's outcome as its code (what Ingest reports)."""
         return outcome_codes(self.submit(rows))
@@ -166,52 +223,18 @@ class SerialPipeline:
             self._pipeline = pipeline
         return self._pipeline
 
-    def _run_waiting(self) -> None:
-        jobs: list[_Job] = []
-        total = 0
-        with self._queue_lock:
-            while self._queue and (not jobs or total + len(self._queue[0].rows) <= self.max_rows):
-                job = self._queue.popleft()
-                jobs.append(job)
-                total += len(job.rows)
-        try:
-            self._run(jobs)
-        except BaseException as exc:  # each job holds it: its own thread raises it
-            if len(jobs) == 1 or not isinstance(exc, Exception) or isinstance(exc, Unavailable | TransientStoreError):
-                return
-            # Something in one request's rows, or a fault of ours they set off, failed the group's
-            # one transaction (nothing of it was written). Each request goes again on its own: the
-            # others are answered as if they had come alone, and only the culprit fails.
-            for job in jobs:
-                job.error = None
-                try:
-                    self._run([job])
-                except Exception:  # noqa: BLE001 - already the job's own error
-                    pass
-        finally:
-            for job in jobs:
-                job.done = True
-
-    def _run(self, jobs: list[_Job]) -> None:
-        """Process the jobs' rows in one unit of work and hand out the outcomes; on failure, every
-        job gets the error and the pipeline is loaded again from the store before the next write
-        (its in-memory state may be ahead of what was committed)."""
+    def _write(self, rows: list[RawReading]) -> list[Any]:
+        """Process the rows in one unit of work; on failure the pipeline is loaded again from the
+        store before the next write (its in-memory state may be ahead of what was committed)."""
         try:
             pipeline = self._loaded()
-            rows = [row for job in jobs for row in job.rows]
             try:
                 events = pipeline.process(rows)
             except PartitionCountMismatch as exc:  # met on a reload after another writer's commit
                 raise _cannot_run(exc) from exc
-            outcomes = attribute(rows, events, pipeline.partition_count)
-            start = 0
-            for job in jobs:
-                job.outcomes = outcomes[start : start + len(job.rows)]
-                start += len(job.rows)
-        except BaseException as exc:
+            return attribute(rows, events, pipeline.partition_count)
+        except BaseException:
             self._pipeline = None
-            for job in jobs:
-                job.error = exc
             raise
 
 

@@ -18,7 +18,6 @@ import fcntl
 import logging
 import multiprocessing
 import pickle
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from typing import Any
 
 from metrify.application.errors import Unavailable
 from metrify.application.journaled import JournaledWriter
-from metrify.application.serial import Outcome
+from metrify.application.serial import GroupCommit, Outcome
 from metrify.application.stream import PartitionCountMismatch, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.settings import Settings
@@ -131,13 +130,14 @@ def _store(writer: JournaledWriter) -> None:
         writer.recover()
 
 
-class StreamWriterProcess:
+class StreamWriterProcess(GroupCommit):
     """The API's side: starts the writer, hands it batches one at a time, and starts it again
-    when it stops. Thread-safe: requests take turns."""
+    when it stops. Requests that arrive meanwhile go over together as one batch (GroupCommit);
+    `submit` and `outcomes` return each row's outcome code."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self.settings = settings
-        self._lock = threading.Lock()
         self._process: Any = None
         self._conn: Connection | None = None
         self._idle = False  # the writer said "stored" (or "ready") since the last batch sent
@@ -155,28 +155,30 @@ class StreamWriterProcess:
 
     def load(self) -> None:
         """Start the writer (if none runs) and wait until it has loaded the stream."""
-        with self._lock:
+        with self._writer:
             self._started()
 
     def outcomes(self, rows: Sequence[RawReading]) -> list[Outcome]:
+        return self.submit(rows)
+
+    def _write(self, rows: list[RawReading]) -> list[Outcome]:
         token = uuid.uuid4().hex
         payload = encode_batch(token, rows)
-        with self._lock:
-            conn = self._started()
-            try:
-                return self._hand_over(conn, token, payload)
-            except (EOFError, OSError, TimeoutError) as exc:
-                log.warning("the stream writer stopped (%s): starting another", exc)
-                self._stop_writer()
-            conn = self._started()  # it stores what the journal holds first
-            recovered = self._recovered.pop(token, None)
-            if recovered is not None:  # the batch was journaled, and is stored now
-                return recovered
-            try:
-                return self._hand_over(conn, token, payload)
-            except (EOFError, OSError, TimeoutError) as exc:
-                self._stop_writer()
-                raise Unavailable(f"the stream writer stopped twice in a row: {exc}") from exc
+        conn = self._started()
+        try:
+            return self._hand_over(conn, token, payload)
+        except (EOFError, OSError, TimeoutError) as exc:
+            log.warning("the stream writer stopped (%s): starting another", exc)
+            self._stop_writer()
+        conn = self._started()  # it stores what the journal holds first
+        recovered = self._recovered.pop(token, None)
+        if recovered is not None:  # the batch was journaled, and is stored now
+            return recovered
+        try:
+            return self._hand_over(conn, token, payload)
+        except (EOFError, OSError, TimeoutError) as exc:
+            self._stop_writer()
+            raise Unavailable(f"the stream writer stopped twice in a row: {exc}") from exc
 
     def _hand_over(self, conn: Connection, token: str, payload: bytes) -> list[Outcome]:
         self._wait_idle(conn)
@@ -186,7 +188,7 @@ class StreamWriterProcess:
 
     def stop(self) -> None:
         """Let the writer store what it took and the windows it holds back, then end it."""
-        with self._lock:
+        with self._writer:
             conn, process = self._conn, self._process
             if conn is None or process is None:
                 return
