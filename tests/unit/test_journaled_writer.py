@@ -4,9 +4,13 @@ stores nothing twice, and the outcomes it answered are the ones stored."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 from tests.support.core_runner import FixedClock
 
+from metrify.adapters.files.journal import SqliteIngestJournal
 from metrify.adapters.memory.journal import InMemoryIngestJournal
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
 from metrify.application.journaled import JournaledWriter
@@ -44,9 +48,11 @@ class FailingUnitOfWork(InMemoryStreamUnitOfWork):
         super().commit()
 
 
-def pipeline_on(store: InMemoryStreamStore, window_writes: int | None = None) -> StreamPipeline:
+def pipeline_on(
+    store: InMemoryStreamStore, window_writes: int | None = None, clock: FixedClock | None = None
+) -> StreamPipeline:
     return StreamPipeline(
-        StreamConfig(), 2, lambda: FailingUnitOfWork(store), FixedClock(NOW), window_writes=window_writes
+        StreamConfig(), 2, lambda: FailingUnitOfWork(store), clock or FixedClock(NOW), window_writes=window_writes
     )
 
 
@@ -171,3 +177,36 @@ def test_another_writer_taking_a_batch_before_the_last_is_stored_is_refused() ->
     writer.take(encode_batch("t0", data[0]))
     with pytest.raises(RuntimeError, match="not stored yet"):
         writer.take(encode_batch("t1", data[1]))
+
+
+def test_a_batch_stored_from_the_journal_is_judged_at_the_time_it_was_answered() -> None:
+    """A reading from the future when answered is rejected as such when the next writer stores it
+    later, when its time has come: the answer and the store agree."""
+    soon = datetime.fromtimestamp((NOW + 2 * 3600 * 1_000_000) / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    batch = [RawReading("M1", soon, "0.5")]
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal)
+    _, outcomes = writer.take(encode_batch("t0", batch))
+    assert outcomes == ["future_timestamp"]
+    later = JournaledWriter(pipeline_on(store, clock=FixedClock(NOW + 86_400 * 1_000_000)), journal, decode_batch)
+    assert later.recover() == {"t0": ["future_timestamp"]}
+    assert [r.reason for r in store.rejected.values()] == ["future_timestamp"] and not store.readings
+
+
+def test_the_journal_file_keeps_batches_in_order_and_its_numbering_through_drops(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "metrify.db-ingest-journal"
+    journal = SqliteIngestJournal(path)
+    assert (journal.last(), journal.after(0)) == (0, [])
+    for seq in (1, 2, 3):
+        journal.append(seq, bytes([seq]) * 3)
+    journal.drop_through(2)
+    journal.close()
+    again = SqliteIngestJournal(path)  # what a writer started later finds
+    assert again.after(0) == [(3, b"\x03\x03\x03")]
+    assert again.after(3) == []
+    again.drop_through(3)
+    assert (again.last(), again.after(0)) == (3, []), "the numbering survives the batches' dropping"
+    with pytest.raises(ValueError, match="not after"):
+        again.append(3, b"x")  # a number is never given twice
+    assert again.after(0) == []
+    again.close()

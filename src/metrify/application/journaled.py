@@ -55,9 +55,10 @@ class JournaledWriter:
         pipeline.reload()
         done = self._stored_through()
         replayed: dict[str, list[Outcome]] = {}
-        for seq, payload in self.journal.after(done):
+        for seq, record in self.journal.after(done):
+            now, payload = int.from_bytes(record[:8], "big", signed=True), record[8:]
             token, rows = self.decode(payload)
-            events = pipeline.process(rows, [self._progress(seq)])
+            events = pipeline.process(rows, [self._progress(seq)], now)
             replayed[token] = outcome_codes(attribute(rows, events, pipeline.partition_count))
         self.seq = max(self.journal.last(), done)
         self.journal.drop_through(self.seq)
@@ -74,10 +75,11 @@ class JournaledWriter:
         pipeline = self.pipeline
         token, rows = self.decode(payload)
         seq = self.seq + 1
+        now = pipeline.clock.now_us()  # journaled with the batch: stored again, it is judged as answered
         try:
-            batch = pipeline.prepare(rows, [self._progress(seq)])
+            batch = pipeline.prepare(rows, [self._progress(seq)], now)
             outcomes = outcome_codes(attribute(rows, batch.events, pipeline.partition_count))
-            self.journal.append(seq, payload)
+            self.journal.append(seq, now.to_bytes(8, "big", signed=True) + payload)
         except BaseException:
             pipeline.reload()  # the cores may have moved on with a batch that will not be answered
             raise
@@ -100,7 +102,7 @@ class JournaledWriter:
             # outcomes stored may differ from the answer: two writers of one stream are a misuse.
             log.warning("%s: storing a journaled batch on the state loaded again", exc)
             pipeline.reload()
-            pipeline.process(rows, batch.progress)
+            pipeline.process(rows, batch.progress, batch.now)
         if self.seq % _DROP_EVERY == 0:
             self.journal.drop_through(self.seq)
 

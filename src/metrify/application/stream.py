@@ -187,6 +187,7 @@ class PreparedBatch:
     saves: list[tuple[int, int | None, int, dict[str, Any]]]  # per partition touched: its header and meters
     progress: tuple[SourceProgress, ...]
     emitted: int  # windows emitted for the first time
+    now: int  # the time future timestamps were judged against
 
 
 class StreamPipeline:
@@ -376,14 +377,17 @@ class StreamPipeline:
                 routes[raw_id] = p
         return p
 
-    def process(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress] = ()) -> list[Any]:
+    def process(
+        self, rows: Sequence[RawReading], progress: Sequence[SourceProgress] = (), now: int | None = None
+    ) -> list[Any]:
         """Process one batch and commit its outcomes, state and progress in one transaction. When
         another process committed to the stream meanwhile (StreamWrittenElsewhere: nothing of this
-        batch was committed), the store's state is loaded again and the batch processed on it."""
+        batch was committed), the store's state is loaded again and the batch processed on it.
+        `now` (default: the clock's) is the time future timestamps are judged against."""
         for attempt in range(_RELOADS + 1):
             try:
                 with gc_paused():  # the whole batch: its events stay alive until written (see gc_paused)
-                    return self._process(rows, progress)
+                    return self._process(rows, progress, now)
             except StreamWrittenElsewhere as exc:
                 if attempt == _RELOADS:
                     raise
@@ -392,15 +396,18 @@ class StreamPipeline:
                 self.reload()
         raise AssertionError("unreachable")
 
-    def _process(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress]) -> list[Any]:
-        batch = self.prepare(rows, progress)
+    def _process(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress], now: int | None) -> list[Any]:
+        batch = self.prepare(rows, progress, now)
         self.commit(batch)
         return batch.events
 
-    def prepare(self, rows: Sequence[RawReading], progress: Sequence[SourceProgress] = ()) -> PreparedBatch:
+    def prepare(
+        self, rows: Sequence[RawReading], progress: Sequence[SourceProgress] = (), now: int | None = None
+    ) -> PreparedBatch:
         """Run a batch through the cores: its events, and what `commit` is to store of it. Until
         that commit, the cores are ahead of the store (a failed commit calls for `reload`)."""
-        now = self.clock.now_us()
+        if now is None:
+            now = self.clock.now_us()
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
         emitted = 0
@@ -432,7 +439,7 @@ class StreamPipeline:
             )
             for core, dirty in touched
         ]
-        return PreparedBatch(events, stored, saves, tuple(progress), emitted)
+        return PreparedBatch(events, stored, saves, tuple(progress), emitted, now)
 
     def commit(self, batch: PreparedBatch) -> None:
         """Store a prepared batch: its outcomes, the states it changed and its progress, in one

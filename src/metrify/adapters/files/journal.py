@@ -25,9 +25,10 @@ class SqliteIngestJournal:
 
     def append(self, seq: int, payload: bytes) -> None:
         with self._db:  # one transaction: the batch and the high mark
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("UPDATE high SET seq = ? WHERE id = 0 AND seq < ?", (seq, seq)).rowcount != 1:
+                raise ValueError(f"batch {seq} is not after the journal's last ({self.last()})")
             self._db.execute("INSERT INTO batches VALUES (?, ?)", (seq, payload))
-            self._db.execute("UPDATE high SET seq = max(seq, ?) WHERE id = 0", (seq,))
 
     def after(self, seq: int) -> list[tuple[int, bytes]]:
         rows = self._db.execute("SELECT seq, payload FROM batches WHERE seq > ? ORDER BY seq", (seq,))
