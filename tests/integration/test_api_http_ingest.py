@@ -30,7 +30,8 @@ from metrify.application.ports import ExportFilter
 from metrify.application.simulator import FleetProfile, fleet_rows, region_of
 from metrify.domain.readings import RawReading
 from metrify.domain.users import Role
-from metrify.settings import ApiSettings
+from metrify.entrypoints.api.app import create_app
+from metrify.settings import ApiSettings, SettingsError
 
 pytestmark = pytest.mark.integration
 
@@ -330,3 +331,42 @@ def test_a_stream_writer_process_killed_again_and_again_stores_what_the_api_proc
     assert totals["accepted"] + totals["rejected"] + totals["too_late"] == len(fleet)
     assert totals["rejected"] == len(over_http["rejected"]) and totals["too_late"] == len(over_http["late"])
     assert over_http == replayed_exports(tmp_path, fleet)
+
+
+def test_a_stream_writer_process_that_cannot_load_the_stream_makes_ingest_and_readiness_503(tmp_path: Path) -> None:
+    """The database holds the stream cut into three partitions (a replay's); the API runs one."""
+    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process"))
+    migrations.upgrade(settings.resolved_database_url)
+    engine = create_engine_for(settings.resolved_database_url)
+    with engine.begin() as connection:
+        connection.execute(t.stream_partitions.insert().values(stream="main", partition=2, next_offset=0))
+    engine.dispose()
+    container = database_container(settings)
+    with running_api(container, settings) as api:
+        ready = api.client.get("/readyz")
+        assert ready.status_code == 503
+        assert "3 partitions" in ready.json()["checks"]["stream"]
+        reading = {"meter_id": "A", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1}
+        response = api.client.post(URL, json={"readings": [reading]}, headers={"X-API-Key": api.ingest_key()})
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "3 partitions" in response.json()["detail"]
+    container.shutdown_resources()
+
+
+def test_a_stream_writer_process_is_ready_once_it_has_loaded_the_stream(tmp_path: Path) -> None:
+    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process"))
+    migrations.upgrade(settings.resolved_database_url)
+    container = database_container(settings)
+    with running_api(container, settings) as api:
+        writer = api.client.app.state.services.pipeline
+        assert api.client.get("/readyz").json()["checks"]["stream"] == "ok"
+        assert writer.pid is not None and writer.pid != os.getpid()
+    assert writer.pid is None, "the API's shutdown ends its writer"
+    container.shutdown_resources()
+
+
+def test_a_stream_writer_process_over_sqlite_in_memory_is_refused_in_one_line(tmp_path: Path) -> None:
+    settings = api_settings(tmp_path, database_url="sqlite://", api=ApiSettings(stream_writer="process"))
+    with pytest.raises(SettingsError, match="another process can open"):
+        create_app(settings, database_container(settings))

@@ -18,6 +18,7 @@ import fcntl
 import logging
 import multiprocessing
 import pickle
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from typing import Any
 
 from metrify.application.errors import Unavailable
 from metrify.application.journaled import JournaledWriter
-from metrify.application.serial import GroupCommit, Outcome
+from metrify.application.serial import BoundedBackoff, GroupCommit, Outcome
 from metrify.application.stream import PartitionCountMismatch, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.settings import Settings
@@ -38,7 +39,7 @@ _CLOSE = b"close"
 _QUIET = 0.1  # seconds without a batch after which closed windows held back are stored
 _STORE_WAIT = 5.0  # seconds the API waits for the writer to be idle before answering 503
 _TAKE_WAIT = 120.0  # seconds a batch's core work and journaling may take before the writer is deemed stuck
-_START_WAIT = 600.0  # seconds a starting writer may take to load the stream and store its journal
+_START_WAIT = 120.0  # seconds a starting writer may take to load the stream and store its journal
 
 
 def encode_batch(token: str, rows: Sequence[RawReading]) -> bytes:
@@ -77,15 +78,22 @@ def serve(settings: Settings, conn: Connection) -> None:
     limit = settings.api.window_writes_per_batch or None
     try:
         with _sole_writer(settings.ingest_journal_path.with_name(settings.ingest_journal_path.name + ".lock")):
-            writer = JournaledWriter(
-                container.stream_pipeline(window_writes=limit), container.ingest_journal(), decode_batch
-            )
+            # A start that cannot reach the database gives up within seconds (the API answers 503
+            # and tries again with a later batch); a batch answered is stored however long it takes.
+            pipeline = container.stream_pipeline(backoff=BoundedBackoff(), window_writes=limit)
+            writer = JournaledWriter(pipeline, container.ingest_journal(), decode_batch)
             try:
                 replayed = writer.recover()
+                pipeline.backoff = container.backoff()
             except Exception as exc:  # noqa: BLE001 - told to the API, which answers 503 with it
-                reason = str(exc) if isinstance(exc, PartitionCountMismatch) else f"{type(exc).__name__}: {exc}"
-                log.warning("the stream writer could not load the stream: %s", reason)
-                conn.send(("failed", reason))
+                if isinstance(exc, Unavailable):  # the database is away: soon again
+                    failed = ("failed", str(exc), exc.retry_after)
+                elif isinstance(exc, PartitionCountMismatch):  # the operator's to mend
+                    failed = ("failed", f"ingest cannot run: {exc}", 60)
+                else:
+                    failed = ("failed", f"ingest cannot run: {type(exc).__name__}: {exc}", 60)
+                log.warning("the stream writer could not load the stream: %s", failed[1])
+                conn.send(failed)
                 return
             freeze_startup_heap()
             conn.send(("ready", replayed))
@@ -142,6 +150,8 @@ class StreamWriterProcess(GroupCommit):
         self._conn: Connection | None = None
         self._idle = False  # the writer said "stored" (or "ready") since the last batch sent
         self._recovered: dict[str, list[Outcome]] = {}  # outcomes of the batches the last start stored
+        # the last start's failure: until when it stands, what it says, the wait it suggests
+        self._failure: tuple[float, str, int] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -203,6 +213,9 @@ class StreamWriterProcess(GroupCommit):
         if self.loaded:
             assert self._conn is not None
             return self._conn
+        if self._failure is not None and time.monotonic() < self._failure[0]:
+            raise Unavailable(self._failure[1], retry_after=self._failure[2])
+        self._failure = None
         self._stop_writer()
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe(duplex=True)
@@ -219,7 +232,9 @@ class StreamWriterProcess(GroupCommit):
             raise Unavailable(f"the stream writer did not start: {exc}") from exc
         if message[0] == "failed":
             self._stop_writer()
-            raise Unavailable(f"ingest cannot run: {message[1]}", retry_after=60)
+            # told to every batch until then: not a process started and failed per request
+            self._failure = (time.monotonic() + message[2], message[1], message[2])
+            raise Unavailable(message[1], retry_after=message[2])
         self._recovered = message[1]
         self._idle = True
         return ours
