@@ -234,6 +234,80 @@ def test_metrify_api_serves_the_admin_made_on_the_command_line(server: tuple[str
     assert "root@example.com" in listed and "ADMIN" in listed
 
 
+def group_alive(group: int, within: float) -> bool:
+    """Whether a process of this process group is still there after `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_metrify_api_with_a_stream_writer_process_stores_all_it_answered_by_its_end(tmp_path: Path) -> None:
+    """The installed `metrify` command (spawned processes start from it), the writer process on:
+    what the API answered is stored once SIGTERM has ended it, and no process of it is left."""
+    command = Path(sys.executable).with_name("metrify")
+    assert command.exists(), "the package is installed with its console script"
+    env = metrify_env(tmp_path, METRIFY_API__STREAM_WRITER="process")
+    created = subprocess.run(
+        [str(command), "users", "create", "--email", "root@example.com", "--role", "admin"],
+        env=env,
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    port = free_port()
+    process = subprocess.Popen(
+        [str(command), "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert time.monotonic() < deadline, "the API did not come up in 60 s"
+            time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            tokens = client.post("/api/v1/auth/token", data={"username": "root@example.com", "password": PASSWORD})
+            admin = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+            key = client.post("/api/v1/ingest-keys", json={"name": "gw", "all_regions": True}, headers=admin)
+            headers = {"X-API-Key": key.json()["token"]}
+            accepted = 0
+            for hour in range(24):
+                body = [
+                    {"meter_id": f"M{m}", "timestamp": f"2024-03-04T{hour:02d}:00:00Z", "consumption_kwh": 0.5}
+                    for m in range(50)
+                ]
+                answer = client.post(URL, json={"readings": body}, headers=headers)
+                assert answer.status_code == 202, answer.text
+                accepted += answer.json()["accepted"]
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    # uvicorn ends by raising the signal it shut down on again, after the app's shutdown
+    assert process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
+    assert not group_alive(process.pid, within=10), "the writer (and its resource tracker) end with the API"
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'metrify.db'}")
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(sa.func.count()).select_from(t.readings)).scalar_one()
+    engine.dispose()
+    assert stored == accepted == 24 * 50
+
+
 def test_more_than_one_worker_needs_kafka(tmp_path: Path) -> None:
     done = metrify(["api", "--workers", "2"], metrify_env(tmp_path), check=False)
     assert done.returncode == 2
