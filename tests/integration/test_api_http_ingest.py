@@ -444,3 +444,28 @@ def test_a_stream_writer_process_over_sqlite_in_memory_is_refused_in_one_line(tm
     settings = api_settings(tmp_path, database_url="sqlite://", api=ApiSettings(stream_writer="process"))
     with pytest.raises(SettingsError, match="another process can open"):
         create_app(settings, database_container(settings))
+
+
+def test_a_stream_writer_process_stores_the_windows_it_holds_back_once_the_stream_is_quiet(
+    tmp_path: Path, fleet: list
+) -> None:
+    """METRIFY_API__WINDOW_WRITES_PER_BATCH with the writer process: closed windows beyond it wait;
+    once no batch has come for 0.1 s the writer stores them, the API still running."""
+    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process", window_writes_per_batch=50))
+    migrations.upgrade(settings.resolved_database_url)
+    container = database_container(settings)
+    expected = replayed_exports(tmp_path, fleet)["aggregates"]
+    with running_api(container, settings) as api:
+        key = api.ingest_key()
+        for start in range(0, len(fleet), 500):
+            response = api.client.post(URL, json={"readings": fleet[start : start + 500]}, headers={"X-API-Key": key})
+            assert response.status_code == 202, response.text
+        queries = container.outcome_queries()
+        stored = list(export_rows(queries, "aggregates", ExportFilter()))
+        assert len(stored) < len(expected), "windows must wait a little after the last batch"
+        deadline = time.monotonic() + 30
+        while stored != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+            stored = list(export_rows(queries, "aggregates", ExportFilter()))
+        assert stored == expected
+    container.shutdown_resources()
