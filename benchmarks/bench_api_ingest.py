@@ -16,11 +16,17 @@ path instead: each batch only goes to the raw topic of a throw-away topic prefix
 uvicorn processes may serve it.
 
     python benchmarks/bench_api_ingest.py [--batches 200] [--batch 1000] [--seconds 60] [--clients 4]
-                                          [--runs 1] [--window-writes N] [--kafka [--workers N]]
+                                          [--runs 1] [--window-writes N] [--stream-writer process]
+                                          [--kafka [--workers N]]
 
 With `--window-writes N` the API stores at most N closed windows per batch and the rest over the
 next batches (METRIFY_API__WINDOW_WRITES_PER_BATCH): the batches that close every meter's windows
 no longer store them all at once.
+
+With `--stream-writer process` the API hands each batch to a stream writer process, which answers
+once the batch is through the core and journaled and stores it while the API reads the next
+(METRIFY_API__STREAM_WRITER). Every run ends by stopping the server (SIGTERM) and prints how long
+it took to store all it had answered and stop: the readings/s are of batches answered.
 
 This host's speed varies from run to run by 10-20%: `--runs 5` prints five runs and their medians.
 
