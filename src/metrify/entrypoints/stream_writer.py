@@ -98,6 +98,12 @@ def serve(settings: Settings, conn: Connection) -> None:
             freeze_startup_heap()
             conn.send(("ready", replayed))
             _serve_batches(writer, conn, limit)
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        log.warning("the API went away in the middle of a batch: its journal is stored by the next writer")
+        raise SystemExit(1) from None
+    except Exception:  # the API starts another writer; the journal holds what this one answered
+        log.exception("the stream writer stopped on an error")
+        raise SystemExit(1) from None
     finally:
         container.shutdown_resources()
 
