@@ -7,6 +7,7 @@ switches each port to its production adapter without code changes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import sys
@@ -214,13 +215,14 @@ class Settings(BaseSettings):
 
     @property
     def ingest_journal_path(self) -> Path:
-        """Where a stream writer process journals the batches it answered (beside a SQLite
-        database file, else in the data folder)."""
+        """Where a stream writer process journals the batches it answered: beside a SQLite
+        database file, else in the data folder under a name of the database's URL (a journal
+        never meets another database's batches)."""
         url = self.resolved_database_url
         if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
             database = Path(unquote(url[len("sqlite:///") :].split("?", 1)[0]))
             return database.with_name(database.name + "-ingest-journal")
-        return self.data_dir / "ingest-journal"
+        return self.data_dir / f"ingest-journal-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
 
     @property
     def resolved_log_format(self) -> str:

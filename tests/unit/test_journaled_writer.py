@@ -15,7 +15,7 @@ from metrify.adapters.memory.journal import InMemoryIngestJournal
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
 from metrify.application.journaled import JournaledWriter
 from metrify.application.network import NetworkProfile, through_network
-from metrify.application.serial import attribute, outcome_codes
+from metrify.application.serial import answer_outcomes, attribute, outcome_codes
 from metrify.application.simulator import FleetProfile, fleet_rows
 from metrify.application.stream import StreamPipeline
 from metrify.domain.readings import RawReading
@@ -83,6 +83,7 @@ def test_batches_through_the_writer_are_stored_and_answered_as_in_the_api_proces
     for number, batch in enumerate(data):
         token, outcomes = writer.take(encode_batch(f"t{number}", batch))
         assert (token, outcomes) == (f"t{number}", answers[number])
+        assert answer_outcomes(journal.answer_to(token) or "") == outcomes, "the journal keeps the answer"
         writer.store()
     writer.close()
     assert outcome(store) == outcome(reference)
@@ -198,11 +199,12 @@ def test_the_journal_file_keeps_batches_in_order_and_its_numbering_through_drops
     journal = SqliteIngestJournal(path)
     assert (journal.last(), journal.after(0)) == (0, [])
     for seq in (1, 2, 3):
-        journal.append(seq, bytes([seq]) * 3)
+        journal.append(seq, bytes([seq]) * 3, f"t{seq}", f"0,1,{seq}")
     journal.drop_through(2)
     journal.close()
     again = SqliteIngestJournal(path)  # what a writer started later finds
     assert again.after(0) == [(3, b"\x03\x03\x03")]
+    assert (again.answer_to("t3"), again.answer_to("t1")) == ("0,1,3", None)
     assert again.after(3) == []
     again.drop_through(3)
     assert (again.last(), again.after(0)) == (3, []), "the numbering survives the batches' dropping"

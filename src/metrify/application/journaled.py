@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from metrify.application.ports import IngestJournal, SourceProgress, StreamWrittenElsewhere
-from metrify.application.serial import Outcome, attribute, outcome_codes
+from metrify.application.serial import Outcome, answer_text, attribute, outcome_codes
 from metrify.application.stream import PreparedBatch, StreamPipeline
 from metrify.domain.readings import RawReading
 
@@ -28,6 +28,10 @@ log = logging.getLogger("metrify.stream")
 
 JOURNAL_SOURCE = "api-journal"
 _DROP_EVERY = 64  # batches stored between two clean-ups of the journal
+
+
+class WriterBroken(Exception):
+    """The writer's state could not be loaded again after a failed batch: it must not go on."""
 
 
 class JournaledWriter:
@@ -44,7 +48,7 @@ class JournaledWriter:
         self.decode = decode
         self.source_key = f"{JOURNAL_SOURCE}:{pipeline.stream}"
         self.seq = 0  # the last batch journaled
-        self._pending: tuple[Sequence[RawReading], PreparedBatch] | None = None
+        self._pending: tuple[Sequence[RawReading], PreparedBatch, list[Outcome]] | None = None
 
     def recover(self) -> dict[str, list[Outcome]]:
         """Load the stream, then store the journaled batches the store lacks, in order: their
@@ -79,30 +83,41 @@ class JournaledWriter:
         try:
             batch = pipeline.prepare(rows, [self._progress(seq)], now)
             outcomes = outcome_codes(attribute(rows, batch.events, pipeline.partition_count))
-            self.journal.append(seq, now.to_bytes(8, "big", signed=True) + payload)
-        except BaseException:
-            pipeline.reload()  # the cores may have moved on with a batch that will not be answered
+            self.journal.append(seq, now.to_bytes(8, "big", signed=True) + payload, token, answer_text(outcomes))
+        except BaseException as exc:
+            try:
+                pipeline.reload()  # the cores may have moved on with a batch that will not be answered
+            except BaseException as again:
+                raise WriterBroken(f"the stream could not be loaded again after {exc!r}") from again
             raise
         self.seq = seq
-        self._pending = (rows, batch)
+        self._pending = (rows, batch, outcomes)
         return token, outcomes
 
     def store(self) -> None:
         """Store the batch taken last. On failure it stays in the journal: `recover` stores it."""
         if self._pending is None:
             return
-        rows, batch = self._pending
+        rows, batch, answered = self._pending
         self._pending = None
         pipeline = self.pipeline
         try:
             pipeline.commit(batch)
         except StreamWrittenElsewhere as exc:
-            # Another writer (a replay on the same data folder) committed meanwhile: the batch
-            # goes onto its state. Its readings were answered on this writer's state, so the
-            # outcomes stored may differ from the answer: two writers of one stream are a misuse.
-            log.warning("%s: storing a journaled batch on the state loaded again", exc)
+            # Another writer (a replay into the same database) committed meanwhile: the batch goes
+            # onto its state, as any writer's would. Its readings were answered on this writer's
+            # state before: what is stored may differ from that answer, and the log says how much.
             pipeline.reload()
-            pipeline.process(rows, batch.progress, batch.now)
+            events = pipeline.process(rows, batch.progress, batch.now)
+            stored = outcome_codes(attribute(rows, events, pipeline.partition_count))
+            changed = sum(1 for a, b in zip(answered, stored, strict=True) if a != b)
+            log.warning(
+                "%s: a batch answered was stored on the state loaded again; %d of its %d readings "
+                "were stored with another outcome than answered",
+                exc,
+                changed,
+                len(rows),
+            )
         if self.seq % _DROP_EVERY == 0:
             self.journal.drop_through(self.seq)
 

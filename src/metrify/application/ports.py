@@ -138,8 +138,13 @@ class IngestJournal(Protocol):
     (embedded ingest through a stream writer process: see application/journaled.py). One process
     writes it at a time."""
 
-    def append(self, seq: int, payload: bytes) -> None:
-        """Keep a batch; once this returns, it survives a crash of the process."""
+    def append(self, seq: int, payload: bytes, token: str = "", answer: str = "") -> None:
+        """Keep a batch, with the token it came with and the answer given to it; once this
+        returns, it survives a crash of the process."""
+        ...
+
+    def answer_to(self, token: str) -> str | None:
+        """The answer kept with the batch that came with `token` (None: no batch kept has it)."""
         ...
 
     def after(self, seq: int) -> list[tuple[int, bytes]]:

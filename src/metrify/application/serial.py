@@ -34,6 +34,18 @@ ON_TIME, LATE, TOO_LATE = 0, 1, 2
 Outcome = int | str
 
 
+def answer_text(outcomes: Sequence[Outcome]) -> str:
+    """Outcomes as one line of text (reason codes are words: no comma in them)."""
+    return ",".join(map(str, outcomes))
+
+
+def answer_outcomes(text: str) -> list[Outcome]:
+    """The outcomes `answer_text` wrote."""
+    if not text:
+        return []
+    return [int(code) if code.isdigit() else code for code in text.split(",")]
+
+
 def outcome_codes(outcomes: Sequence[Any]) -> list[Outcome]:
     """Each outcome event as its Outcome."""
     codes: list[Outcome] = []

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from metrify.application.errors import Unavailable
 from metrify.application.ports import (
@@ -190,6 +190,12 @@ class PreparedBatch:
     now: int  # the time future timestamps were judged against
 
 
+class Retries(Protocol):
+    """How a store's transient failures are retried: Backoff, or serial.BoundedBackoff."""
+
+    def run(self, action: Callable[[], Any]) -> Any: ...
+
+
 class StreamPipeline:
     """N logical partitions of the stream core over one store (the embedded profile's engine)."""
 
@@ -202,7 +208,7 @@ class StreamPipeline:
         *,
         stream: str = "main",
         intervals: Mapping[str, int] | None = None,
-        backoff: Backoff | None = None,
+        backoff: Retries | None = None,
         window_writes: int | None = None,
     ) -> None:
         self.config = config
@@ -210,7 +216,7 @@ class StreamPipeline:
         self.uow_factory = uow_factory
         self.clock = clock
         self.stream = stream
-        self.backoff = backoff or Backoff()
+        self.backoff: Retries = backoff or Backoff()
         self.intervals = intervals
         # Closed windows stored per batch, at most (None: all of them, with the batch that closed
         # them). When a batch moves the watermark past every meter's windows, its 10,000-20,000

@@ -7,9 +7,9 @@ it while the API serves the next request (application/journaled.py says why noth
 The conversation, one batch at a time: the API sends a batch only once the writer has said it
 is idle ("stored"), so a batch it sends is taken at once, and a writer stuck on an unreachable
 database makes the API answer 503 without having handed anything over. When the writer stops in
-the middle of a batch (killed, crashed), the API starts another: it stores what the journal
-holds and tells the API the outcomes of those batches by their tokens, so the batch in flight is
-answered from them, or sent again when it never reached the journal.
+the middle of a batch (killed, crashed), the API looks the batch up in the journal by the token it
+sent with it: a batch journaled is answered with the outcomes kept beside it (the next writer
+stores it before anything else), one that never got there goes to the next writer.
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ import fcntl
 import logging
 import multiprocessing
 import pickle
+import signal
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from metrify.application.errors import Unavailable
-from metrify.application.journaled import JournaledWriter
-from metrify.application.serial import BoundedBackoff, GroupCommit, Outcome
+from metrify.application.journaled import JournaledWriter, WriterBroken
+from metrify.application.ports import IngestJournal
+from metrify.application.serial import BoundedBackoff, GroupCommit, Outcome, answer_outcomes
 from metrify.application.stream import PartitionCountMismatch, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.settings import Settings
@@ -56,13 +58,29 @@ def decode_batch(payload: bytes) -> tuple[str, list[RawReading]]:
     return token, [new(RawReading, row) for row in rows]
 
 
+class AnotherWriter(Exception):
+    """Another stream writer holds the journal (one that outlived its API, or another API's)."""
+
+
 @contextmanager
-def _sole_writer(path: Path) -> Iterator[None]:
+def _sole_writer(path: Path, wait: float = 10.0) -> Iterator[None]:
     """Hold the journal's lock file while writing: a writer that outlived its API (still storing
-    its last batch) finishes before the next one starts."""
+    its last batch) finishes before the next one starts; one that does not within `wait` seconds
+    is another API's, or stuck."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise AnotherWriter(
+                        f"another stream writer process holds {path}: another `metrify api` on this database, "
+                        "or a writer still storing; stop it first"
+                    ) from None
+                time.sleep(0.05)
         yield
 
 
@@ -74,6 +92,10 @@ def serve(settings: Settings, conn: Connection) -> None:
     from metrify.entrypoints.process import freeze_startup_heap
 
     configure_logging(settings.log_level, settings.resolved_log_format, settings.data_dir)
+    # Ctrl-C or a SIGTERM to the whole process group is the API's to handle: it tells this process
+    # to close (or goes away, which closes the pipe), and this one stores what it took first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     container = build_container(settings)
     limit = settings.api.window_writes_per_batch or None
     try:
@@ -90,14 +112,22 @@ def serve(settings: Settings, conn: Connection) -> None:
                     failed = ("failed", str(exc), exc.retry_after)
                 elif isinstance(exc, PartitionCountMismatch):  # the operator's to mend
                     failed = ("failed", f"ingest cannot run: {exc}", 60)
-                else:
-                    failed = ("failed", f"ingest cannot run: {type(exc).__name__}: {exc}", 60)
+                else:  # the details are for the log, not for a client
+                    log.error("the stream writer could not load the stream", exc_info=exc)
+                    failed = (
+                        "failed",
+                        "ingest cannot run: the stream writer could not load the stream (see the log)",
+                        60,
+                    )
                 log.warning("the stream writer could not load the stream: %s", failed[1])
                 conn.send(failed)
                 return
             freeze_startup_heap()
-            conn.send(("ready", replayed))
+            conn.send(("ready", len(replayed)))
             _serve_batches(writer, conn, limit)
+    except AnotherWriter as exc:
+        log.warning("%s", exc)
+        conn.send(("failed", f"ingest cannot run: {exc}", 5))
     except (BrokenPipeError, EOFError, ConnectionResetError):
         log.warning("the API went away in the middle of a batch: its journal is stored by the next writer")
         raise SystemExit(1) from None
@@ -113,7 +143,7 @@ def _serve_batches(writer: JournaledWriter, conn: Connection, limit: int | None)
     while True:
         if not conn.poll(_QUIET):
             if held:
-                writer.write_held_windows(limit)
+                _write_held_windows(writer, limit)
             continue
         try:
             payload = conn.recv_bytes()
@@ -124,6 +154,8 @@ def _serve_batches(writer: JournaledWriter, conn: Connection, limit: int | None)
         with gc_paused():
             try:
                 token, outcomes = writer.take(payload)
+            except WriterBroken:
+                raise  # the API starts another, which loads the stream afresh
             except Exception as exc:  # noqa: BLE001 - that batch fails alone, as it would in the API
                 log.exception("a batch failed in the stream core")
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -132,6 +164,22 @@ def _serve_batches(writer: JournaledWriter, conn: Connection, limit: int | None)
             _store(writer)
         conn.send(("stored",))
     writer.close()
+
+
+def _write_held_windows(writer: JournaledWriter, limit: int | None) -> None:
+    """Store some closed windows held back, the stream being quiet. Within a second or not at all:
+    the API may send the next batch at any moment. On failure the stream is loaded again, which
+    queues the windows its states hold once more."""
+    pipeline = writer.pipeline
+    patient, pipeline.backoff = pipeline.backoff, BoundedBackoff(budget=1.0)
+    try:
+        writer.write_held_windows(limit)
+    except Exception as exc:  # noqa: BLE001 - they wait in the meters' states
+        log.warning("closed windows held back not stored while the stream was quiet: %s", exc)
+        pipeline.backoff = patient
+        writer.recover()
+    finally:
+        pipeline.backoff = patient
 
 
 def _store(writer: JournaledWriter) -> None:
@@ -144,30 +192,37 @@ def _store(writer: JournaledWriter) -> None:
         writer.recover()
 
 
+class WriterConfused(Exception):
+    """The writer said something else than the conversation expects: it is ended as if it had
+    stopped (what it journaled is answered from the journal)."""
+
+
 class StreamWriterProcess(GroupCommit):
     """The API's side: starts the writer, hands it batches one at a time, and starts it again
     when it stops. Requests that arrive meanwhile go over together as one batch (GroupCommit);
     `submit` and `outcomes` return each row's outcome code."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, journal: Callable[[], IngestJournal]) -> None:
         super().__init__()
         self.settings = settings
+        self.journal = journal  # read when a writer stopped in the middle of a batch
         self._process: Any = None
         self._conn: Connection | None = None
         self._idle = False  # the writer said "stored" (or "ready") since the last batch sent
-        self._recovered: dict[str, list[Outcome]] = {}  # outcomes of the batches the last start stored
         # the last start's failure: until when it stands, what it says, the wait it suggests
         self._failure: tuple[float, str, int] | None = None
 
     @property
     def loaded(self) -> bool:
         """Whether a writer is running and has loaded the stream."""
-        return self._conn is not None and self._process is not None and self._process.is_alive()
+        process = self._process
+        return self._conn is not None and process is not None and process.is_alive()
 
     @property
     def pid(self) -> int | None:
         """The writer's process id, while one runs."""
-        return None if self._process is None else self._process.pid
+        process = self._process
+        return None if process is None else process.pid
 
     def load(self) -> None:
         """Start the writer (if none runs) and wait until it has loaded the stream."""
@@ -180,21 +235,19 @@ class StreamWriterProcess(GroupCommit):
     def _write(self, rows: list[RawReading]) -> list[Outcome]:
         token = uuid.uuid4().hex
         payload = encode_batch(token, rows)
-        conn = self._started()
-        try:
-            return self._hand_over(conn, token, payload)
-        except (EOFError, OSError, TimeoutError) as exc:
-            log.warning("the stream writer stopped (%s): starting another", exc)
-            self._stop_writer()
-        conn = self._started()  # it stores what the journal holds first
-        recovered = self._recovered.pop(token, None)
-        if recovered is not None:  # the batch was journaled, and is stored now
-            return recovered
-        try:
-            return self._hand_over(conn, token, payload)
-        except (EOFError, OSError, TimeoutError) as exc:
-            self._stop_writer()
-            raise Unavailable(f"the stream writer stopped twice in a row: {exc}") from exc
+        for _ in range(2):
+            conn = self._started()
+            try:
+                return self._hand_over(conn, token, payload)
+            except (EOFError, OSError, TimeoutError, WriterConfused) as exc:
+                log.warning("the stream writer stopped (%s): starting another", exc or type(exc).__name__)
+                self._stop_writer()
+            # Journaled before it stopped: answered from the journal (the next writer stores it
+            # from there). Else it never got there, and goes to the next writer.
+            answered = self.journal().answer_to(token)
+            if answered is not None:
+                return answer_outcomes(answered)
+        raise Unavailable("the stream writer stopped twice in a row: see the log")
 
     def _hand_over(self, conn: Connection, token: str, payload: bytes) -> list[Outcome]:
         self._wait_idle(conn)
@@ -241,7 +294,6 @@ class StreamWriterProcess(GroupCommit):
             # told to every batch until then: not a process started and failed per request
             self._failure = (time.monotonic() + message[2], message[1], message[2])
             raise Unavailable(message[1], retry_after=message[2])
-        self._recovered = message[1]
         self._idle = True
         return ours
 
@@ -254,7 +306,7 @@ class StreamWriterProcess(GroupCommit):
             raise Unavailable("the database does not answer: the stream writer is still storing the batch before")
         message = conn.recv()
         if message[0] != "stored":
-            raise RuntimeError(f"the stream writer said {message[0]!r}, not 'stored'")
+            raise WriterConfused(f"the stream writer said {message[0]!r}, not 'stored'")
         self._idle = True
 
     def _taken(self, conn: Connection, token: str) -> list[Outcome]:
@@ -265,7 +317,7 @@ class StreamWriterProcess(GroupCommit):
             self._idle = True  # nothing taken: the writer waits for the next batch
             raise RuntimeError(f"the stream writer failed the batch: {message[1]}")
         if message[0] != "taken" or message[1] != token:
-            raise RuntimeError(f"the stream writer answered {message[0]!r} for another batch")
+            raise WriterConfused(f"the stream writer answered {message[0]!r} for another batch")
         return list(message[2])
 
     def _stop_writer(self) -> None:

@@ -17,22 +17,29 @@ class SqliteIngestJournal:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS batches "
+            "(seq INTEGER PRIMARY KEY, payload BLOB NOT NULL, token TEXT NOT NULL, answer TEXT NOT NULL)"
+        )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS high (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL)"
         )
         self._db.execute("INSERT OR IGNORE INTO high VALUES (0, 0)")
 
-    def append(self, seq: int, payload: bytes) -> None:
+    def append(self, seq: int, payload: bytes, token: str = "", answer: str = "") -> None:
         with self._db:  # one transaction: the batch and the high mark
             self._db.execute("BEGIN IMMEDIATE")
             if self._db.execute("UPDATE high SET seq = ? WHERE id = 0 AND seq < ?", (seq, seq)).rowcount != 1:
                 raise ValueError(f"batch {seq} is not after the journal's last ({self.last()})")
-            self._db.execute("INSERT INTO batches VALUES (?, ?)", (seq, payload))
+            self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?)", (seq, payload, token, answer))
 
     def after(self, seq: int) -> list[tuple[int, bytes]]:
         rows = self._db.execute("SELECT seq, payload FROM batches WHERE seq > ? ORDER BY seq", (seq,))
         return [(int(number), bytes(payload)) for number, payload in rows]
+
+    def answer_to(self, token: str) -> str | None:
+        row = self._db.execute("SELECT answer FROM batches WHERE token = ?", (token,)).fetchone()
+        return None if row is None else str(row[0])
 
     def last(self) -> int:
         return int(self._db.execute("SELECT seq FROM high WHERE id = 0").fetchone()[0])

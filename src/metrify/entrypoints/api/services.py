@@ -51,7 +51,7 @@ class ApiServices:
                     "METRIFY_API__STREAM_WRITER=process needs a database that another process can open, "
                     "not SQLite in memory"
                 )
-            pipeline = StreamWriterProcess(settings)
+            pipeline = StreamWriterProcess(settings, container.ingest_journal)
             ingest = Ingest(container.meter_registry(), clock, pipeline=pipeline)
         else:
             window_writes = settings.api.window_writes_per_batch or None
