@@ -4,6 +4,7 @@ rows replayed through the stream pipeline do; a real `metrify api` process serve
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import signal
@@ -469,3 +470,22 @@ def test_a_stream_writer_process_stores_the_windows_it_holds_back_once_the_strea
             stored = list(export_rows(queries, "aggregates", ExportFilter()))
         assert stored == expected
     container.shutdown_resources()
+
+
+def test_a_second_stream_writer_on_one_journal_is_refused_with_a_503(tmp_path: Path) -> None:
+    """Another writer holds the journal (another `metrify api` on this database): this API's
+    writer gives up within seconds and says so, instead of waiting for ever."""
+    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process"))
+    migrations.upgrade(settings.resolved_database_url)
+    journal = settings.ingest_journal_path
+    with open(journal.with_name(journal.name + ".lock"), "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        container = database_container(settings)
+        with running_api(container, settings) as api:
+            reading = {"meter_id": "A", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1}
+            started = time.monotonic()
+            response = api.client.post(URL, json={"readings": [reading]}, headers={"X-API-Key": api.ingest_key()})
+            assert response.status_code == 503, response.text
+            assert "another stream writer process holds" in response.json()["detail"]
+            assert time.monotonic() - started < 60
+        container.shutdown_resources()
