@@ -170,12 +170,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, dict]]:
-    env = metrify_env(tmp_path)
-    port = free_port()
+def create_root_admin(command: list[str], env: dict) -> None:
+    """`metrify users create` for root@example.com, the password on stdin."""
     created = subprocess.run(
-        [sys.executable, "-m", "metrify", "users", "create", "--email", "root@example.com", "--role", "admin"],
+        [*command, "users", "create", "--email", "root@example.com", "--role", "admin"],
         env=env,
         input=PASSWORD + "\n",
         capture_output=True,
@@ -183,25 +181,41 @@ def server(tmp_path: Path) -> Iterator[tuple[str, dict]]:
         timeout=120,
     )
     assert created.returncode == 0, created.stderr
+
+
+def start_api(command: list[str], env: dict, ready: str) -> tuple[subprocess.Popen, str]:
+    """`metrify api` on a free port, in a session of its own, once GET `ready` answers 200:
+    the process and its base URL."""
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "metrify", "api", "--port", str(port)],
+        [*command, "api", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}{ready}", timeout=5).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() >= deadline:
+            os.killpg(process.pid, signal.SIGTERM)
+            output = process.communicate(timeout=30)[0].decode()
+            raise AssertionError(f"the API did not come up in 60 s:\n{output}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, dict]]:
+    env = metrify_env(tmp_path)
+    command = [sys.executable, "-m", "metrify"]
+    create_root_admin(command, env)
+    process, base = start_api(command, env, "/healthz")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-            assert time.monotonic() < deadline, "the API did not come up in 60 s"
-            time.sleep(0.2)
         yield base, env
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -253,35 +267,9 @@ def test_metrify_api_with_a_stream_writer_process_stores_all_it_answered_by_its_
     command = Path(sys.executable).with_name("metrify")
     assert command.exists(), "the package is installed with its console script"
     env = metrify_env(tmp_path, METRIFY_API__STREAM_WRITER="process")
-    created = subprocess.run(
-        [str(command), "users", "create", "--email", "root@example.com", "--role", "admin"],
-        env=env,
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert created.returncode == 0, created.stderr
-    port = free_port()
-    process = subprocess.Popen(
-        [str(command), "api", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    create_root_admin([str(command)], env)
+    process, base = start_api([str(command)], env, "/readyz")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-            assert time.monotonic() < deadline, "the API did not come up in 60 s"
-            time.sleep(0.2)
         with httpx.Client(base_url=base, timeout=30) as client:
             tokens = client.post("/api/v1/auth/token", data={"username": "root@example.com", "password": PASSWORD})
             admin = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
