@@ -220,7 +220,8 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
             stopping = time.perf_counter()
             server.terminate()
             server.wait(timeout=120)
-            print(f"server stored all and stopped {1000 * (time.perf_counter() - stopping):.0f} ms after the last answer")
+            took = 1000 * (time.perf_counter() - stopping)
+            print(f"server stored all and stopped {took:.0f} ms after the last answer")
             return latencies, accepted, wall
         finally:
             if server.poll() is None:

@@ -190,6 +190,28 @@ class PreparedBatch:
     now: int  # the time future timestamps were judged against
 
 
+class Closed:
+    """Windows of one size ending at one time, closed by a core that holds windows back: their
+    WindowUpdated events are made as they are stored, a share at a time, at each meter's value
+    then (each stays in its meter's state until stored, see PartitionStream.hold_from)."""
+
+    __slots__ = ("core", "end", "index", "meter_ids")
+
+    def __init__(self, core: PartitionStream, end: int, index: int, meter_ids: list[str]) -> None:
+        self.core = core
+        self.end = end
+        self.index = index
+        self.meter_ids = meter_ids
+
+    def __len__(self) -> int:
+        return len(self.meter_ids)
+
+    def take(self, count: int) -> list[Any]:
+        """The events of the first `count` meters' windows, out of this set."""
+        meter_ids, self.meter_ids = self.meter_ids[:count], self.meter_ids[count:]
+        return self.core.closed_values(self.end, self.index, meter_ids)
+
+
 class Retries(Protocol):
     """How a store's transient failures are retried: Backoff, or serial.BoundedBackoff."""
 
@@ -226,7 +248,7 @@ class StreamPipeline:
         # stream stores again every closed window the states hold, nothing is lost in a crash.
         self.window_writes = window_writes
         # per partition, the windows waiting: segments of (earliest end in it, windows in order)
-        self.held: list[deque[tuple[int, list[Any]]]] = [deque() for _ in range(partitions)]
+        self.held: list[deque[tuple[int, list[Any] | Closed]]] = [deque() for _ in range(partitions)]
         self._held_count = 0
         self.cores = self._new_cores()
         self.next_offsets = [0] * partitions
@@ -294,6 +316,17 @@ class StreamPipeline:
         self._held_count += len(windows)
         self._set_hold(core)
 
+    def _hold_closings(self, core: PartitionStream) -> None:
+        """Queue the windows the core closed (holding, it made no events of them: see Closed)."""
+        closings = core.take_closings()
+        if not closings:
+            return
+        segments = self.held[core.partition]
+        for end, index, meter_ids in closings:
+            segments.append((end, Closed(core, end, index, meter_ids)))
+            self._held_count += len(meter_ids)
+        self._set_hold(core)
+
     def _held_share(self) -> int | None:
         """How many waiting windows a batch stores: `window_writes`, or an eighth of those
         waiting when more (a fleet that closes more windows per batch than that, for long, would
@@ -306,17 +339,25 @@ class StreamPipeline:
         """Up to `limit` (None: all) of the windows waiting, oldest first, out of the queue. A
         segment cut in two keeps its earliest end: the hold stays as long, or longer."""
         taken: list[Any] = []
+        count = 0  # windows out of the queue (a Closed one whose meter has let it go makes no event)
         for segments in self.held:
-            while segments and (limit is None or len(taken) < limit):
+            while segments and (limit is None or count < limit):
                 end, windows = segments[0]
-                room = len(windows) if limit is None else limit - len(taken)
-                if room >= len(windows):
+                room = len(windows) if limit is None else limit - count
+                if isinstance(windows, Closed):
+                    if room >= len(windows):
+                        segments.popleft()
+                    count += min(room, len(windows))
+                    taken.extend(windows.take(room))
+                elif room >= len(windows):
                     segments.popleft()
+                    count += len(windows)
                     taken.extend(windows)
                 else:
+                    count += room
                     taken.extend(windows[:room])
                     segments[0] = (end, windows[room:])
-        self._held_count -= len(taken)
+        self._held_count -= count
         return taken
 
     def _set_hold(self, core: PartitionStream) -> None:
@@ -422,7 +463,8 @@ class StreamPipeline:
             if part:
                 before = core.windows_emitted
                 produced = core.process(part, now, first_offset)
-                if holding:
+                if holding:  # in the order they happened (a Closed one is made at its value when stored)
+                    self._hold_closings(core)
                     self._hold(core, [e for e in produced if type(e) is WindowUpdated])
                 events.extend(produced)
                 emitted += core.windows_emitted - before
