@@ -17,7 +17,7 @@ from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec, load_or
 from metrify.adapters.files.journal import SqliteIngestJournal
 from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
 from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
-from metrify.adapters.sqlalchemy.engine import SQLITE_WRITER_CHECKPOINT_PAGES, SqliteCheckpointer, create_engine_for
+from metrify.adapters.sqlalchemy.engine import SqliteCheckpointer, create_engine_for
 from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
 from metrify.adapters.sqlalchemy.partitions import SqlAlchemyStorageMaintenance
 from metrify.adapters.sqlalchemy.queries import SqlAlchemyOutcomeQueries
@@ -75,12 +75,10 @@ def _log_store_retry(attempt: int, delay: float, error: Exception) -> None:
 
 def _ingest_journal(path: Path):  # noqa: ANN202 - a generator resource
     # Its log is copied back from a thread, not inside an append (see SqliteIngestJournal).
-    journal = SqliteIngestJournal(path, checkpoint_pages=SQLITE_WRITER_CHECKPOINT_PAGES)
-    checkpointer = SqliteCheckpointer.start_on(path)
+    journal = SqliteIngestJournal(path, checkpoint_in_thread=True)
     try:
         yield journal
     finally:
-        checkpointer.stop()
         journal.close()
 
 

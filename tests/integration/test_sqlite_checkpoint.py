@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from metrify.adapters.files.journal import SqliteIngestJournal
-from metrify.adapters.sqlalchemy.engine import SQLITE_WRITER_CHECKPOINT_PAGES, SqliteCheckpointer, create_engine_for
+from metrify.adapters.sqlalchemy.engine import SqliteCheckpointer, create_engine_for
 from metrify.container import build_container
 from metrify.settings import Settings
 
@@ -63,41 +63,44 @@ def test_only_a_sqlite_file_database_gets_a_checkpointer() -> None:
             engine.dispose()
 
 
-def test_the_ingest_journals_log_is_copied_back_by_a_thread_not_inside_an_append(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_ingest_journals_log_is_copied_back_by_its_thread_not_inside_an_append(tmp_path: Path) -> None:
     """An append that copied the log back itself (SQLite's default past 1,000 pages) waited for an
     fsync inside the stream writer's answer: 15-20 ms every 40-60 batches, the p99 of ingest."""
+    over_a_thousand_pages = os.urandom(4_150_000)  # past SQLite's 1,000 pages, short of 4 MiB
+    plain = SqliteIngestJournal(tmp_path / "plain")
+    try:
+        plain.append(1, over_a_thousand_pages, "token", "{}")
+        assert _journal_batches_in_file_alone(plain.path, tmp_path / "copy") == 1, "SQLite's default copies it"
+    finally:
+        plain.close()
+
+    journal = SqliteIngestJournal(tmp_path / "journal", checkpoint_in_thread=True)
+    try:
+        journal.append(1, over_a_thousand_pages, "token-1", "{}")
+        assert _journal_batches_in_file_alone(journal.path, tmp_path / "copy") == 0, "the append must not copy it"
+        journal.append(2, os.urandom(200_000), "token-2", "{}")  # 4 MiB appended: the thread is asked
+        deadline = time.monotonic() + 10
+        while _journal_batches_in_file_alone(journal.path, tmp_path / "copy") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _journal_batches_in_file_alone(journal.path, tmp_path / "copy") == 2, "its thread must copy it"
+        assert [seq for seq, _ in journal.after(0)] == [1, 2]
+    finally:
+        journal.close()
+
+
+def test_the_stream_writers_journal_copies_its_log_from_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in list(os.environ):
         if name.startswith("METRIFY_"):
             monkeypatch.delenv(name)
     container = build_container(Settings(data_dir=tmp_path))
     try:
         journal = container.ingest_journal()
-        path = journal.path
-        assert journal.checkpoint_pages() == SQLITE_WRITER_CHECKPOINT_PAGES
-        journal.append(1, os.urandom(6_000_000), "token", "{}")  # ~1,500 pages in the log
-        deadline = time.monotonic() + 10
-        while _journal_batches_in_file_alone(path, tmp_path / "copy") == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _journal_batches_in_file_alone(path, tmp_path / "copy") == 1, "the checkpointer must copy it back"
+        journal.append(1, os.urandom(4_150_000), "token", "{}")
+        assert _journal_batches_in_file_alone(journal.path, tmp_path / "copy") == 0
     finally:
         container.shutdown_resources()
-
-
-def test_an_ingest_journal_with_a_checkpointer_beside_it_never_copies_its_log_itself(tmp_path: Path) -> None:
-    journal = SqliteIngestJournal(tmp_path / "journal", checkpoint_pages=SQLITE_WRITER_CHECKPOINT_PAGES)
-    try:
-        journal.append(1, os.urandom(6_000_000), "token", "{}")
-        assert _journal_batches_in_file_alone(journal.path, tmp_path / "copy") == 0, "still in the log alone"
-    finally:
-        journal.close()
-    plain = SqliteIngestJournal(tmp_path / "plain")  # SQLite's default: the append copies it back
-    try:
-        plain.append(1, os.urandom(6_000_000), "token", "{}")
-        assert _journal_batches_in_file_alone(plain.path, tmp_path / "copy2") == 1
-    finally:
-        plain.close()
 
 
 def _journal_batches_in_file_alone(path: Path, copy: Path) -> int:

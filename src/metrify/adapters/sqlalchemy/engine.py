@@ -123,11 +123,6 @@ class SqliteCheckpointer:
         path = sqlite_path(engine.url)  # None for another backend or an in-memory database
         if path is None:
             return None
-        return cls.start_on(path, interval)
-
-    @classmethod
-    def start_on(cls, path: Path, interval: float = 0.25) -> SqliteCheckpointer:
-        """A running checkpointer for the SQLite file at `path` (in WAL mode)."""
         checkpointer = cls(path, interval)
         checkpointer._thread.start()
         return checkpointer
