@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from metrify.application.ports import IngestJournal, SourceProgress, StreamWrittenElsewhere
 from metrify.application.serial import Outcome, answer_text, attribute, outcome_codes
-from metrify.application.stream import PreparedBatch, StreamPipeline
+from metrify.application.stream import PreparedBatch, Retries, StreamPipeline
 from metrify.domain.readings import RawReading
 
 log = logging.getLogger("metrify.stream")
@@ -121,11 +121,11 @@ class JournaledWriter:
         if self.seq % _DROP_EVERY == 0:
             self.journal.drop_through(self.seq)
 
-    def write_held_windows(self, limit: int | None) -> int:
+    def write_held_windows(self, limit: int | None, retries: Retries | None = None) -> int:
         """Store closed windows held back (see StreamPipeline's window_writes), between batches."""
         if self._pending is not None:
             return 0
-        return self.pipeline.write_held_windows(limit)
+        return self.pipeline.write_held_windows(limit, retries)
 
     def close(self) -> None:
         """Store what is taken and every window held back; the journal keeps nothing stored."""

@@ -370,10 +370,11 @@ class StreamPipeline:
         for core in self.cores:
             self._set_hold(core)
 
-    def write_held_windows(self, limit: int | None = None) -> int:
+    def write_held_windows(self, limit: int | None = None, retries: Retries | None = None) -> int:
         """Store up to `limit` (None: all) of the closed windows waiting, in a transaction of
         their own that expects every partition's input offset to be as this process last saw it
-        (another writer's newer value of a window must not be overwritten). The number stored."""
+        (another writer's newer value of a window must not be overwritten). The number stored.
+        `retries`: how a store that is away is tried again (default: the pipeline's backoff)."""
         if not any(self.held):
             return 0
         chunk = self._take_held(limit)
@@ -386,7 +387,7 @@ class StreamPipeline:
                     uow.state.expect(self.stream, partition, committed[partition])
                 uow.commit()
 
-        self.backoff.run(write)
+        (retries or self.backoff).run(write)
         self._release_holds()
         return len(chunk)
 

@@ -170,16 +170,11 @@ def _write_held_windows(writer: JournaledWriter, limit: int | None) -> None:
     """Store some closed windows held back, the stream being quiet. Within a second or not at all:
     the API may send the next batch at any moment. On failure the stream is loaded again, which
     queues the windows its states hold once more."""
-    pipeline = writer.pipeline
-    patient, pipeline.backoff = pipeline.backoff, BoundedBackoff(budget=1.0)
     try:
-        writer.write_held_windows(limit)
+        writer.write_held_windows(limit, BoundedBackoff(budget=1.0))
     except Exception as exc:  # noqa: BLE001 - they wait in the meters' states
         log.warning("closed windows held back not stored while the stream was quiet: %s", exc)
-        pipeline.backoff = patient
         writer.recover()
-    finally:
-        pipeline.backoff = patient
 
 
 def _store(writer: JournaledWriter) -> None:
