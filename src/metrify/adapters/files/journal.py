@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
+
+from metrify.adapters.sqlalchemy.engine import SQLITE_WRITER_CHECKPOINT_PAGES, SqliteCheckpointer
 
 
 class SqliteIngestJournal:
@@ -26,11 +27,11 @@ class SqliteIngestJournal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._appended = 0  # bytes appended since the last copy was asked for
-        self._copier: _LogCopier | None = None
+        self._checkpointer: SqliteCheckpointer | None = None
         if checkpoint_in_thread:
             # the append's own copy stays as a safety net, far off (~400 MiB), as the database's
-            self._db.execute(f"PRAGMA wal_autocheckpoint = {_SAFETY_NET_PAGES}")
-            self._copier = _LogCopier(path)
+            self._db.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_WRITER_CHECKPOINT_PAGES}")
+            self._checkpointer = SqliteCheckpointer.start_on(path, interval=None)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS batches "
             "(seq INTEGER PRIMARY KEY, payload BLOB NOT NULL, token TEXT NOT NULL, answer TEXT NOT NULL)"
@@ -46,11 +47,11 @@ class SqliteIngestJournal:
             if self._db.execute("UPDATE high SET seq = ? WHERE id = 0 AND seq < ?", (seq, seq)).rowcount != 1:
                 raise ValueError(f"batch {seq} is not after the journal's last ({self.last()})")
             self._db.execute("INSERT INTO batches VALUES (?, ?, ?, ?)", (seq, payload, token, answer))
-        if self._copier is not None:
+        if self._checkpointer is not None:
             self._appended += len(payload) + len(answer)
             if self._appended >= _COPY_AFTER_BYTES:
                 self._appended = 0
-                self._copier.due.set()
+                self._checkpointer.request()
 
     def after(self, seq: int) -> list[tuple[int, bytes]]:
         rows = self._db.execute("SELECT seq, payload FROM batches WHERE seq > ? ORDER BY seq", (seq,))
@@ -67,46 +68,9 @@ class SqliteIngestJournal:
         self._db.execute("DELETE FROM batches WHERE seq <= ?", (seq,))
 
     def close(self) -> None:
-        if self._copier is not None:
-            self._copier.stop()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self._db.close()
 
 
 _COPY_AFTER_BYTES = 4 << 20  # about SQLite's default of 1,000 pages of log
-_SAFETY_NET_PAGES = 100_000
-
-
-class _LogCopier:
-    """A thread that copies the journal's log back into its file when asked (a PASSIVE
-    checkpoint on a connection of its own: sqlite3 lets go of the GIL while SQLite works, and a
-    PASSIVE checkpoint never blocks the appends)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.due = threading.Event()
-        self.copies = 0  # checkpoints that copied at least one page
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="metrify-journal-checkpoint", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.due.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        connection = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-        try:
-            while True:
-                self.due.wait()
-                self.due.clear()
-                if self._stopping:
-                    return
-                try:
-                    busy, logged, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error:
-                    continue  # locked for a moment: the next request tries again
-                if not busy and logged > 0 and copied > 0:
-                    self.copies += 1
-        finally:
-            connection.close()

@@ -108,12 +108,14 @@ class SqliteCheckpointer:
     (sqlite3 lets go of the GIL while SQLite works, so it runs beside the writer); once it has
     copied the whole log, the next write starts the log again from its beginning. The writer's own
     autocheckpoint stays as the safety net when this thread falls behind. A PASSIVE checkpoint
-    never waits for a lock and never blocks a reader or writer."""
+    never waits for a lock and never blocks a reader or writer. With `interval` None it runs only
+    when asked (`request`): the ingest journal asks once some MiB were appended (see journal.py)."""
 
-    def __init__(self, path: Path, interval: float = 0.25) -> None:
+    def __init__(self, path: Path, interval: float | None = 0.25) -> None:
         self.path = path
         self.interval = interval
-        self._stop = threading.Event()
+        self._wake = threading.Event()  # set by `request` and by `stop`
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="metrify-sqlite-checkpoint", daemon=True)
         self.checkpoints = 0  # runs that copied at least one page
 
@@ -123,12 +125,22 @@ class SqliteCheckpointer:
         path = sqlite_path(engine.url)  # None for another backend or an in-memory database
         if path is None:
             return None
+        return cls.start_on(path, interval)
+
+    @classmethod
+    def start_on(cls, path: Path, interval: float | None = 0.25) -> SqliteCheckpointer:
+        """A running checkpointer for the SQLite file at `path`."""
         checkpointer = cls(path, interval)
         checkpointer._thread.start()
         return checkpointer
 
+    def request(self) -> None:
+        """Run a checkpoint soon (the way to run one when there is no `interval`)."""
+        self._wake.set()
+
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
 
@@ -142,7 +154,11 @@ class SqliteCheckpointer:
     def _run(self) -> None:
         connection: sqlite3.Connection | None = None
         try:
-            while not self._stop.wait(self.interval):
+            while True:
+                self._wake.wait(self.interval)
+                self._wake.clear()
+                if self._stopping:
+                    return
                 if connection is None:
                     if not self.path.exists():
                         continue
