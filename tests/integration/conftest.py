@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from metrify.adapters.sqlalchemy import migrations
 from metrify.adapters.sqlalchemy.engine import create_engine_for, mask_url, normalise_url
-from metrify.adapters.sqlalchemy.tables import STREAM_TABLES
+from metrify.adapters.sqlalchemy.tables import STREAM_TABLES, reading_meters
 
 NO_SERVICES = os.environ.get("METRIFY_TEST_NO_SERVICES") == "1"
 POSTGRES_FIXTURES = {"postgres_server_url", "postgres_url", "fresh_postgres_url", "migrated_postgres_url"}
@@ -170,7 +170,7 @@ def empty_stream_tables(url: str) -> None:
                 names = ", ".join(f'"{table.name}"' for table in STREAM_TABLES)
                 connection.execute(sa.text(f"TRUNCATE {names}"))
             else:
-                for table in STREAM_TABLES:
+                for table in (*STREAM_TABLES, reading_meters):  # the latter SQLite's only
                     connection.execute(table.delete())
     finally:
         engine.dispose()

@@ -24,6 +24,12 @@ def empty_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_postgres_url")
 
 
+def tables_made_on(url: str) -> set[str]:
+    """The adapter's tables the migrations make on this URL's database (some are SQLite's only)."""
+    dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+    return {name for name, table in metadata.tables.items() if table.info.get("only_on", dialect) == dialect}
+
+
 def table_names(url: str) -> set[str]:
     engine = create_engine_for(url)
     try:
@@ -43,7 +49,7 @@ def test_stairway_up_then_down_one_revision_at_a_time_then_up_again(empty_url: s
     assert migrations.current(empty_url) is None
     migrations.upgrade(empty_url)
     assert migrations.current(empty_url) == revisions[-1]
-    assert table_names(empty_url) == set(metadata.tables)
+    assert table_names(empty_url) == tables_made_on(empty_url)
     for index in range(len(revisions) - 1, -1, -1):
         target = revisions[index - 1] if index > 0 else "base"
         migrations.downgrade(empty_url, target)
@@ -83,8 +89,12 @@ def test_the_migrated_schema_matches_the_adapter_tables(empty_url: str) -> None:
 
             def made_here(item: Any, name: str | None, kind: str, reflected: bool, compare_to: Any) -> bool:
                 """Alembic's comparison does not read `ddl_if`: an index the tables make on
-                another database only (the aggregates' index by window) is not expected here."""
+                another database only (the aggregates' index by window) is not expected here, nor
+                a table of another database's only (SQLite's reading_meters)."""
                 only = getattr(item, "_ddl_if", None)
+                only_on = getattr(item, "info", {}).get("only_on")
+                if only_on is not None and not reflected:
+                    return bool(only_on == dialect)
                 return reflected or only is None or only.dialect in (None, dialect)
 
             opts = {"compare_type": True, "include_object": made_here}
@@ -164,5 +174,48 @@ def test_sqlite_aggregates_keep_their_rows_keyed_window_first_and_back(tmp_path:
         migrations.downgrade(url, "0010_security_stamp")
         assert stored() == sorted(rows)
         assert "PRIMARY KEY (meter_id, window_us, window_start))" in key() and "WITHOUT ROWID" not in key()
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_readings_keep_their_rows_found_by_hour_and_back(tmp_path: Path) -> None:
+    """0012 gives SQLite's readings a unique index by (hour, meter_id, ts) instead of the key
+    (meter_id, ts), rows kept, and lists the meters that have readings; the index keeps the same
+    reading apart as the key did; its downgrade keys them meter first again."""
+    url = f"sqlite:///{tmp_path / 'metrify.db'}"
+    migrations.upgrade(url, "0011_aggregates_by_window")
+    hour = 3_600_000_000
+    rows = [
+        ("M-2", 5 * hour + 7, 5 * hour, 0.5, "ON_TIME", 0, 230.0, None, None, None, None, "north"),
+        ("M-1", 5 * hour + 9, 5 * hour, 0.25, "LATE", 1, None, None, None, None, None, None),
+        ("M-1", -hour - 3, -hour - 3, 1.0, "ON_TIME", 1, None, None, None, None, None, None),
+    ]
+    engine = create_engine_for(url)
+    insert = "INSERT INTO readings VALUES (:a, :b, :c, :d, :e, :f, :g, :h, :i, :j, :k, :l)"
+
+    def stored() -> list[Any]:
+        with engine.connect() as connection:
+            return sorted(connection.execute(sa.text("SELECT * FROM readings")).all())
+
+    def schema() -> str:
+        with engine.connect() as connection:
+            return " ".join(
+                connection.execute(sa.text("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")).scalars()
+            )
+
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(insert), [dict(zip("abcdefghijkl", r, strict=True)) for r in rows])
+        migrations.upgrade(url)
+        assert stored() == sorted(rows)
+        assert "ON readings (ts / 3600000000, meter_id, ts)" in schema() and "pk_readings" not in schema()
+        with engine.begin() as connection:
+            assert connection.execute(sa.text("SELECT meter_id FROM reading_meters")).scalars().all() == ["M-1", "M-2"]
+            again = dict(zip("abcdefghijkl", (*rows[0][:3], 9.9, *rows[0][4:]), strict=True))
+            connection.execute(sa.text(insert + " ON CONFLICT DO NOTHING"), again)  # the same reading
+        assert stored() == sorted(rows)
+        migrations.downgrade(url, "0011_aggregates_by_window")
+        assert stored() == sorted(rows)
+        assert "PRIMARY KEY (meter_id, ts)" in schema() and "reading_meters" not in schema()
     finally:
         engine.dispose()

@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.errors import transient_errors
+from metrify.adapters.sqlalchemy.hours import latest_regions
 from metrify.adapters.sqlalchemy.pg_text import NUL, without_nul
 from metrify.application.errors import AlreadyExists
 from metrify.domain.readings import Meter
@@ -121,6 +122,9 @@ class SqlAlchemyMeterRegistry:
                 for table in (t.rejected_readings, t.too_late_readings):
                     stmt = sa.select(table.c.meter_id).where(table.c.meter_id.in_(chunk)).distinct()
                     found.update((meter_id, None) for meter_id in connection.execute(stmt).scalars())
+                if connection.dialect.name == "sqlite":  # readings found by hour: see hours.py
+                    found.update(latest_regions(connection, chunk))
+                    continue
                 last_ts = sa.select(sa.func.max(latest.ts)).where(latest.meter_id == r.meter_id).scalar_subquery()
                 stmt = sa.select(r.meter_id, r.region).where(r.meter_id.in_(chunk), r.ts == last_ts)
                 found.update((meter_id, region) for meter_id, region in connection.execute(stmt))

@@ -15,6 +15,7 @@ from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.codec import decode_raw, extra_from_columns
 from metrify.adapters.sqlalchemy.engine import SQLITE_TEMP_STORE
 from metrify.adapters.sqlalchemy.errors import transient_errors
+from metrify.adapters.sqlalchemy.hours import meter_readings, time_range
 from metrify.adapters.sqlalchemy.windows import meter_windows, window_sizes
 from metrify.application.ports import ExportFilter, GapRow
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate, WindowUpdated
@@ -87,9 +88,27 @@ class SqlAlchemyOutcomeQueries:
                     yield build(row)
 
     def readings(self, where: ExportFilter) -> Iterator[ReadingAccepted]:
+        if self.engine.dialect.name == "sqlite":
+            return self._sqlite_readings(where)
         c = t.readings.c
         stmt = _where(sa.select(*t.readings.columns), c.meter_id, c.ts, where).order_by(c.meter_id, c.ts)
         return self._stream(stmt, _reading, where)
+
+    def _sqlite_readings(self, where: ExportFilter) -> Iterator[ReadingAccepted]:
+        """SQLite finds readings through an index by hour (hours.py): one meter's are looked up
+        hour by hour; all meters' are read through that index (the time range's hours) and sorted
+        by meter in temporary files, as the aggregates are. In one read transaction."""
+        with transient_errors(), self.engine.connect() as connection:
+            one_snapshot(connection)
+            if where.meter_id is not None:
+                yield from map(_reading, meter_readings(connection, where.meter_id, where.start, where.end))
+                return
+            c = t.readings.c
+            stmt = sa.select(*t.readings.columns)
+            during = time_range(where.start, where.end)
+            if during is not None:
+                stmt = stmt.where(during)
+            yield from self._sorted_on_disk(connection, stmt.order_by(c.meter_id, c.ts), _reading)
 
     def rejected(self, where: ExportFilter) -> Iterator[ReadingRejected]:
         c = t.rejected_readings.c
@@ -158,14 +177,22 @@ class SqlAlchemyOutcomeQueries:
                 sa.select(*t.aggregates.columns).where(c.window_us.in_(sizes)), c.meter_id, c.window_start, where
             )
             stmt = stmt.order_by(c.meter_id, c.window_start, c.window_us)
-            connection.exec_driver_sql("PRAGMA temp_store = FILE")
-            try:
-                result = connection.execution_options(yield_per=self.chunk_rows).execute(stmt)
-                for chunk in result.partitions():
-                    yield from (WindowUpdated(*r) for r in chunk)
-            finally:
-                connection.rollback()
-                connection.exec_driver_sql(f"PRAGMA temp_store = {SQLITE_TEMP_STORE}")
+            yield from self._sorted_on_disk(connection, stmt, lambda r: WindowUpdated(*r))
+
+    def _sorted_on_disk(
+        self, connection: sa.Connection, stmt: sa.Select[Any], build: Callable[[Any], Any]
+    ) -> Iterator[Any]:
+        """A SQLite statement whose ORDER BY sorts, its sorter's pages in temporary files rather
+        than in memory (the connection's temp_store), in chunks: an export of any size holds only
+        those pages."""
+        connection.exec_driver_sql("PRAGMA temp_store = FILE")
+        try:
+            result = connection.execution_options(yield_per=self.chunk_rows).execute(stmt)
+            for chunk in result.partitions():
+                yield from map(build, chunk)
+        finally:
+            connection.rollback()
+            connection.exec_driver_sql(f"PRAGMA temp_store = {SQLITE_TEMP_STORE}")
 
     def stream_summary(self, narrow: MeterFilter | None = None, *, few_meters: bool = False) -> dict[str, Any]:
         """Counts per table, readings per status, rejected per reason, open gaps, and each

@@ -165,6 +165,8 @@ PROGRESS = Target(
     ["rows_done", "finished", "updated_at"],
 )
 
+# SQLite's only (Alembic 0012): the meters that have readings, each once (see hours.py).
+READING_METERS = Target("reading_meters", t.reading_meters, ["meter_id"], ["meter_id"])
 _REGION = READINGS.columns.index("region")
 
 # Written in this order: gap deletes strictly before gap upserts.
@@ -339,6 +341,9 @@ class SqliteWriter:
                         self.insert(cursor, target, len(columns), run, columns)
                     else:
                         self.insert(cursor, target, width, run)
+                if target is READINGS:  # the readings' meters, each once (grouped by meter already)
+                    meters = dict.fromkeys(map(itemgetter(0), values))
+                    self.insert(cursor, READING_METERS, 1, [(meter,) for meter in meters])
         finally:
             cursor.close()
 

@@ -66,6 +66,11 @@ regions = sa.Table(
     sa.Column("capacity_kw", sa.Double, nullable=False),
 )
 
+# On SQLite (Alembic 0012) the table has no primary key: a unique index on (ts / 3600000000,
+# meter_id, ts), hour first, keeps the same readings apart and writes a batch's side by side (keyed
+# meter first, each meter's reading went to a page of its own once a meter's readings filled one:
+# ~1,000 pages of log per batch of 1,000 meters), and `reading_meters` says which meters have any.
+# Reads go hour by hour (hours.py). PostgreSQL keeps the key (meter_id, ts) in each month's partition.
 readings = sa.Table(
     "readings",
     metadata,
@@ -77,6 +82,15 @@ readings = sa.Table(
     sa.Column("partition", sa.Integer, nullable=False),
     *(sa.Column(name, sa.Double, nullable=True) for name in ELECTRICAL),
     sa.Column("region", Region, nullable=True),
+)
+
+# SQLite's only (Alembic 0012): each meter that has readings, written with them (see readings).
+reading_meters = sa.Table(
+    "reading_meters",
+    metadata,
+    sa.Column("meter_id", MeterId, primary_key=True),
+    sqlite_with_rowid=False,
+    info={"only_on": "sqlite"},
 )
 
 rejected_readings = sa.Table(
