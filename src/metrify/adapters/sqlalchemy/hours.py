@@ -14,7 +14,9 @@ of the fleet's (a page of a year of readings: 8,760 look-ups, about 15 ms).
 
 Whether a meter has readings at all is in `reading_meters` (one row per meter, written with its
 readings): the newest reading of a meter is then looked for hour by hour from the newest hour down,
-and a meter without any is not looked for through the whole history.
+and a meter without any is not looked for through the whole history. Retention leaves the list as
+it is: a meter whose readings it all deleted is looked for through every hour still held (about
+a millisecond per thousand hours), and found to have none.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def meter_readings(
         return []
     if end is not None:
         last = min(last, connection.execute(_HOUR_OF, {"ts": end - 1}).scalar_one())
-    first = connection.execute(_FIRST_HOUR if start is None else _HOUR_OF, {"ts": start}).scalar_one()
+    if start is None:
+        first = connection.execute(_FIRST_HOUR).scalar_one()
+    else:
+        first = connection.execute(_HOUR_OF, {"ts": start}).scalar_one()
     found: list[Any] = []
     probes = PROBES_FIRST if limit is None else max(PROBES_FIRST, limit)
     while limit is None or len(found) < limit:
