@@ -231,7 +231,8 @@ def batch_rows(
     readings_nul = windows_nul = False  # whether a meter id of theirs holds NUL (looked for on PostgreSQL)
     if batch.readings:
         # Meter by meter: a fleet's batch arrives time after time, so as it comes, consecutive
-        # rows land all over the (meter_id, ts) index; grouped, they go through it in one sweep
+        # rows land all over the (meter_id, ts) key (SQLite's (hour, meter_id, ts) index: within
+        # an hour, all over it too); grouped, they go through it in one sweep
         # (about a third less of SQLite's CPU per row, a quarter less of PostgreSQL's) and each
         # meter's rows of a batch end up side by side. A meter's rows keep their order (mostly
         # time order already), so of two rows with one key the first still wins.
