@@ -56,33 +56,13 @@ sys.path.insert(0, str(ROOT / "src"))
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 from _figures import percentile  # noqa: E402
+from _fleet import fleet_batch  # noqa: E402
 from _machine import cpu_model  # noqa: E402
-
-from metrify.domain.stream.grammar import format_timestamp  # noqa: E402
-
-T0 = 1_709_510_400  # 2024-03-04T00:00:00Z
-INTERVAL = 1800
 
 
 def bodies(batches: int, size: int, meters: int) -> list[bytes]:
     """Batch k: `size` meters' readings of one interval; the fleet's meters take turns."""
-    groups = max(1, meters // size)
-    out = []
-    for k in range(batches):
-        group, step = k % groups, k // groups
-        ts = format_timestamp((T0 + step * INTERVAL) * 1_000_000)
-        readings = [
-            {
-                "meter_id": f"MTR-{group * size + i:06d}",
-                "timestamp": ts,
-                "consumption_kwh": round(0.05 + (i * 37 + k) % 100 / 100, 3),
-                "voltage": 229.0 + (i % 5),
-                "region": f"REGION-{i % 4 + 1}",
-            }
-            for i in range(size)
-        ]
-        out.append(orjson.dumps({"readings": readings}))
-    return out
+    return [orjson.dumps({"readings": fleet_batch(k, size, meters)}) for k in range(batches)]
 
 
 def free_port() -> int:

@@ -34,28 +34,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _fleet import fleet_batch  # noqa: E402
 from _machine import cpu_model, load_average  # noqa: E402
 
 from metrify.domain.readings import RawReading  # noqa: E402
-from metrify.domain.stream.grammar import format_timestamp  # noqa: E402
-
-T0 = 1_709_510_400  # 2024-03-04T00:00:00Z
-INTERVAL = 1800
 
 
 def batch(k: int, size: int, meters: int) -> list[RawReading]:
-    """Batch k: `size` meters' readings of one interval (as bench_api_ingest.py's bodies hold)."""
-    groups = max(1, meters // size)
-    group, step = k % groups, k // groups
-    ts = format_timestamp((T0 + step * INTERVAL) * 1_000_000)
+    """Batch k of bench_api_ingest.py's fleet, as the API parses its body."""
     return [
-        RawReading(
-            f"MTR-{group * size + i:06d}",
-            ts,
-            round(0.05 + (i * 37 + k) % 100 / 100, 3),
-            {"voltage": 229.0 + (i % 5), "region": f"REGION-{i % 4 + 1}"},
-        )
-        for i in range(size)
+        RawReading(meter, timestamp, kwh, {"voltage": voltage, "region": region})
+        for meter, timestamp, kwh, voltage, region in (r.values() for r in fleet_batch(k, size, meters))
     ]
 
 

@@ -32,11 +32,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from metrify.adapters.sqlalchemy import migrations
+from metrify.adapters.sqlalchemy import SqlAlchemyStreamUnitOfWork, migrations
 from metrify.adapters.sqlalchemy.engine import create_engine_for, mask_url, normalise_url
 from metrify.adapters.sqlalchemy.tables import STREAM_TABLES, reading_meters
 
@@ -159,6 +160,13 @@ def fresh_postgres_url(postgres_server_url: str) -> Iterator[str]:
 def migrated_postgres_url(postgres_url: str) -> str:
     migrations.upgrade(postgres_url)
     return postgres_url
+
+
+def store_events(engine: sa.Engine, events: list[Any]) -> None:
+    """Store stream events as the pipeline does: one unit of work, committed."""
+    with SqlAlchemyStreamUnitOfWork(engine) as uow:
+        uow.outcomes.add_events(events)
+        uow.commit()
 
 
 def empty_stream_tables(url: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.conftest import empty_stream_tables
+from tests.integration.conftest import empty_stream_tables, store_events
 from tests.integration.test_api_http_ingest import URL, empty_api_tables
 from tests.support.api import api_settings, database_container, running_api
 from tests.support.core_runner import FixedClock, run_core
@@ -57,12 +57,6 @@ def engine(store_url: str) -> Iterator[Any]:
     engine.dispose()
 
 
-def write(engine: Any, events: list[Any]) -> None:
-    with SqlAlchemyStreamUnitOfWork(engine) as uow:
-        uow.outcomes.add_events(events)
-        uow.commit()
-
-
 @pytest.mark.parametrize("readings", [1, 100], ids=["small", "bulk"])  # executemany, COPY
 def test_every_outcome_of_a_meter_whose_id_holds_nul_is_stored_and_found_by_its_id(
     store_url: str, engine: Any, readings: int
@@ -77,8 +71,8 @@ def test_every_outcome_of_a_meter_whose_id_holds_nul_is_stored_and_found_by_its_
         GapOpened(METER, T0 - 4 * HALF_HOUR, T0, 4),
         WindowUpdated(METER, HOUR, T0, 2, 1.0, 0.5, 0.5),
     ]
-    write(engine, events)
-    write(engine, events)  # written twice, nothing changes
+    store_events(engine, events)
+    store_events(engine, events)  # written twice, nothing changes
     meter, region = stored(METER, store_url), stored(REGION, store_url)
     queries = SqlAlchemyOutcomeQueries(engine)
     for where in (ExportFilter(), ExportFilter(meter_id=METER)):
@@ -109,7 +103,7 @@ def test_ids_that_differ_only_by_nul_and_its_replacement_share_their_rows_on_pos
         events += [WindowUpdated(meter, HOUR, T0 + i * HOUR, 1, 0.5, 0.5, 0.5) for i in range(70)]
         events += [GapOpened(meter, T0, None, len(meter)), ReadingAccepted(meter, T0, T0, 0.5, "ON_TIME", 0, None)]
     events += [WindowUpdated(twin, HOUR, T0, 2, 2.0, 0.5, 1.5), GapOpened(twin, T0, None, 9)]
-    write(engine, events)
+    store_events(engine, events)
     queries = SqlAlchemyOutcomeQueries(engine)
     windows, gaps = list(queries.aggregates(ExportFilter())), list(queries.gaps(ExportFilter()))
     ids = 1 if store_url.startswith("postgres") else 2
@@ -157,7 +151,7 @@ def test_the_registry_answers_for_ids_holding_nul_as_they_were_asked(store_url: 
     registry = SqlAlchemyMeterRegistry(engine)
     registry.register_missing({METER: REGION, "M1": None}, T0)
     assert registry.regions_of([METER, "M1", "M2"]) == {METER: stored(REGION, store_url), "M1": None}
-    write(engine, [ReadingAccepted("B\x00", T0, T0, 0.5, "ON_TIME", 0, {"region": REGION})])
+    store_events(engine, [ReadingAccepted("B\x00", T0, T0, 0.5, "ON_TIME", 0, {"region": REGION})])
     assert registry.history_regions(["B\x00", "B"]) == {"B\x00": stored(REGION, store_url)}
     meter = registry.get(METER)
     assert meter is not None and (meter.meter_id, meter.region) == (stored(METER, store_url), stored(REGION, store_url))

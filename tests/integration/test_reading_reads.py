@@ -7,12 +7,12 @@ the region of each one's newest, and retention's cut-off within an hour."""
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from tests.integration.conftest import store_events
 
-from metrify.adapters.sqlalchemy import SqlAlchemyOutcomeQueries, SqlAlchemyStreamUnitOfWork, create_engine_for
+from metrify.adapters.sqlalchemy import SqlAlchemyOutcomeQueries, create_engine_for
 from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
 from metrify.adapters.sqlalchemy.hours import PROBES_FIRST
 from metrify.adapters.sqlalchemy.meters import SqlAlchemyMeterRegistry
@@ -43,17 +43,11 @@ def _fleet() -> list[ReadingAccepted]:
     return readings
 
 
-def _write(engine: sa.Engine, events: list[Any]) -> None:
-    with SqlAlchemyStreamUnitOfWork(engine) as uow:
-        uow.outcomes.add_events(events)
-        uow.commit()
-
-
 @pytest.fixture
 def stored(store_url: str) -> tuple[sa.Engine, list[ReadingAccepted]]:
     engine = create_engine_for(store_url)
     readings = _fleet()
-    _write(engine, readings)
+    store_events(engine, readings)
     return engine, readings
 
 
@@ -130,7 +124,7 @@ def test_the_history_of_a_meter_is_the_region_of_its_newest_reading(
     """Newest by time, not by arrival: LATE readings stored last, of an older time, with another
     region (one in the newest reading's hour, before it), do not make the history another region's."""
     engine, readings = stored
-    _write(engine, [_reading("DENSE", T0 + 3 * HALF, "west"), _reading("DENSE", T0 + 199 * HOUR + 1, "west")])
+    store_events(engine, [_reading("DENSE", T0 + 3 * HALF, "west"), _reading("DENSE", T0 + 199 * HOUR + 1, "west")])
     newest_sparse = max((r for r in readings if r.meter_id == "SPARSE"), key=lambda r: r.timestamp)
     expected_sparse = (newest_sparse.extra or {}).get("region")
     history = SqlAlchemyMeterRegistry(engine).history_regions(["DENSE", "SPARSE", "OLD", "NONE"])
@@ -145,7 +139,7 @@ def test_sqlite_retention_cuts_readings_within_an_hour(migrated_sqlite_url: str)
     engine = create_engine_for(migrated_sqlite_url)
     readings = [_reading("M1", T0 + i * 10 * 60 * US, "north") for i in range(12)]  # 2 hours, 10 min apart
     readings += [_reading("GONE", T0 - HOUR, "south"), _reading("OLD", -HOUR // 2, "east")]
-    _write(engine, readings)
+    store_events(engine, readings)
     cutoff = T0 + HOUR + 25 * 60 * US  # within the second hour
     gone = SqlAlchemyStorageMaintenance(engine).expire({"readings": cutoff})
     assert [p.rows for p in gone] == [2 + 6 + 3]
@@ -157,8 +151,8 @@ def test_sqlite_retention_cuts_readings_within_an_hour(migrated_sqlite_url: str)
 
 def test_sqlite_lists_each_meter_with_readings_once(migrated_sqlite_url: str) -> None:
     engine = create_engine_for(migrated_sqlite_url)
-    _write(engine, [_reading("B", T0), _reading("A", T0), _reading("B", T0 + HALF)])
-    _write(engine, [_reading("A", T0 + HALF), _reading("C", T0 + HALF)])
+    store_events(engine, [_reading("B", T0), _reading("A", T0), _reading("B", T0 + HALF)])
+    store_events(engine, [_reading("A", T0 + HALF), _reading("C", T0 + HALF)])
     with engine.connect() as connection:
         listed = connection.exec_driver_sql("SELECT meter_id FROM reading_meters ORDER BY meter_id").scalars().all()
     assert listed == ["A", "B", "C"]

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from tests.integration.conftest import store_events
 
-from metrify.adapters.sqlalchemy import SqlAlchemyOutcomeQueries, SqlAlchemyStreamUnitOfWork, create_engine_for
+from metrify.adapters.sqlalchemy import SqlAlchemyOutcomeQueries, create_engine_for
 from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
 from metrify.adapters.sqlalchemy.windows import PROBES_FIRST
 from metrify.application.ports import ExportFilter
@@ -36,17 +37,11 @@ def _fleet() -> list[WindowUpdated]:
     return windows
 
 
-def _write(engine: sa.Engine, events: list[Any]) -> None:
-    with SqlAlchemyStreamUnitOfWork(engine) as uow:
-        uow.outcomes.add_events(events)
-        uow.commit()
-
-
 @pytest.fixture
 def stored(store_url: str) -> tuple[sa.Engine, list[WindowUpdated]]:
     engine = create_engine_for(store_url)
     windows = _fleet()
-    _write(engine, windows)
+    store_events(engine, windows)
     return engine, windows
 
 
@@ -115,7 +110,7 @@ def test_an_export_of_every_meter_leaves_its_connection_sorting_in_memory_again(
     the export was read to its end or left early."""
     engine = create_engine_for(migrated_sqlite_url)
     windows = _fleet()
-    _write(engine, windows)
+    store_events(engine, windows)
     queries = SqlAlchemyOutcomeQueries(engine, chunk_rows=10)
     for read in (len(windows), 3):
         exported = queries.aggregates(ExportFilter())
@@ -135,13 +130,14 @@ def test_an_export_of_every_meter_is_one_snapshot_sizes_included(
     from metrify.adapters.sqlalchemy import queries as sql_queries
 
     engine = create_engine_for(migrated_sqlite_url)
-    _write(engine, [WindowUpdated("M1", QUARTER, T0, 1, 0.5, 0.5, 0.5)])
+    store_events(engine, [WindowUpdated("M1", QUARTER, T0, 1, 0.5, 0.5, 0.5)])
     other = create_engine_for(migrated_sqlite_url)
     read_sizes = sql_queries.window_sizes
 
     def sizes_then_a_commit_elsewhere(connection: sa.Connection) -> list[int]:
         sizes = read_sizes(connection)
-        _write(other, [WindowUpdated("M0", HOUR, T0, 4, 2.0, 0.5, 0.5), WindowUpdated("M2", QUARTER, T0, 1, 1, 1, 1)])
+        newer = [WindowUpdated("M0", HOUR, T0, 4, 2.0, 0.5, 0.5), WindowUpdated("M2", QUARTER, T0, 1, 1, 1, 1)]
+        store_events(other, newer)
         return sizes
 
     monkeypatch.setattr(sql_queries, "window_sizes", sizes_then_a_commit_elsewhere)
@@ -163,7 +159,7 @@ def test_sqlite_looks_up_only_a_few_meters_under_every_window(migrated_sqlite_ur
     windows = [
         WindowUpdated(f"M{m}", QUARTER, T0 + i * QUARTER, 1, 0.5, 0.5, 0.5) for m in range(40) for i in range(50)
     ]
-    _write(engine, windows)
+    store_events(engine, windows)
     with engine.begin() as connection:
         connection.exec_driver_sql("ANALYZE")
     statements: list[tuple[str, Any]] = []
@@ -217,7 +213,7 @@ def test_a_silent_region_s_page_reads_no_further_than_its_meters_readings(migrat
     ]
     events += [WindowUpdated("Q1", HOUR, T0 + i * HOUR, 2, 1.0, 0.5, 0.5) for i in range(2)]
     events += [WindowUpdated(f"B{m}", HOUR, T0 + i * HOUR, 2, 1.0, 0.5, 0.5) for m in (1, 2, 3) for i in range(3000)]
-    _write(engine, events)
+    store_events(engine, events)
     queries = SqlAlchemyFleetQueries(engine)
     steps = 0
 
