@@ -39,7 +39,8 @@ import sqlalchemy as sa
 
 from metrify.adapters.sqlalchemy import SqlAlchemyStreamUnitOfWork, migrations
 from metrify.adapters.sqlalchemy.engine import create_engine_for, mask_url, normalise_url
-from metrify.adapters.sqlalchemy.tables import STREAM_TABLES, reading_meters
+from metrify.adapters.sqlalchemy.state_log import forget_state_logs
+from metrify.adapters.sqlalchemy.tables import STREAM_TABLES, meter_state_log, reading_meters
 
 NO_SERVICES = os.environ.get("METRIFY_TEST_NO_SERVICES") == "1"
 POSTGRES_FIXTURES = {"postgres_server_url", "postgres_url", "fresh_postgres_url", "migrated_postgres_url"}
@@ -178,10 +179,11 @@ def empty_stream_tables(url: str) -> None:
                 names = ", ".join(f'"{table.name}"' for table in STREAM_TABLES)
                 connection.execute(sa.text(f"TRUNCATE {names}"))
             else:
-                for table in (*STREAM_TABLES, reading_meters):  # the latter SQLite's only
+                for table in (*STREAM_TABLES, reading_meters, meter_state_log):  # the last two SQLite's only
                     connection.execute(table.delete())
     finally:
         engine.dispose()
+    forget_state_logs()  # what each engine of this process knew of the log is gone with it
 
 
 # ------------------------------------------------------------------------------------ Both

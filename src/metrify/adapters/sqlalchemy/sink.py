@@ -60,11 +60,13 @@ class Target:
         delete: bool = False,
         time_column: str | None = None,
         mostly_new: bool = False,
+        plain: bool = False,
     ) -> None:
         self.name, self.table, self.columns, self.key = name, table, tuple(columns), tuple(key)
         self.update, self.delete = tuple(update), delete
         # upserts whose keys are nearly always new (a window's first emission, when it closes)
         self.mostly_new = mostly_new
+        self.plain = plain  # an insert whose key is new, or the transaction fails (no conflict clause)
         # the column a partitioned table is split on (PostgreSQL), as an index into a row
         self.time_index = None if time_column is None else self.columns.index(time_column)
 
@@ -83,6 +85,8 @@ class Target:
         return f"INSERT INTO {table} ({_cols(columns)}) VALUES {values} {self.conflict()}"
 
     def conflict(self) -> str:
+        if self.plain:
+            return ""
         if not self.update:  # no target: a partitioned table's key may hold more than `key`
             return "ON CONFLICT DO NOTHING"
         sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in self.update)
@@ -157,6 +161,13 @@ METER_STATES = Target(
     ["stream", "partition", "meter_id"],
     ["data"],
 )
+# SQLite's only (Alembic 0013): a batch's meter states, one row per partition (state_log.py).
+STATE_LOG_DELETES = Target(
+    "state_log_deletes", t.meter_state_log, ["stream", "partition", "seq"], ["stream", "partition", "seq"], delete=True
+)
+STATE_LOG = Target(
+    "state_log", t.meter_state_log, ["stream", "partition", "seq", "meters"], ["stream", "partition", "seq"], plain=True
+)
 PROGRESS = Target(
     "progress",
     t.replay_progress,
@@ -170,7 +181,19 @@ READING_METERS = Target("reading_meters", t.reading_meters, ["meter_id"], ["mete
 _REGION = READINGS.columns.index("region")
 
 # Written in this order: gap deletes strictly before gap upserts.
-TARGETS = (READINGS, REJECTED, TOO_LATE, GAP_DELETES, GAP_UPSERTS, AGGREGATES, PARTITIONS, METER_STATES, PROGRESS)
+TARGETS = (
+    READINGS,
+    REJECTED,
+    TOO_LATE,
+    GAP_DELETES,
+    GAP_UPSERTS,
+    AGGREGATES,
+    PARTITIONS,
+    METER_STATES,
+    STATE_LOG_DELETES,
+    STATE_LOG,
+    PROGRESS,
+)
 TIME_SERIES = tuple(target for target in TARGETS if target.time_index is not None)
 
 
@@ -221,11 +244,13 @@ def batch_rows(
     *,
     holds_nul: bool = True,
     windows_by_meter: bool = True,
+    states: bool = True,
 ) -> dict[Target, list[tuple[Any, ...]]]:
     """The rows each target receives, in column order; upserts deduplicated, the last one winning.
     A row may hold only its leading columns (a reading without extras); the rest are NULL. Without
     `holds_nul` (PostgreSQL), text is made NUL-free as pg_text.nul_free says. `windows_by_meter`:
-    closed windows grouped by meter, for a table keyed meter first (PostgreSQL's)."""
+    closed windows grouped by meter, for a table keyed meter first (PostgreSQL's). Without `states`
+    the meter states saved are left out (SQLite's go through state_log.py), their headers not."""
     now = time.time_ns() // 1000 if now_us is None else now_us
     rows: dict[Target, list[tuple[Any, ...]]] = {}
     readings_nul = windows_nul = False  # whether a meter id of theirs holds NUL (looked for on PostgreSQL)
@@ -277,14 +302,16 @@ def batch_rows(
             rows[AGGREGATES], windows_nul = list(batch.windows), not holds_nul
     if saves:
         headers: dict[tuple[str, int], tuple[Any, ...]] = {}
-        states: dict[tuple[str, int, str], tuple[Any, ...]] = {}
+        meter_states: dict[tuple[str, int, str], tuple[Any, ...]] = {}
         for stream, partition, max_event_time, next_offset, meters, token in saves:
             headers[(stream, partition)] = (stream, partition, max_event_time, next_offset, token)
+            if not states:
+                continue
             for meter_id, data in meters.items():
-                states[(stream, partition, meter_id)] = (stream, partition, meter_id, encode_state(data))
+                meter_states[(stream, partition, meter_id)] = (stream, partition, meter_id, encode_state(data))
         rows[PARTITIONS] = list(headers.values())
-        if states:
-            rows[METER_STATES] = list(states.values())
+        if meter_states:
+            rows[METER_STATES] = list(meter_states.values())
     if progress:
         latest = {p.source_key: (p.source_key, p.rows_done, p.finished, now) for p in progress}
         rows[PROGRESS] = list(latest.values())
@@ -314,6 +341,7 @@ class SqliteWriter:
     max_parameters = 999
     holds_nul = True  # SQLite's text holds any text exactly
     windows_by_meter = False  # its aggregates are keyed window first (Alembic 0011)
+    logs_states = True  # meter states go through state_log.py (Alembic 0013)
 
     def prepare(self, connection: sa.Connection, rows: dict[Target, list[tuple[Any, ...]]]) -> Prepared:
         """Nothing to encode ahead: sqlite3 binds the rows as it inserts them."""
@@ -407,6 +435,7 @@ class PostgresWriter:
 
     holds_nul = False
     windows_by_meter = True  # its aggregates are keyed meter first
+    logs_states = False  # meter states are rows of meter_states
 
     def __init__(self, copy_threshold: int = 64) -> None:
         self.copy_threshold = copy_threshold

@@ -169,6 +169,20 @@ meter_states = sa.Table(
     sa.Column("data", sa.Text, nullable=False),  # JSON (orjson) of MeterState.to_data()
 )
 
+# SQLite's only (Alembic 0013): the states a batch changed, as one row per partition (a JSON object
+# of meter id -> MeterState.to_data()), read after meter_states in `seq` order, and folded into it
+# as they age (state_log.py). A meter's first state goes to meter_states itself, so that table
+# names every meter that has a state.
+meter_state_log = sa.Table(
+    "meter_state_log",
+    metadata,
+    sa.Column("stream", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("meters", sa.Text, nullable=False),
+    info={"only_on": "sqlite"},
+)
+
 replay_progress = sa.Table(
     "replay_progress",
     metadata,

@@ -18,7 +18,17 @@ from metrify.adapters.sqlalchemy import tables as t
 from metrify.adapters.sqlalchemy.codec import decode_state
 from metrify.adapters.sqlalchemy.errors import is_transient, transient_errors
 from metrify.adapters.sqlalchemy.pg_text import meter_of_state_key
-from metrify.adapters.sqlalchemy.sink import Prepared, StateSave, batch_rows, writer_for
+from metrify.adapters.sqlalchemy.sink import (
+    METER_STATES,
+    STATE_LOG,
+    STATE_LOG_DELETES,
+    Prepared,
+    StateSave,
+    Target,
+    batch_rows,
+    writer_for,
+)
+from metrify.adapters.sqlalchemy.state_log import LogWrite, state_log_for
 from metrify.application.outcomes import fold_events
 from metrify.application.ports import PartitionState, SourceProgress, StreamWrittenElsewhere, TransientStoreError
 
@@ -74,6 +84,9 @@ class _SqlState:
             ).first()
             if header is None:
                 return None
+            log = self.uow.state_log
+            if log is not None:
+                return PartitionState(partition, header[0], header[1], log.load(connection, stream, partition))
             rows = connection.execute(
                 sa.select(t.meter_states.c.meter_id, t.meter_states.c.data).where(
                     t.meter_states.c.stream == stream, t.meter_states.c.partition == partition
@@ -95,6 +108,22 @@ class _SqlState:
         token: str | None = None,
     ) -> None:
         self.saved.append((stream, partition, max_event_time, next_offset, dict(meters), token))
+
+    def log_writes(self, connection: sa.Connection) -> tuple[list[LogWrite], dict[Target, list[tuple[Any, ...]]]]:
+        """SQLite: the meter states saved, as state_log.py writes them (inside the transaction)."""
+        log = self.uow.state_log
+        if log is None or not self.saved:
+            return [], {}
+        merged: dict[tuple[str, int], dict[str, Any]] = {}
+        for stream, partition, _, _, meters, _ in self.saved:
+            merged.setdefault((stream, partition), {}).update(meters)
+        writes = [log.plan(connection, s, p, meters) for (s, p), meters in merged.items() if meters]
+        rows: dict[Target, list[tuple[Any, ...]]] = {
+            METER_STATES: [row for w in writes for row in w.base_rows],
+            STATE_LOG_DELETES: [row for w in writes for row in w.deletes],
+            STATE_LOG: [w.log_row for w in writes if w.log_row is not None],
+        }
+        return writes, {target: values for target, values in rows.items() if values}
 
     def commit_token(self, stream: str, partition: int) -> str | None:
         c = t.stream_partitions.c
@@ -146,6 +175,7 @@ class SqlAlchemyStreamUnitOfWork:
         self.engine = engine
         self.now_us = now_us
         self.writer = writer_for(engine.dialect.name)
+        self.state_log = state_log_for(engine)
         self._connection: sa.Connection | None = None
         self._reset()
 
@@ -205,6 +235,7 @@ class SqlAlchemyStreamUnitOfWork:
             now,
             holds_nul=w.holds_nul,
             windows_by_meter=w.windows_by_meter,
+            states=not w.logs_states,
         )
         self._prepared = (self._staged_counts(), rows, self.writer.prepare(connection, rows))
 
@@ -222,7 +253,8 @@ class SqlAlchemyStreamUnitOfWork:
         try:
             with transient_errors():
                 self.state.check_expected(connection)
-                self.writer.write(connection, rows, encoded, on_sending)
+                logged, state_rows = self.state.log_writes(connection)
+                self.writer.write(connection, {**rows, **state_rows} if state_rows else rows, encoded, on_sending)
                 connection.commit()
         except Exception as error:
             # A driver-level failure (COPY) bypasses SQLAlchemy's disconnect handling: make sure
@@ -230,6 +262,9 @@ class SqlAlchemyStreamUnitOfWork:
             if is_transient(error) and not connection.invalidated:
                 connection.invalidate()
             raise
+        if logged:
+            assert self.state_log is not None
+            self.state_log.committed(logged)
         self._reset()
 
     def rollback(self) -> None:
