@@ -79,3 +79,12 @@ def test_restore_gives_back_the_same_future() -> None:
     second.restore(first.max_event_time, saved)
     tail = second.process(rows[200:], NOW)
     assert sorted(map(repr, head + tail)) == sorted(map(repr, expected))
+
+
+def test_the_meters_snapshot_together_are_each_ones_snapshot() -> None:
+    core = PartitionStream(StreamConfig())
+    core.process([reading(f"M{m}", h, str(0.5 + m)) for h in range(4) for m in range(3)], NOW)
+    meters = core.take_dirty()
+    assert meters == ["M0", "M1", "M2"]
+    assert core.snapshot_meters(meters) == {m: core.snapshot_meter(m) for m in meters}
+    assert core.snapshot_meters([]) == {}

@@ -383,9 +383,7 @@ class StreamWorker:
                     for m in malformed:
                         log.warning("malformed message at partition %s offset %s: %s", partition, m.position, m.detail)
                 dirty = core.take_dirty()
-                state = PartitionState(
-                    partition, core.max_event_time, next_offset, {m: core.snapshot_meter(m) for m in dirty}
-                )
+                state = PartitionState(partition, core.max_event_time, next_offset, core.snapshot_meters(dirty))
                 inputs = len(readings) + len(malformed)
                 self.log.write(partition, events, state, inputs)
                 offsets[partition] = next_offset

@@ -484,7 +484,7 @@ class StreamPipeline:
                 core.partition,
                 core.max_event_time,
                 self.next_offsets[core.partition],
-                {meter_id: core.snapshot_meter(meter_id) for meter_id in dirty},
+                core.snapshot_meters(dirty),
             )
             for core, dirty in touched
         ]

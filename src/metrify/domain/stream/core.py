@@ -574,6 +574,11 @@ class PartitionStream:
     def snapshot_meter(self, meter_id: str) -> list[Any]:
         return self.meters[meter_id].to_data()
 
+    def snapshot_meters(self, meter_ids: list[str]) -> dict[str, list[Any]]:
+        """The plain data of these meters' states (what take_dirty returned), by meter."""
+        meters = self.meters
+        return {meter_id: meters[meter_id].to_data() for meter_id in meter_ids}
+
     def restore(self, max_event_time: int | None, meters: Mapping[str, list[Any]]) -> None:
         """Load a saved state: the watermark and each meter's plain data; timers are rebuilt."""
         self.max_event_time = max_event_time

@@ -149,8 +149,13 @@ class MeterState:
     def to_data(self) -> list[Any]:
         gaps = [value for pair in self.gaps.items() for value in pair] if self.gaps else []
         windows: list[Any] = []
+        add = windows.append  # one value at a time: no tuple of five made and dropped per window
         for p in self.windows:
-            windows += (p.key, p.count, p.total, p.low, p.high)
+            add(p.key)
+            add(p.count)
+            add(p.total)
+            add(p.low)
+            add(p.high)
         return [self.interval, self.first, self.last, self.mask, self.open_count, gaps, windows]
 
     @classmethod
