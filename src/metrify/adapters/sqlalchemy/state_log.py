@@ -23,7 +23,7 @@ log meanwhile reads it again. A transaction that fails changes nothing here.
 from __future__ import annotations
 
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ class PartitionLog:
     base: set[str] = field(default_factory=set)  # meters with a row in meter_states
     entries: deque[tuple[int, list[str]]] = field(default_factory=deque)  # (seq, meters), oldest first
     newest: dict[str, int] = field(default_factory=dict)  # meter -> seq of the row with its newest state
+    live: dict[int, int] = field(default_factory=dict)  # seq -> meters whose newest state is in that row
     held: int = 0  # meter states in the log
     seq: int = 0  # the newest seq (0: none yet)
 
@@ -101,11 +102,12 @@ class StateLog:
             self.load(connection, stream, partition)
             log = self.partitions[key]
         base, newest = log.base, log.newest
+        # A meter is new when neither meter_states nor the log holds it (nearly always none is).
         fresh = [m for m in meters if m not in base and m not in newest]
         base_rows: list[Row] = [(stream, partition, m, encode_state(meters[m])) for m in fresh]
         if len(fresh) == len(meters):
             return LogWrite(key, base_rows, None, [], log.seq, [], fresh, [])
-        logged = {m: data for m, data in meters.items() if m in base or m in newest}
+        logged = {m: data for m, data in meters.items() if m not in fresh} if fresh else dict(meters)
         seq = log.seq + 1
         held = log.held + len(logged)
         limit = max(self.least, 2 * (len(base) + len(fresh)))
@@ -114,8 +116,10 @@ class StateLog:
         for old, old_meters in log.entries:
             if held <= limit:
                 break
-            live = [m for m in old_meters if newest.get(m) == old and m not in logged]
-            if live:  # their newest state is in this row alone: it goes to meter_states first
+            live: list[str] = []
+            if log.live[old]:  # some meter's newest state is (or was, before this batch) in this row alone
+                live = [m for m in old_meters if newest.get(m) == old and m not in logged]
+            if live:  # it goes to meter_states first
                 text = connection.exec_driver_sql(_ROW, (stream, partition, old)).scalar_one()
                 states = decode_state(text)
                 base_rows.extend((stream, partition, m, encode_state(states[m])) for m in live)
@@ -130,10 +134,10 @@ class StateLog:
         for write in writes:
             log = self.partitions[write.key]
             log.base.update(write.fresh)
-            for _ in write.folded:
+            for old, live in write.folded:
                 _, old_meters = log.entries.popleft()
                 log.held -= len(old_meters)
-            for _, live in write.folded:
+                del log.live[old]
                 log.base.update(live)
                 for m in live:
                     del log.newest[m]
@@ -142,12 +146,15 @@ class StateLog:
 
     @staticmethod
     def _append(log: PartitionLog, seq: int, meters: list[str]) -> None:
+        newest, live = log.newest, log.live
+        for old, count in Counter(map(newest.get, meters)).items():
+            if old in live:  # (a row folded in this very commit is gone already)
+                live[old] -= count
+        newest.update(dict.fromkeys(meters, seq))
+        live[seq] = len(meters)
         log.entries.append((seq, meters))
         log.held += len(meters)
         log.seq = seq
-        newest = log.newest
-        for m in meters:
-            newest[m] = seq
 
 
 def _newest_seq(connection: sa.Connection, stream: str, partition: int) -> int:
