@@ -149,13 +149,12 @@ class MeterState:
     def to_data(self) -> list[Any]:
         gaps = [value for pair in self.gaps.items() for value in pair] if self.gaps else []
         windows: list[Any] = []
-        add = windows.append  # one value at a time: no tuple of five made and dropped per window
-        for p in self.windows:
-            add(p.key)
-            add(p.count)
-            add(p.total)
-            add(p.low)
-            add(p.high)
+        for p in self.windows:  # one value at a time: no tuple of five made and dropped per window
+            windows.append(p.key)
+            windows.append(p.count)
+            windows.append(p.total)
+            windows.append(p.low)
+            windows.append(p.high)
         return [self.interval, self.first, self.last, self.mask, self.open_count, gaps, windows]
 
     @classmethod
