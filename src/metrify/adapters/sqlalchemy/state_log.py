@@ -1,9 +1,9 @@
 """SQLite keeps the meter states a batch changed as ONE row per partition (Alembic 0013).
 
 Every batch saves the state of each meter it changed. As one row per meter (meter_states), a
-batch of 1,000 meters was 1,000 upserts spread over the table's pages, each state encoded on its
-own: a third of the transaction's time (ingest of 1,000 half-hourly meters of 10,000: 17 -> 11 ms
-per commit, measured in-process). So a batch's states go as one row of `meter_state_log`: a JSON
+batch of 1,000 meters was 1,000 upserts, each state encoded on its own; as one row, a batch takes
+5-7 % less time and writes 5-7 % fewer pages of log (benchmarks/bench_state_log.py, two pipelines
+taking the same batches in turn). So a batch's states go as one row of `meter_state_log`: a JSON
 object of meter id -> state, under the partition's next `seq`. A partition's states are then its
 meter_states rows with its log rows applied over them in `seq` order.
 
