@@ -23,7 +23,7 @@ log meanwhile reads it again. A transaction that fails changes nothing here.
 from __future__ import annotations
 
 import weakref
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +45,6 @@ class PartitionLog:
     base: set[str] = field(default_factory=set)  # meters with a row in meter_states
     entries: deque[tuple[int, list[str]]] = field(default_factory=deque)  # (seq, meters), oldest first
     newest: dict[str, int] = field(default_factory=dict)  # meter -> seq of the row with its newest state
-    live: dict[int, int] = field(default_factory=dict)  # seq -> meters whose newest state is in that row
     held: int = 0  # meter states in the log
     seq: int = 0  # the newest seq (0: none yet)
 
@@ -102,8 +101,9 @@ class StateLog:
             self.load(connection, stream, partition)
             log = self.partitions[key]
         base, newest = log.base, log.newest
-        # A meter is new when neither meter_states nor the log holds it (nearly always none is).
-        fresh = [m for m in meters if m not in base and m not in newest]
+        # A meter is new when neither meter_states nor the log holds it. Nearly always none is, and
+        # every meter is in meter_states (a meter's first state goes there): looked up in C.
+        fresh = [] if base.issuperset(meters) else [m for m in meters if m not in base and m not in newest]
         base_rows: list[Row] = [(stream, partition, m, encode_state(meters[m])) for m in fresh]
         if len(fresh) == len(meters):
             return LogWrite(key, base_rows, None, [], log.seq, [], fresh, [])
@@ -117,7 +117,7 @@ class StateLog:
             if held <= limit:
                 break
             live: list[str] = []
-            if log.live[old]:  # some meter's newest state is (or was, before this batch) in this row alone
+            if old in map(newest.get, old_meters):  # (in C) a meter's newest state is in this row
                 live = [m for m in old_meters if newest.get(m) == old and m not in logged]
             if live:  # it goes to meter_states first
                 text = connection.exec_driver_sql(_ROW, (stream, partition, old)).scalar_one()
@@ -134,10 +134,9 @@ class StateLog:
         for write in writes:
             log = self.partitions[write.key]
             log.base.update(write.fresh)
-            for old, live in write.folded:
+            for _, live in write.folded:
                 _, old_meters = log.entries.popleft()
                 log.held -= len(old_meters)
-                del log.live[old]
                 log.base.update(live)
                 for m in live:
                     del log.newest[m]
@@ -146,12 +145,7 @@ class StateLog:
 
     @staticmethod
     def _append(log: PartitionLog, seq: int, meters: list[str]) -> None:
-        newest, live = log.newest, log.live
-        for old, count in Counter(map(newest.get, meters)).items():
-            if old in live:  # (a row folded in this very commit is gone already)
-                live[old] -= count
-        newest.update(dict.fromkeys(meters, seq))
-        live[seq] = len(meters)
+        log.newest.update(dict.fromkeys(meters, seq))
         log.entries.append((seq, meters))
         log.held += len(meters)
         log.seq = seq
