@@ -107,7 +107,8 @@ class StateLog:
         base_rows: list[Row] = [(stream, partition, m, encode_state(meters[m])) for m in fresh]
         if len(fresh) == len(meters):
             return LogWrite(key, base_rows, None, [], log.seq, [], fresh, [])
-        logged = {m: data for m, data in meters.items() if m not in fresh} if fresh else dict(meters)
+        new = set(fresh)  # looked up once per meter of the batch
+        logged = {m: data for m, data in meters.items() if m not in new} if fresh else dict(meters)
         seq = log.seq + 1
         held = log.held + len(logged)
         limit = max(self.least, 2 * (len(base) + len(fresh)))
