@@ -17,7 +17,8 @@ path instead: each batch only goes to the raw topic of a throw-away topic prefix
 uvicorn processes may serve it.
 
     python benchmarks/bench_api_ingest.py [--batches 200] [--batch 1000] [--seconds 60] [--clients 4]
-                                          [--runs 1] [--window-writes N] [--stream-writer process]
+                                          [--runs 1] [--window-writes N]
+                                          [--stream-writer process [--state-save-batches N]]
                                           [--kafka [--workers N]]
 
 With `--window-writes N` the API stores at most N closed windows per batch and the rest over the
@@ -26,8 +27,10 @@ no longer store them all at once.
 
 With `--stream-writer process` the API hands each batch to a stream writer process, which answers
 once the batch is through the core and journaled and stores it while the API reads the next
-(METRIFY_API__STREAM_WRITER). Every run ends by stopping the server (SIGTERM) and prints how long
-it took to store all it had answered and stop: the readings/s are of batches answered.
+(METRIFY_API__STREAM_WRITER); with `--state-save-batches N` that writer saves the meter
+states every N batches (METRIFY_API__STATE_SAVE_BATCHES), keeping the batches between in its
+journal. Every run ends by stopping the server (SIGTERM) and prints how long it took to store all
+it had answered and stop: the readings/s are of batches answered.
 
 This host's speed varies from run to run by 10-20%: `--runs 5` prints five runs and their medians.
 
@@ -177,6 +180,7 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
             METRIFY_AUTH__INGEST_RATE_LIMIT="0",
             METRIFY_API__WINDOW_WRITES_PER_BATCH=str(args.window_writes),
             METRIFY_API__STREAM_WRITER=args.stream_writer,
+            METRIFY_API__STATE_SAVE_BATCHES=str(args.state_save_batches),
             PYTHONPATH=str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", ""),
         )
         if args.kafka:
@@ -262,6 +266,12 @@ def main() -> None:
         default="inline",
         help="METRIFY_API__STREAM_WRITER: the stream in the API process, or in a stream writer process of its own",
     )
+    parser.add_argument(
+        "--state-save-batches",
+        type=int,
+        default=1,
+        help="METRIFY_API__STATE_SAVE_BATCHES: with a stream writer process, meter states saved every N batches",
+    )
     parser.add_argument("--kafka", action="store_true", help="production ingest: batches go to the raw topic")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn processes (more than 1 needs --kafka)")
     args = parser.parse_args()
@@ -270,6 +280,8 @@ def main() -> None:
         raise SystemExit('--kafka needs METRIFY_KAFKA__BOOTSTRAP (eval "$(bash scripts/services.sh up)")')
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
+    if args.state_save_batches < 1:
+        raise SystemExit("--state-save-batches must be at least 1")
 
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), Python {platform.python_version()}")
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
@@ -283,6 +295,11 @@ def main() -> None:
         f"{args.workers} API process(es)"
         + (f", at most {args.window_writes} closed windows stored per batch" if args.window_writes else "")
         + (", a stream writer process" if args.stream_writer == "process" and not args.kafka else "")
+        + (
+            f", meter states saved every {args.state_save_batches} batches"
+            if args.state_save_batches > 1 and args.stream_writer == "process" and not args.kafka
+            else ""
+        )
     )
     figures = []
     for run in range(1, args.runs + 1):

@@ -164,6 +164,10 @@ class ApiSettings(BaseModel):
     # stored; "process" hands it to a stream writer process, which answers once the batch is
     # through the core and in the journal, and stores it while the API takes the next request.
     stream_writer: Literal["inline", "process"] = "inline"
+    # With "process": the meter states are saved every N batches (1: with each). The batches in
+    # between stay in the ingest journal; a writer that starts runs them through the core again.
+    # Saved when the writer stops and when the stream is quiet (application/journaled.py).
+    state_save_batches: int = Field(1, ge=1, le=100_000)
 
 
 class StorageSettings(BaseModel):

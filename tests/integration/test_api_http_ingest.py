@@ -337,14 +337,16 @@ def test_the_first_admin_is_made_from_standard_input(tmp_path: Path) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize("save_every", [1, 3], ids=["states saved with each batch", "states saved every 3"])
 def test_a_stream_writer_process_killed_again_and_again_stores_what_the_api_process_would(
-    tmp_path: Path, fleet: list
+    tmp_path: Path, fleet: list, save_every: int
 ) -> None:
     """METRIFY_API__STREAM_WRITER=process: the API answers from the writer's core and journal and
     the writer stores after the answer. SIGKILLed between batches and in the middle of them, the
     writer is started again and the store ends as a replay of the same rows leaves it: every
-    reading answered once, stored once."""
-    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process"))
+    reading answered once, stored once. With the meter states saved every 3 batches
+    (METRIFY_API__STATE_SAVE_BATCHES), most kills leave them behind the outcomes."""
+    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process", state_save_batches=save_every))
     migrations.upgrade(settings.resolved_database_url)
     container = database_container(settings)
     kills = 0

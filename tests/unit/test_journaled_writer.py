@@ -13,11 +13,11 @@ from tests.support.core_runner import FixedClock
 from metrify.adapters.files.journal import SqliteIngestJournal
 from metrify.adapters.memory.journal import InMemoryIngestJournal
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
-from metrify.application.journaled import JournaledWriter
+from metrify.application.journaled import JournaledWriter, WriterBroken
 from metrify.application.network import NetworkProfile, through_network
 from metrify.application.serial import answer_outcomes, attribute, outcome_codes
 from metrify.application.simulator import FleetProfile, fleet_rows
-from metrify.application.stream import StreamPipeline
+from metrify.application.stream import StreamPipeline, StreamStatesBehind
 from metrify.domain.readings import RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.entrypoints.stream_writer import decode_batch, encode_batch
@@ -69,8 +69,10 @@ def outcome(store: InMemoryStreamStore) -> tuple:
     return store.readings, store.rejected, store.too_late, store.gaps, store.windows, store.meter_states
 
 
-def writer_on(store: InMemoryStreamStore, journal: InMemoryIngestJournal, window_writes: int | None = None):
-    writer = JournaledWriter(pipeline_on(store, window_writes), journal, decode_batch)
+def writer_on(
+    store: InMemoryStreamStore, journal: InMemoryIngestJournal, window_writes: int | None = None, save_every: int = 1
+):
+    writer = JournaledWriter(pipeline_on(store, window_writes), journal, decode_batch, save_every)
     return writer, writer.recover()
 
 
@@ -87,30 +89,35 @@ def test_batches_through_the_writer_are_stored_and_answered_as_in_the_api_proces
         writer.store()
     writer.close()
     assert outcome(store) == outcome(reference)
-    assert set(store.progress) == {"api-journal:main"}
+    assert set(store.progress) == {"api-journal:main", "api-journal:main:states"}
     assert journal.batches == {}, "a closed writer leaves nothing in the journal"
     kinds = {type(code) for answer in answers for code in answer}
     assert kinds == {int, str} and {0, 1, 2} <= {code for answer in answers for code in answer}
 
 
 @pytest.mark.parametrize("window_writes", [None, 3], ids=["windows stored at once", "windows held back"])
-def test_a_writer_stopped_after_answering_and_before_storing_loses_nothing(window_writes: int | None) -> None:
+@pytest.mark.parametrize("save_every", [1, 4], ids=["states saved with each batch", "states saved every 4"])
+def test_a_writer_stopped_after_answering_and_before_storing_loses_nothing(
+    window_writes: int | None, save_every: int
+) -> None:
     """Stopped (killed) at several points between an answer and its commit: the next writer
-    stores the journaled batches first, tells their outcomes by token, then goes on."""
+    stores the journaled batches first, tells their outcomes by token, then goes on. Saving the
+    states every 4 batches, it first runs those whose states were not saved through the core."""
     data = batches()
     reference, answers = expected(data)
-    for stop_at in (0, 3, len(data) // 2, len(data) - 1):
+    stops = range(len(data)) if save_every > 1 else (0, 3, len(data) // 2, len(data) - 1)
+    for stop_at in stops:
         store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
-        writer, _ = writer_on(store, journal, window_writes)
+        writer, _ = writer_on(store, journal, window_writes, save_every)
         for number in range(stop_at):
             writer.take(encode_batch(f"t{number}", data[number]))
             writer.store()
         writer.take(encode_batch(f"t{stop_at}", data[stop_at]))  # answered, then the process dies
-        after, replayed = writer_on(store, journal, window_writes)
+        after, replayed = writer_on(store, journal, window_writes, save_every)
         assert replayed == {f"t{stop_at}": answers[stop_at]}, f"stopped at batch {stop_at}"
         for number in range(stop_at + 1, len(data)):
             _, outcomes = after.take(encode_batch(f"t{number}", data[number]))
-            assert outcomes == answers[number]
+            assert outcomes == answers[number], f"stopped at batch {stop_at}, batch {number}"
             after.store()
         after.close()
         # held back, a window rides in its meter's saved state until a later save: states differ
@@ -212,3 +219,64 @@ def test_the_journal_file_keeps_batches_in_order_and_its_numbering_through_drops
         again.append(3, b"x")  # a number is never given twice
     assert again.after(0) == []
     again.close()
+
+
+@pytest.mark.parametrize("window_writes", [None, 3], ids=["windows stored at once", "windows held back"])
+def test_states_saved_every_few_batches_and_a_writer_killed_anywhere_store_what_each_batch_would(
+    window_writes: int | None,
+) -> None:
+    """Meter states saved every 3 batches, the writer killed after any batch stored (not answered
+    only: stored, the states behind them), started again, killed again later: every answer, and
+    what the store ends with, states included once they are saved, is what the API's own process
+    gives saving them with each batch."""
+    data = batches()
+    reference, answers = expected(data)
+    for first_stop in range(len(data)):
+        second_stop = min(len(data), first_stop + 5)
+        store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+        writer, _ = writer_on(store, journal, window_writes, 3)
+        for number in range(len(data)):
+            if number in (first_stop, second_stop):
+                writer, replayed = writer_on(store, journal, window_writes, 3)  # the one before was killed
+                assert replayed == {}, f"stopped at {first_stop}"
+            _, outcomes = writer.take(encode_batch(f"t{number}", data[number]))
+            assert outcomes == answers[number], f"stopped at {first_stop}, batch {number}"
+            writer.store()
+        writer.close()
+        compared = 6 if window_writes is None else 5
+        assert outcome(store)[:compared] == outcome(reference)[:compared], f"stopped at batch {first_stop}"
+        assert journal.batches == {}
+
+
+def test_states_saved_every_few_batches_stand_behind_the_headers_until_saved() -> None:
+    """Between two saves the store's headers say where the states stand; a writer that is not
+    the journaled one refuses to load them (it would take them for current); the writer saves
+    them when the stream is quiet, and then anyone may load the stream."""
+    data = batches()
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal, save_every=100)
+    for number in range(4):
+        writer.take(encode_batch(f"t{number}", data[number]))
+        writer.store()
+    assert store.states_at and not store.meter_states, "no states saved yet, and the headers say so"
+    assert writer.pipeline.states_behind
+    with pytest.raises(StreamStatesBehind, match="saved behind its outcomes"):
+        pipeline_on(store).load()
+    assert writer.save_states()
+    assert not store.states_at and store.meter_states and not writer.pipeline.states_behind
+    assert not writer.save_states(), "nothing left to save"
+    other = pipeline_on(store)
+    other.load()
+    assert other.next_offsets == writer.pipeline.next_offsets
+
+
+def test_a_journal_that_lost_the_batches_behind_the_states_stops_the_writer() -> None:
+    data = batches()
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal, save_every=100)
+    for number in range(3):
+        writer.take(encode_batch(f"t{number}", data[number]))
+        writer.store()
+    journal.batches.clear()  # deleted with the file, say
+    with pytest.raises(WriterBroken, match="journal lacks batches 1-3"):
+        writer_on(store, journal, save_every=100)

@@ -41,7 +41,7 @@ def test_rows_for_postgresql_hold_no_nul_and_sqlites_rows_keep_it() -> None:
         WindowUpdated("M\x00", HOUR, T0, 1, 0.5, 0.5, 0.5),
         WindowUpdated("M\ufffd", HOUR, T0, 1, 0.75, 0.75, 0.75),
     ]
-    saves = [("main", 0, T0, 3, {"M\x00": [1], "M\ufffd": [2]}, None)]
+    saves = [("main", 0, T0, 3, {"M\x00": [1], "M\ufffd": [2]}, None, None)]
     exact = batch_rows(fold_events(events), saves, [], T0)
     held = batch_rows(fold_events(events), saves, [], T0, holds_nul=False)
     assert [r[0] for r in exact[READINGS]] == ["M\x00", "M\ufffd", "N"]

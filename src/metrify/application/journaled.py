@@ -12,6 +12,14 @@ starts stores every journaled batch the store's progress does not cover, in orde
 one (the same outcomes: the core is deterministic and starts from the state stored with that
 progress). A batch whose journaling failed was not answered, and its core work is undone by
 loading the stream again.
+
+The meter states may be saved every N batches instead of with each (`state_save_batches`,
+METRIFY_API__STATE_SAVE_BATCHES; a checkpoint, as a stream processor takes them): each batch's
+outcomes and progress are still committed with it, and its partitions' headers say where the saved
+states stand. The journal keeps every batch since the last save ("api-journal:<stream>:states",
+committed with it); a writer that starts runs those the store holds through the core again,
+storing nothing (`StreamPipeline.catch_up`), before it stores the rest. The writer saves the
+states when it stops, and when the stream is quiet.
 """
 
 from __future__ import annotations
@@ -42,13 +50,18 @@ class JournaledWriter:
         pipeline: StreamPipeline,
         journal: IngestJournal,
         decode: Callable[[bytes], tuple[str, Sequence[RawReading]]],
+        state_save_batches: int = 1,
     ) -> None:
         self.pipeline = pipeline
         self.journal = journal
         self.decode = decode
         self.source_key = f"{JOURNAL_SOURCE}:{pipeline.stream}"
         self.seq = 0  # the last batch journaled
-        self._pending: tuple[Sequence[RawReading], PreparedBatch, list[Outcome]] | None = None
+        self.state_save_batches = max(1, state_save_batches)
+        self.states_key = f"{self.source_key}:states"
+        self.states_seq = 0  # the last batch journaled whose meter states are saved
+        # the batch taken and not stored yet: its rows, the batch, its outcomes, whether it saves the states
+        self._pending: tuple[Sequence[RawReading], PreparedBatch, list[Outcome], bool] | None = None
 
     def recover(self) -> dict[str, list[Outcome]]:
         """Load the stream, then store the journaled batches the store lacks, in order: their
@@ -56,19 +69,53 @@ class JournaledWriter:
         before the answer is answered from these, not sent again)."""
         pipeline = self.pipeline
         self._pending = None
-        pipeline.reload()
-        done = self._stored_through()
+        pipeline.reload(states_behind=True)
+        done, states_done = self._stored_through()
+        behind = pipeline.states_behind
+        # no row: no batch of this journal saved them (journaled from the first on: the check
+        # of the batches caught up with tells whether that is so)
+        start = (states_done or 0) if behind else done
+        if start > done:
+            raise WriterBroken(f"the meter states were saved at journaled batch {start}, the outcomes at {done}")
         replayed: dict[str, list[Outcome]] = {}
-        for seq, record in self.journal.after(done):
+        entries = self.journal.after(start)
+        if behind:
+            self._catch_up([entry for entry in entries if entry[0] <= done], start, done)
+        for seq, record in entries:
+            if seq <= done:
+                continue
             now, payload = int.from_bytes(record[:8], "big", signed=True), record[8:]
             token, rows = self.decode(payload)
-            events = pipeline.process(rows, [self._progress(seq)], now)
+            events = pipeline.process(rows, [self._progress(seq), self._states_progress(seq)], now)
             replayed[token] = outcome_codes(attribute(rows, events, pipeline.partition_count))
         self.seq = max(self.journal.last(), done)
-        self.journal.drop_through(self.seq)
+        self.states_seq = start if pipeline.states_behind else self.seq
+        self.journal.drop_through(self.states_seq)
         if replayed:
             log.info("stored %d journaled batch(es) a stream writer before this one had answered", len(replayed))
         return replayed
+
+    def _catch_up(self, entries: list[tuple[int, bytes]], start: int, done: int) -> None:
+        """Run the journaled batches after `start` (where the saved states stand) through `done`
+        (what the store holds) through the core, storing nothing."""
+        if [seq for seq, _ in entries] != list(range(start + 1, done + 1)):
+            raise WriterBroken(
+                f"the journal lacks batches {start + 1}-{done}, which the saved meter states do not cover "
+                "(was the ingest journal deleted?): the stream cannot go on from its store"
+            )
+        pipeline = self.pipeline
+        for _, record in entries:
+            _, rows = self.decode(record[8:])
+            pipeline.catch_up(rows, int.from_bytes(record[:8], "big", signed=True))
+        if pipeline.next_offsets != pipeline.committed_offsets:
+            raise WriterBroken(
+                f"the journaled batches {start + 1}-{done} end at input offsets {pipeline.next_offsets}, "
+                f"the store at {pipeline.committed_offsets}: not the batches it holds"
+            )
+        if entries:
+            log.info(
+                "ran %d journaled batch(es) through the core again: their meter states were not saved", len(entries)
+            )
 
     def take(self, payload: bytes) -> tuple[str, list[Outcome]]:
         """Run a batch (encoded as `payload`: its token and rows) through the core and keep it in
@@ -80,8 +127,10 @@ class JournaledWriter:
         token, rows = self.decode(payload)
         seq = self.seq + 1
         now = pipeline.clock.now_us()  # journaled with the batch: stored again, it is judged as answered
+        save = seq - self.states_seq >= self.state_save_batches
+        progress = [self._progress(seq), self._states_progress(seq)] if save else [self._progress(seq)]
         try:
-            batch = pipeline.prepare(rows, [self._progress(seq)], now)
+            batch = pipeline.prepare(rows, progress, now, save_states=save)
             outcomes = outcome_codes(attribute(rows, batch.events, pipeline.partition_count))
             self.journal.append(seq, now.to_bytes(8, "big", signed=True) + payload, token, answer_text(outcomes))
         except BaseException as exc:
@@ -91,14 +140,14 @@ class JournaledWriter:
                 raise WriterBroken(f"the stream could not be loaded again after {exc!r}") from again
             raise
         self.seq = seq
-        self._pending = (rows, batch, outcomes)
+        self._pending = (rows, batch, outcomes, save)
         return token, outcomes
 
     def store(self) -> None:
         """Store the batch taken last. On failure it stays in the journal: `recover` stores it."""
         if self._pending is None:
             return
-        rows, batch, answered = self._pending
+        rows, batch, answered, save = self._pending
         self._pending = None
         pipeline = self.pipeline
         try:
@@ -107,8 +156,12 @@ class JournaledWriter:
             # Another writer (a replay into the same database) committed meanwhile: the batch goes
             # onto its state, as any writer's would. Its readings were answered on this writer's
             # state before: what is stored may differ from that answer, and the log says how much.
+            # (That writer loaded the states when they were saved as far as the outcomes: it
+            # refuses them otherwise. This batch saves them again, as far as itself.)
+            seq = batch.progress[0].rows_done
             pipeline.reload()
-            events = pipeline.process(rows, batch.progress, batch.now)
+            events = pipeline.process(rows, [self._progress(seq), self._states_progress(seq)], batch.now)
+            save = True
             stored = outcome_codes(attribute(rows, events, pipeline.partition_count))
             changed = sum(1 for a, b in zip(answered, stored, strict=True) if a != b)
             log.warning(
@@ -118,8 +171,20 @@ class JournaledWriter:
                 changed,
                 len(rows),
             )
+        if save:
+            self.states_seq = batch.progress[0].rows_done
         if self.seq % _DROP_EVERY == 0:
-            self.journal.drop_through(self.seq)
+            self.journal.drop_through(self.states_seq)
+
+    def save_states(self, retries: Retries | None = None) -> bool:
+        """Save the meter states the batches stored since the last save changed (none taken and
+        not stored): when the stream is quiet, and when the writer stops. Whether it did."""
+        pipeline = self.pipeline
+        if self._pending is not None or not pipeline.states_behind:
+            return False
+        pipeline.commit(pipeline.prepare([], [self._states_progress(self.seq)]), retries)
+        self.states_seq = self.seq
+        return True
 
     def write_held_windows(self, limit: int | None, retries: Retries | None = None) -> int:
         """Store closed windows held back (see StreamPipeline's window_writes), between batches."""
@@ -128,20 +193,28 @@ class JournaledWriter:
         return self.pipeline.write_held_windows(limit, retries)
 
     def close(self) -> None:
-        """Store what is taken and every window held back; the journal keeps nothing stored."""
+        """Store what is taken, the meter states and every window held back; the journal keeps
+        nothing stored."""
         self.store()
+        self.save_states()
         self.pipeline.write_held_windows(None)
         self.journal.drop_through(self.seq)
 
     def _progress(self, seq: int) -> SourceProgress:
         return SourceProgress(self.source_key, seq, False)
 
-    def _stored_through(self) -> int:
-        """The last journaled batch the store holds (its progress row), 0 when none."""
+    def _states_progress(self, seq: int) -> SourceProgress:
+        return SourceProgress(self.states_key, seq, False)
 
-        def read() -> int:
+    def _stored_through(self) -> tuple[int, int | None]:
+        """The last journaled batch the store holds (its progress row), 0 when none; and the last
+        whose meter states are saved (None: no row)."""
+
+        def read() -> tuple[int, int | None]:
             with self.pipeline.uow_factory() as uow:
                 progress = uow.progress.get(self.source_key)
-            return 0 if progress is None else progress.rows_done
+                states = uow.progress.get(self.states_key)
+            return (0 if progress is None else progress.rows_done, None if states is None else states.rows_done)
 
-        return int(self.pipeline.backoff.run(read))
+        result: tuple[int, int | None] = self.pipeline.backoff.run(read)
+        return result

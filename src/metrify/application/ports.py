@@ -18,12 +18,16 @@ class Clock(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PartitionState:
-    """A partition's saved stream state: its watermark source, its input offset and its meters."""
+    """A partition's saved stream state: its watermark source, its input offset and its meters.
+    When the states were saved behind the outcomes (the API's stream writer saves them every N
+    batches), `max_event_time` and `next_offset` are where the states stand and `stored_offset`
+    the input offset the outcomes reached (the header's); None when the states are as far."""
 
     partition: int
     max_event_time: int | None
     next_offset: int
     meters: Mapping[str, list[Any]]
+    stored_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +81,12 @@ class StreamStateRepository(Protocol):
         next_offset: int,
         meters: Mapping[str, list[Any]],
         token: str | None = None,
+        states_at: tuple[int | None, int] | None = None,
     ) -> None:
         """Stage the partition's header and changed meters; `token` names the unit of work that
-        writes them (see `commit_token`)."""
+        writes them (see `commit_token`). `states_at`: None when `meters` bring the partition's
+        saved states up to this header; else the (max_event_time, next_offset) they were saved
+        at, behind it (PartitionState.stored_offset)."""
         ...
 
     def commit_token(self, stream: str, partition: int) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from metrify.application.errors import Unavailable
 from metrify.application.ports import TransientStoreError
-from metrify.application.stream import PartitionCountMismatch, StreamPipeline
+from metrify.application.stream import StreamCannotLoad, StreamPipeline
 from metrify.domain.readings import RawReading, normalise_meter_id
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate
 from metrify.domain.stream.partitioner import partition_for
@@ -230,7 +230,7 @@ class SerialPipeline(GroupCommit):
             pipeline = self.factory()
             try:
                 pipeline.load()
-            except PartitionCountMismatch as exc:
+            except StreamCannotLoad as exc:
                 raise _cannot_run(exc) from exc
             self._pipeline = pipeline
         return self._pipeline
@@ -242,7 +242,7 @@ class SerialPipeline(GroupCommit):
             pipeline = self._loaded()
             try:
                 events = pipeline.process(rows)
-            except PartitionCountMismatch as exc:  # met on a reload after another writer's commit
+            except StreamCannotLoad as exc:  # met on a reload after another writer's commit
                 raise _cannot_run(exc) from exc
             return attribute(rows, events, pipeline.partition_count)
         except BaseException:
@@ -282,7 +282,7 @@ class QuietWindowWriter:
         return self.pipeline.write_held_windows(None, wait=True)
 
 
-def _cannot_run(exc: PartitionCountMismatch) -> Unavailable:
+def _cannot_run(exc: StreamCannotLoad) -> Unavailable:
     """The operator's to mend: say what, not a bare 500."""
     return Unavailable(f"ingest cannot run: {exc}", retry_after=60)
 

@@ -78,8 +78,18 @@ def gc_paused() -> Iterator[None]:
         _PAUSE.leave()
 
 
-class PartitionCountMismatch(Exception):
+class StreamCannotLoad(Exception):
+    """The stream's saved state cannot be loaded as it is: the operator's to mend (said, not a 500)."""
+
+
+class PartitionCountMismatch(StreamCannotLoad):
     """The store holds a stream cut into another number of partitions than asked for."""
+
+
+class StreamStatesBehind(StreamCannotLoad):
+    """The stream's meter states were saved behind its outcomes by the API's stream writer
+    (METRIFY_API__STATE_SAVE_BATCHES), whose journal holds the batches in between: only that
+    writer can load it, and it saves them when it stops or is idle."""
 
 
 def _cut_into(states: Mapping[int, PartitionState | None], count: int) -> bool:
@@ -184,7 +194,8 @@ class PreparedBatch:
 
     events: list[Any]  # every event of the batch, in order: each reading's outcome among them
     stored: list[Any]  # the events to store: held windows first, then the batch's own
-    saves: list[tuple[int, int | None, int, dict[str, Any]]]  # per partition touched: its header and meters
+    # per partition touched: its header, its meters, and where its saved states stand when behind it
+    saves: list[tuple[int, int | None, int, dict[str, Any], tuple[int | None, int] | None]]
     progress: tuple[SourceProgress, ...]
     emitted: int  # windows emitted for the first time
     now: int  # the time future timestamps were judged against
@@ -255,6 +266,10 @@ class StreamPipeline:
         # per partition, the input offset the store held when this process last loaded or
         # committed it: each commit expects it still there (one writer per stream, checked)
         self.committed_offsets = [0] * partitions
+        # per partition, where its saved meter states stand (max_event_time, input offset), and
+        # the meters changed since: with `prepare(save_states=False)` they are saved by a later batch
+        self.saved_at: list[tuple[int | None, int]] = [(None, 0)] * partitions
+        self.unsaved: list[set[str]] = [set() for _ in range(partitions)]
         self.routes: dict[str, int] = {}  # meter id as received -> partition, filled by partition_of
         # Windows emitted for the first time by the batches this object committed (each window
         # counted once however often a LATE reading re-emits it): what a replay reports.
@@ -263,8 +278,13 @@ class StreamPipeline:
         # another writer commits, one of these moved means that writer replays the same rows.
         self.progress_seen: dict[str, SourceProgress | None] = {}
 
-    def load(self) -> None:
-        """Restore every partition from the store (a fresh store gives empty partitions)."""
+    def load(self, states_behind: bool = False) -> None:
+        """Restore every partition from the store (a fresh store gives empty partitions). Meter
+        states saved behind the outcomes (PartitionState.stored_offset) raise StreamStatesBehind
+        unless `states_behind`: the caller then runs the batches in between through `catch_up`
+        (the partitions' `next_offsets` are where the states stand, `committed_offsets` where
+        the outcomes do)."""
+        stored: dict[int, int] = {}
 
         def read() -> None:
             with self.uow_factory() as uow:
@@ -273,14 +293,28 @@ class StreamPipeline:
             count = self.partition_count
             if (saved and max(saved) >= count) or not _cut_into(states, count):
                 raise PartitionCountMismatch(_cut_otherwise(states, count))
+            behind = [p for p, state in states.items() if state is not None and state.stored_offset is not None]
+            if behind and not states_behind:
+                raise StreamStatesBehind(
+                    f"the meter states of stream {self.stream!r} (partitions {', '.join(map(str, behind))}) were "
+                    "saved behind its outcomes by the API's stream writer, whose journal holds the batches in "
+                    "between: start `metrify api` with METRIFY_API__STREAM_WRITER=process on this database, and "
+                    "stop it (or leave it idle a few seconds) to have them saved"
+                )
+            stored.clear()
             for core in self.cores:
                 state = states.get(core.partition)
                 if state is not None:
                     core.restore(state.max_event_time, state.meters)
                     self.next_offsets[core.partition] = state.next_offset
+                    self.saved_at[core.partition] = (state.max_event_time, state.next_offset)
+                    if state.stored_offset is not None:
+                        stored[core.partition] = state.stored_offset
 
+        self.saved_at = [(None, 0)] * self.partition_count
+        self.unsaved = [set() for _ in range(self.partition_count)]
         self.backoff.run(read)
-        self.committed_offsets = list(self.next_offsets)
+        self.committed_offsets = [stored.get(p, offset) for p, offset in enumerate(self.next_offsets)]
         # The closed windows the states hold: some may not be stored yet (a writer that held them
         # stopped before), so all are stored again, before anything newer (an upsert of the value
         # each has: the same value again for those stored already).
@@ -289,11 +323,31 @@ class StreamPipeline:
         for core in self.cores:
             self._hold(core, core.closed_windows())
 
-    def reload(self) -> None:
+    def reload(self, states_behind: bool = False) -> None:
         """Forget the state held here and load the store's: after another writer committed."""
         self.cores = self._new_cores()
         self.next_offsets = [0] * self.partition_count
-        self.load()
+        self.load(states_behind)
+
+    @property
+    def states_behind(self) -> bool:
+        """Whether some partition's meter states, as saved, stand behind what the store holds."""
+        return any(self.unsaved) or any(
+            at[1] != offset for at, offset in zip(self.saved_at, self.committed_offsets, strict=True)
+        )
+
+    def catch_up(self, rows: Sequence[RawReading], now: int) -> None:
+        """Run a batch the store holds already through the cores, storing nothing: after a `load`
+        of states saved behind the outcomes, the batches in between, as they were processed (the
+        same rows and `now`: the core is deterministic). Closed windows they queue are stored again
+        by the next batches (an upsert of the value each has), none is taken out of the queue here:
+        which of them the store holds already is not known."""
+        with gc_paused():
+            _, touched, _ = self._run_cores(rows, now)
+            for core, dirty in touched:
+                self.unsaved[core.partition].update(dirty)
+        if any(offset > stored for offset, stored in zip(self.next_offsets, self.committed_offsets, strict=True)):
+            raise RuntimeError("the batches caught up with run past what the store holds: not the same batches")
 
     def _new_cores(self) -> list[PartitionStream]:
         cores = [PartitionStream(self.config, p, self.intervals) for p in range(self.partition_count)]
@@ -450,12 +504,58 @@ class StreamPipeline:
         return batch.events
 
     def prepare(
-        self, rows: Sequence[RawReading], progress: Sequence[SourceProgress] = (), now: int | None = None
+        self,
+        rows: Sequence[RawReading],
+        progress: Sequence[SourceProgress] = (),
+        now: int | None = None,
+        save_states: bool = True,
     ) -> PreparedBatch:
         """Run a batch through the cores: its events, and what `commit` is to store of it. Until
-        that commit, the cores are ahead of the store (a failed commit calls for `reload`)."""
+        that commit, the cores are ahead of the store (a failed commit calls for `reload`).
+        Without `save_states` the meters it changed are not saved with it: the next batch that
+        saves them does (their partitions' headers say where the saved states stand meanwhile;
+        whoever loads them must run the batches in between through `catch_up`)."""
         if now is None:
             now = self.clock.now_us()
+        events, touched, emitted = self._run_cores(rows, now)
+        # Windows waiting (held, or found in the states when loaded) go first: a newer value of
+        # one in this batch must be stored after it.
+        stored = self._take_held(self._held_share()) if any(self.held) else []
+        if self.window_writes is not None:
+            stored.extend(e for e in events if type(e) is not WindowUpdated)
+        elif stored:
+            stored.extend(events)
+        else:
+            stored = events
+        offsets = self.next_offsets
+        saves: list[tuple[int, int | None, int, dict[str, Any], tuple[int | None, int] | None]] = []
+        if save_states:
+            unsaved = self.unsaved
+            for core, dirty in touched:
+                p = core.partition
+                if unsaved[p]:
+                    unsaved[p].update(dirty)
+                    dirty = sorted(unsaved[p])
+                    unsaved[p] = set()
+                saves.append((p, core.max_event_time, offsets[p], core.snapshot_meters(dirty), None))
+            done = {core.partition for core, _ in touched}
+            for core in self.cores:  # partitions this batch left alone whose states stand behind
+                p = core.partition
+                if p not in done and (unsaved[p] or self.saved_at[p][1] != self.committed_offsets[p]):
+                    saves.append((p, core.max_event_time, offsets[p], core.snapshot_meters(sorted(unsaved[p])), None))
+                    unsaved[p] = set()
+        else:
+            for core, dirty in touched:
+                p = core.partition
+                self.unsaved[p].update(dirty)
+                saves.append((p, core.max_event_time, offsets[p], {}, self.saved_at[p]))
+        return PreparedBatch(events, stored, saves, tuple(progress), emitted, now)
+
+    def _run_cores(
+        self, rows: Sequence[RawReading], now: int
+    ) -> tuple[list[Any], list[tuple[PartitionStream, list[str]]], int]:
+        """The batch through each partition's core: its events, the meters each core changed,
+        and the windows emitted for the first time. Closed windows held back are queued."""
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
         emitted = 0
@@ -470,29 +570,12 @@ class StreamPipeline:
                 events.extend(produced)
                 emitted += core.windows_emitted - before
                 touched.append((core, core.take_dirty()))
-        # Windows waiting (held, or found in the states when loaded) go first: a newer value of
-        # one in this batch must be stored after it.
-        stored = self._take_held(self._held_share()) if any(self.held) else []
-        if holding:
-            stored.extend(e for e in events if type(e) is not WindowUpdated)
-        elif stored:
-            stored.extend(events)
-        else:
-            stored = events
-        saves = [
-            (
-                core.partition,
-                core.max_event_time,
-                self.next_offsets[core.partition],
-                core.snapshot_meters(dirty),
-            )
-            for core, dirty in touched
-        ]
-        return PreparedBatch(events, stored, saves, tuple(progress), emitted, now)
+        return events, touched, emitted
 
-    def commit(self, batch: PreparedBatch) -> None:
+    def commit(self, batch: PreparedBatch, retries: Retries | None = None) -> None:
         """Store a prepared batch: its outcomes, the states it changed and its progress, in one
-        transaction that expects each partition's input offset as this process last saw it."""
+        transaction that expects each partition's input offset as this process last saw it.
+        `retries`: how a store that is away is tried again (default: the pipeline's backoff)."""
         stored, saves, progress = batch.stored, batch.saves, batch.progress
         committed = self.committed_offsets
         token = uuid.uuid4().hex  # this unit of work's, saved with each header (see _store_holds)
@@ -503,15 +586,15 @@ class StreamPipeline:
             tries += 1
             with self.uow_factory() as uow:
                 uow.outcomes.add_events(stored)
-                for partition, max_event_time, next_offset, meters in saves:
+                for partition, max_event_time, next_offset, meters, states_at in saves:
                     uow.state.expect(self.stream, partition, committed[partition])
-                    uow.state.save(self.stream, partition, max_event_time, next_offset, meters, token)
+                    uow.state.save(self.stream, partition, max_event_time, next_offset, meters, token, states_at)
                 for source in progress:
                     uow.progress.set(source)
                 uow.commit()
 
         try:
-            self.backoff.run(write)
+            (retries or self.backoff).run(write)
         except (StreamWrittenElsewhere, Unavailable) as exc:
             # After a try that failed, the store may hold this very batch: a commit that went
             # through but whose acknowledgement was lost (a connection dropped during COMMIT).
@@ -523,8 +606,10 @@ class StreamPipeline:
             if not self._store_holds(token, saves, progress, retry=isinstance(exc, StreamWrittenElsewhere)):
                 raise
             log.warning("the store holds this batch already: its commit went through, its acknowledgement was lost")
-        for partition, _, next_offset, _ in saves:
+        for partition, max_event_time, next_offset, _, states_at in saves:
             committed[partition] = next_offset
+            if states_at is None:
+                self.saved_at[partition] = (max_event_time, next_offset)
         self._release_holds()
         self.windows_emitted += batch.emitted
         for source in progress:
@@ -547,7 +632,7 @@ class StreamPipeline:
     def _store_holds(
         self,
         token: str,
-        saves: Sequence[tuple[int, int | None, int, dict[str, Any]]],
+        saves: Sequence[tuple[int, int | None, int, dict[str, Any], tuple[int | None, int] | None]],
         progress: Sequence[SourceProgress],
         retry: bool = True,
     ) -> bool:

@@ -31,7 +31,7 @@ from metrify.application.errors import Unavailable
 from metrify.application.journaled import JournaledWriter, WriterBroken
 from metrify.application.ports import IngestJournal
 from metrify.application.serial import BoundedBackoff, GroupCommit, Outcome, answer_outcomes
-from metrify.application.stream import PartitionCountMismatch, gc_paused
+from metrify.application.stream import StreamCannotLoad, gc_paused
 from metrify.domain.readings import RawReading
 from metrify.settings import Settings
 
@@ -103,14 +103,16 @@ def serve(settings: Settings, conn: Connection) -> None:
             # A start that cannot reach the database gives up within seconds (the API answers 503
             # and tries again with a later batch); a batch answered is stored however long it takes.
             pipeline = container.stream_pipeline(backoff=BoundedBackoff(), window_writes=limit)
-            writer = JournaledWriter(pipeline, container.ingest_journal(), decode_batch)
+            writer = JournaledWriter(
+                pipeline, container.ingest_journal(), decode_batch, settings.api.state_save_batches
+            )
             try:
                 replayed = writer.recover()
                 pipeline.backoff = container.backoff()
             except Exception as exc:  # noqa: BLE001 - told to the API, which answers 503 with it
                 if isinstance(exc, Unavailable):  # the database is away: soon again
                     failed = ("failed", str(exc), exc.retry_after)
-                elif isinstance(exc, PartitionCountMismatch):  # the operator's to mend
+                elif isinstance(exc, StreamCannotLoad):  # the operator's to mend
                     failed = ("failed", f"ingest cannot run: {exc}", 60)
                 else:  # the details are for the log, not for a client
                     log.error("the stream writer could not load the stream", exc_info=exc)
@@ -144,6 +146,7 @@ def _serve_batches(writer: JournaledWriter, conn: Connection, limit: int | None)
         if not conn.poll(_QUIET):
             if held:
                 _write_held_windows(writer, limit)
+            _save_states(writer)
             continue
         try:
             payload = conn.recv_bytes()
@@ -174,6 +177,16 @@ def _write_held_windows(writer: JournaledWriter, limit: int | None) -> None:
         writer.write_held_windows(limit, BoundedBackoff(budget=1.0))
     except Exception as exc:  # noqa: BLE001 - they wait in the meters' states
         log.warning("closed windows held back not stored while the stream was quiet: %s", exc)
+        writer.recover()
+
+
+def _save_states(writer: JournaledWriter) -> None:
+    """Save the meter states the batches since the last save changed, the stream being quiet
+    (within a second or not at all, as `_write_held_windows`)."""
+    try:
+        writer.save_states(BoundedBackoff(budget=1.0))
+    except Exception as exc:  # noqa: BLE001 - the journal keeps the batches they come from
+        log.warning("meter states not saved while the stream was quiet: %s", exc)
         writer.recover()
 
 

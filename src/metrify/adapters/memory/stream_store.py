@@ -24,6 +24,8 @@ class InMemoryStreamStore:
         self.windows: dict[tuple[str, int, int], WindowUpdated] = {}
         self.partitions: dict[tuple[str, int], tuple[int | None, int]] = {}
         self.commit_tokens: dict[tuple[str, int], str | None] = {}  # the unit of work that wrote each header last
+        # where a partition's meter states stand when saved behind its header (PartitionState.stored_offset)
+        self.states_at: dict[tuple[str, int], tuple[int | None, int]] = {}
         self.meter_states: dict[tuple[str, int, str], list[Any]] = {}
         self.progress: dict[str, SourceProgress] = {}
 
@@ -118,7 +120,9 @@ class _StagedOutcomes:
 class _StagedState:
     def __init__(self, store: InMemoryStreamStore) -> None:
         self.store = store
-        self.saved: list[tuple[str, int, int | None, int, dict[str, list[Any]], str | None]] = []
+        self.saved: list[
+            tuple[str, int, int | None, int, dict[str, list[Any]], str | None, tuple[int | None, int] | None]
+        ] = []
         self.expected: list[tuple[str, int, int]] = []
 
     def expect(self, stream: str, partition: int, next_offset: int) -> None:
@@ -129,6 +133,9 @@ class _StagedState:
         if header is None:
             return None
         meters = {m: data for (s, p, m), data in self.store.meter_states.items() if (s, p) == (stream, partition)}
+        states_at = self.store.states_at.get((stream, partition))
+        if states_at is not None:
+            return PartitionState(partition, states_at[0], states_at[1], meters, header[1])
         return PartitionState(partition, header[0], header[1], meters)
 
     def save(
@@ -139,8 +146,9 @@ class _StagedState:
         next_offset: int,
         meters: Mapping[str, list[Any]],
         token: str | None = None,
+        states_at: tuple[int | None, int] | None = None,
     ) -> None:
-        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters), token))
+        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters), token, states_at))
 
     def commit_token(self, stream: str, partition: int) -> str | None:
         return self.store.commit_tokens.get((stream, partition))
@@ -187,8 +195,12 @@ class InMemoryStreamUnitOfWork:
                 self.rollback()
                 raise StreamWrittenElsewhere(f"partition {partition} holds offset {held}, not {offset}")
         store.apply(fold_events(self.outcomes.events))
-        for stream, partition, max_event_time, next_offset, meters, token in self.state.saved:
+        for stream, partition, max_event_time, next_offset, meters, token, states_at in self.state.saved:
             store.partitions[(stream, partition)] = (max_event_time, next_offset)
+            if states_at is None:
+                store.states_at.pop((stream, partition), None)
+            else:
+                store.states_at[(stream, partition)] = states_at
             store.commit_tokens[(stream, partition)] = token
             for meter_id, data in meters.items():
                 store.meter_states[(stream, partition, meter_id)] = data

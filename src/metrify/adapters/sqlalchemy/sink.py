@@ -150,9 +150,17 @@ AGGREGATES = Target(
 PARTITIONS = Target(
     "partitions",
     t.stream_partitions,
-    ["stream", "partition", "max_event_time", "next_offset", "commit_token"],
+    [
+        "stream",
+        "partition",
+        "max_event_time",
+        "next_offset",
+        "commit_token",
+        "states_max_event_time",
+        "states_next_offset",
+    ],
     ["stream", "partition"],
-    ["max_event_time", "next_offset", "commit_token"],
+    ["max_event_time", "next_offset", "commit_token", "states_max_event_time", "states_next_offset"],
 )
 METER_STATES = Target(
     "meter_states",
@@ -215,7 +223,8 @@ def _by_meter(rows: list[Any], look_for_nul: bool = False) -> tuple[list[tuple[A
     return list(chain.from_iterable(groups[meter] for meter in sorted(groups))), nul
 
 
-StateSave = tuple[str, int, int | None, int, dict[str, list[Any]], str | None]
+# (stream, partition, max_event_time, next_offset, meters, token, states_at): see StreamStateRepository.save
+StateSave = tuple[str, int, int | None, int, dict[str, list[Any]], str | None, tuple[int | None, int] | None]
 
 
 @dataclass(slots=True)
@@ -303,8 +312,9 @@ def batch_rows(
     if saves:
         headers: dict[tuple[str, int], tuple[Any, ...]] = {}
         meter_states: dict[tuple[str, int, str], tuple[Any, ...]] = {}
-        for stream, partition, max_event_time, next_offset, meters, token in saves:
-            headers[(stream, partition)] = (stream, partition, max_event_time, next_offset, token)
+        for stream, partition, max_event_time, next_offset, meters, token, states_at in saves:
+            at = (None, None) if states_at is None else states_at
+            headers[(stream, partition)] = (stream, partition, max_event_time, next_offset, token, *at)
             if not states:
                 continue
             for meter_id, data in meters.items():

@@ -158,6 +158,10 @@ stream_partitions = sa.Table(
     # The unit of work that wrote the header last (Alembic 0008): a writer whose commit's
     # acknowledgement was lost reads it back to learn whether its commit went through.
     sa.Column("commit_token", sa.Text, nullable=True),
+    # Where the partition's meter states stand when saved behind the header (Alembic 0014; the
+    # API's stream writer saves them every N batches): NULL when they are as far as the header.
+    sa.Column("states_max_event_time", Micros, nullable=True),
+    sa.Column("states_next_offset", sa.BigInteger, nullable=True),
 )
 
 meter_states = sa.Table(

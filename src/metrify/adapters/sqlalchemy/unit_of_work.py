@@ -77,16 +77,21 @@ class _SqlState:
     def load(self, stream: str, partition: int) -> PartitionState | None:
         with transient_errors():
             connection = self.uow.connection
-            header = connection.execute(
-                sa.select(t.stream_partitions.c.max_event_time, t.stream_partitions.c.next_offset).where(
-                    t.stream_partitions.c.stream == stream, t.stream_partitions.c.partition == partition
+            c = t.stream_partitions.c
+            found = connection.execute(
+                sa.select(c.max_event_time, c.next_offset, c.states_max_event_time, c.states_next_offset).where(
+                    c.stream == stream, c.partition == partition
                 )
             ).first()
-            if header is None:
+            if found is None:
                 return None
+            # the states saved behind the header (Alembic 0014): where they stand, and the header's offset
+            header = found[:2] if found[3] is None else (found[2], found[3], found[1])
             log = self.uow.state_log
             if log is not None:
-                return PartitionState(partition, header[0], header[1], log.load(connection, stream, partition))
+                return PartitionState(
+                    partition, header[0], header[1], log.load(connection, stream, partition), *header[2:]
+                )
             rows = connection.execute(
                 sa.select(t.meter_states.c.meter_id, t.meter_states.c.data).where(
                     t.meter_states.c.stream == stream, t.meter_states.c.partition == partition
@@ -96,7 +101,7 @@ class _SqlState:
                 meters = {meter_of_state_key(key): decode_state(data) for key, data in rows}
             else:
                 meters = {meter_id: decode_state(data) for meter_id, data in rows}
-        return PartitionState(partition, header[0], header[1], meters)
+        return PartitionState(partition, header[0], header[1], meters, *header[2:])
 
     def save(
         self,
@@ -106,8 +111,9 @@ class _SqlState:
         next_offset: int,
         meters: Mapping[str, list[Any]],
         token: str | None = None,
+        states_at: tuple[int | None, int] | None = None,
     ) -> None:
-        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters), token))
+        self.saved.append((stream, partition, max_event_time, next_offset, dict(meters), token, states_at))
 
     def log_writes(self, connection: sa.Connection) -> tuple[list[LogWrite], dict[Target, list[tuple[Any, ...]]]]:
         """SQLite: the meter states saved, as state_log.py writes them (inside the transaction)."""
@@ -115,7 +121,7 @@ class _SqlState:
         if log is None or not self.saved:
             return [], {}
         merged: dict[tuple[str, int], dict[str, Any]] = {}
-        for stream, partition, _, _, meters, _ in self.saved:
+        for stream, partition, _, _, meters, _, _ in self.saved:
             merged.setdefault((stream, partition), {}).update(meters)
         writes = [log.plan(connection, s, p, meters) for (s, p), meters in merged.items() if meters]
         rows: dict[Target, list[tuple[Any, ...]]] = {

@@ -13,7 +13,7 @@ from rich.markup import escape
 from metrify.application.exports import EXPORT_KINDS
 from metrify.application.network import NetworkProfile
 from metrify.application.replay import ReplayOptions, SourceError, run_replay
-from metrify.application.stream import PartitionCountMismatch, ReplayedElsewhere
+from metrify.application.stream import ReplayedElsewhere, StreamCannotLoad
 from metrify.entrypoints.cli.app import app, console, state
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.cli.render import ReplayProgress, print_summary
@@ -130,7 +130,7 @@ def _replay_file(file: Path, options: ReplayOptions, workers: int = 1) -> None:
                 pipeline = state.get_container().stream_pipeline(partitions=options.partitions)
                 freeze_startup_heap()  # full collections would walk start-up's objects in every batch
                 report = run_replay(source, pipeline, options, on_batch=progress.update)
-    except PartitionCountMismatch as exc:
+    except StreamCannotLoad as exc:
         raise UserError(str(exc)) from None
     except ReplayedElsewhere as exc:
         raise UserError(str(exc), 1) from None

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from metrify.application.replay import ReadingSource, ReplayOptions, ReplayReport, Tally, run_replay
-from metrify.application.stream import PartitionCountMismatch, ReplayedElsewhere
+from metrify.application.stream import ReplayedElsewhere, StreamCannotLoad
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.cli.render import ReplayProgress
 from metrify.entrypoints.process import freeze_startup_heap
@@ -159,7 +159,7 @@ def _work(
         report = run_replay(source, pipeline, options, report_progress, partitions=owned)
         report.tally = report.tally.compacted()
         outbox.put(("done", worker, report))
-    except PartitionCountMismatch as exc:
+    except StreamCannotLoad as exc:
         outbox.put(("refused", worker, str(exc)))
     except ReplayedElsewhere as exc:
         outbox.put(("stopped", worker, str(exc)))
