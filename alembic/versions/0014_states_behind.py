@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 
 revision: str = "0014_states_behind"
 down_revision: str | Sequence[str] | None = "0013_meter_state_log"
@@ -42,7 +43,7 @@ def downgrade() -> None:
         .scalar_one()
     )
     if behind:
-        raise RuntimeError(
+        raise CommandError(
             f"{behind} stream partition(s) hold meter states saved behind their outcomes: start the API "
             "(METRIFY_API__STREAM_WRITER=process) once so that its stream writer saves them, then downgrade"
         )

@@ -398,6 +398,40 @@ def test_a_stream_writer_process_killed_again_and_again_stores_what_the_api_proc
     assert over_http == replayed_exports(tmp_path, fleet)
 
 
+def test_a_stream_writer_process_saves_the_meter_states_once_the_stream_is_quiet(tmp_path: Path, fleet: list) -> None:
+    """METRIFY_API__STATE_SAVE_BATCHES=100: the batches' meter states stand behind the headers
+    until the writer has had no batch for a moment; then it saves them, and a replay, which
+    refuses states that stand behind, can load the stream again."""
+    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process", state_save_batches=100))
+    migrations.upgrade(settings.resolved_database_url)
+    container = database_container(settings)
+    engine = create_engine_for(settings.resolved_database_url)
+
+    def states_behind() -> list[int | None]:
+        with engine.connect() as connection:
+            return list(connection.execute(sa.select(t.stream_partitions.c.states_next_offset)).scalars())
+
+    try:
+        with running_api(container, settings) as api:
+            key = api.ingest_key()
+            seen_behind = False
+            deadline = time.monotonic() + 30
+            while not seen_behind and time.monotonic() < deadline:  # batches back to back: no quiet moment
+                for start in range(0, 600, 150):
+                    response = api.client.post(
+                        URL, json={"readings": fleet[start : start + 150]}, headers={"X-API-Key": key}
+                    )
+                    assert response.status_code == 202, response.text
+                    seen_behind = seen_behind or any(offset is not None for offset in states_behind())
+            assert seen_behind, "the states must have stood behind the outcomes between two saves"
+            while any(offset is not None for offset in states_behind()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert states_behind() and not any(offset is not None for offset in states_behind())
+    finally:
+        engine.dispose()
+        container.shutdown_resources()
+
+
 def test_a_stream_writer_process_that_cannot_load_the_stream_makes_ingest_and_readiness_503(tmp_path: Path) -> None:
     """The database holds the stream cut into three partitions (a replay's); the API runs one."""
     settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic.util import CommandError
 from tests.support.core_runner import FixedClock
 
 from metrify.adapters.files.journal import SqliteIngestJournal
@@ -109,7 +110,7 @@ def test_0014_goes_down_only_once_no_states_stand_behind(store_url: str) -> None
                     stream="main", partition=0, next_offset=10, states_max_event_time=None, states_next_offset=4
                 )
             )
-        with pytest.raises(RuntimeError, match="saved behind their outcomes"):
+        with pytest.raises(CommandError, match="saved behind their outcomes"):
             migrations.downgrade(store_url, "0013_meter_state_log")
         assert migrations.current(store_url) == migrations.HEAD
         with engine.begin() as connection:

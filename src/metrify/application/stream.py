@@ -255,8 +255,9 @@ class StreamPipeline:
         # them). When a batch moves the watermark past every meter's windows, its 10,000-20,000
         # windows would double its time: held back, they are stored over the next batches, or by
         # `write_held_windows` when the stream is quiet. Until stored, each stays in its meter's
-        # state (PartitionStream.hold), which is saved with every batch: a process that loads the
-        # stream stores again every closed window the states hold, nothing is lost in a crash.
+        # state (PartitionStream.hold), which is saved with the batch (or a later one, which the
+        # journal replays: see catch_up): a process that loads the stream stores again every
+        # closed window the states hold, nothing is lost in a crash.
         self.window_writes = window_writes
         # per partition, the windows waiting: segments of (earliest end in it, windows in order)
         self.held: list[deque[tuple[int, list[Any] | Closed]]] = [deque() for _ in range(partitions)]
