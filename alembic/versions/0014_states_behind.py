@@ -47,6 +47,10 @@ def downgrade() -> None:
             f"{behind} stream partition(s) hold meter states saved behind their outcomes: start the API "
             "(METRIFY_API__STREAM_WRITER=process) once so that its stream writer saves them, then downgrade"
         )
+    # the writer's note of where its saved states stand, which the older code neither writes nor reads
+    op.get_bind().execute(
+        sa.text("DELETE FROM replay_progress WHERE source_key LIKE :pattern"), {"pattern": "api-journal:%:states"}
+    )
     with op.batch_alter_table("stream_partitions") as table:
         table.drop_column("states_next_offset")
         table.drop_column("states_max_event_time")

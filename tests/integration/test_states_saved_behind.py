@@ -115,10 +115,16 @@ def test_0014_goes_down_only_once_no_states_stand_behind(store_url: str) -> None
         assert migrations.current(store_url) == migrations.HEAD
         with engine.begin() as connection:
             connection.execute(tables.stream_partitions.update().values(states_next_offset=None))
+            for key in ("api-journal:main", "api-journal:main:states"):
+                connection.execute(
+                    tables.replay_progress.insert().values(source_key=key, rows_done=4, finished=False, updated_at=0)
+                )
         migrations.downgrade(store_url, "0013_meter_state_log")
         with engine.connect() as connection:
             columns = {c["name"] for c in sa.inspect(connection).get_columns("stream_partitions")}
+            keys = connection.execute(sa.select(tables.replay_progress.c.source_key)).scalars().all()
         assert "states_next_offset" not in columns and "next_offset" in columns
+        assert keys == ["api-journal:main"], "the note of where the states stand goes with its columns"
     finally:
         migrations.upgrade(store_url)
         engine.dispose()

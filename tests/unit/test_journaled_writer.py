@@ -280,3 +280,70 @@ def test_a_journal_that_lost_the_batches_behind_the_states_stops_the_writer() ->
     journal.batches.clear()  # deleted with the file, say
     with pytest.raises(WriterBroken, match="journal lacks batches 1-3"):
         writer_on(store, journal, save_every=100)
+
+
+@pytest.mark.parametrize("window_writes", [None, 3], ids=["windows stored at once", "windows held back"])
+def test_a_window_changed_after_the_states_were_saved_keeps_its_newest_value_through_a_restart(
+    window_writes: int | None,
+) -> None:
+    """The states saved at batch 3 hold M1's hour window closed with one reading; batch 4 (a LATE
+    reading) changes it, and its states are not saved. A writer started after that queues the
+    window as the states hold it, then as the journaled batch 4 leaves it: the newest goes last."""
+    data = [
+        [RawReading("M1", "2024-03-04T00:00:00Z", "1.0")],
+        [RawReading("M1", "2024-03-04T01:00:00Z", "1.0")],
+        [RawReading("M1", "2024-03-04T01:30:00Z", "1.0")],  # closes the hour [00:00, 01:00)
+        [RawReading("M1", "2024-03-04T00:30:00Z", "5.0")],  # LATE: changes it
+        [RawReading("M2", "2024-03-04T01:30:00Z", "1.0")],
+    ]
+    reference, answers = expected(data)
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal, window_writes, 3)
+    for number in range(4):
+        assert writer.take(encode_batch(f"t{number}", data[number]))[1] == answers[number]
+        writer.store()
+    writer, _ = writer_on(store, journal, window_writes, 3)  # the one before was killed
+    writer.take(encode_batch("t4", data[4]))
+    writer.store()
+    writer.write_held_windows(None)
+    assert store.windows == reference.windows
+
+
+def test_a_store_without_the_states_row_of_an_older_writer_is_caught_up_after_a_crash() -> None:
+    """A store and journal an older Metrify left (no row says where the saved states stand), then
+    a writer that saves them every 10 batches, killed after one batch: the next one starts."""
+    data = batches()
+    reference, answers = expected(data[:7])
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal)
+    for number in range(5):
+        writer.take(encode_batch(f"t{number}", data[number]))
+        writer.store()
+    writer.close()
+    del store.progress["api-journal:main:states"]  # the older code never wrote it
+    writer, _ = writer_on(store, journal, save_every=10)
+    writer.take(encode_batch("t5", data[5]))
+    writer.store()  # the states not saved
+    writer, _ = writer_on(store, journal, save_every=10)  # the one before was killed
+    assert writer.take(encode_batch("t6", data[6]))[1] == answers[6]
+    writer.store()
+    writer.close()
+    assert outcome(store) == outcome(reference)
+
+
+def test_a_batch_the_journal_refuses_while_the_states_stand_behind_fails_alone() -> None:
+    data = batches()
+    reference, answers = expected(data[:3] + data[4:6])
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal, save_every=10)
+    for number in range(3):
+        writer.take(encode_batch(f"t{number}", data[number]))
+        writer.store()
+    journal.fail_next_append = True
+    with pytest.raises(OSError, match="no space"):
+        writer.take(encode_batch("t3", data[3]))
+    for number in (4, 5):
+        assert writer.take(encode_batch(f"t{number}", data[number]))[1] == answers[number - 1]
+        writer.store()
+    writer.close()
+    assert outcome(store) == outcome(reference)

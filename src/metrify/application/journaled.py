@@ -104,9 +104,12 @@ class JournaledWriter:
                 "(was the ingest journal deleted?): the stream cannot go on from its store"
             )
         pipeline = self.pipeline
-        for _, record in entries:
+        for seq, record in entries:
             _, rows = self.decode(record[8:])
-            pipeline.catch_up(rows, int.from_bytes(record[:8], "big", signed=True))
+            try:
+                pipeline.catch_up(rows, int.from_bytes(record[:8], "big", signed=True))
+            except RuntimeError as exc:
+                raise WriterBroken(f"journaled batch {seq}: {exc}") from exc
         if pipeline.next_offsets != pipeline.committed_offsets:
             raise WriterBroken(
                 f"the journaled batches {start + 1}-{done} end at input offsets {pipeline.next_offsets}, "
@@ -128,14 +131,16 @@ class JournaledWriter:
         seq = self.seq + 1
         now = pipeline.clock.now_us()  # journaled with the batch: stored again, it is judged as answered
         save = seq - self.states_seq >= self.state_save_batches
-        progress = [self._progress(seq), self._states_progress(seq)] if save else [self._progress(seq)]
+        # Each batch says where the saved states stand (a row left by a writer before, or by an
+        # older Metrify, is never taken for this one's).
+        progress = [self._progress(seq), self._states_progress(seq if save else self.states_seq)]
         try:
             batch = pipeline.prepare(rows, progress, now, save_states=save)
             outcomes = outcome_codes(attribute(rows, batch.events, pipeline.partition_count))
             self.journal.append(seq, now.to_bytes(8, "big", signed=True) + payload, token, answer_text(outcomes))
         except BaseException as exc:
             try:
-                pipeline.reload()  # the cores may have moved on with a batch that will not be answered
+                self.recover()  # the cores may have moved on with a batch that will not be answered
             except BaseException as again:
                 raise WriterBroken(f"the stream could not be loaded again after {exc!r}") from again
             raise
@@ -184,6 +189,7 @@ class JournaledWriter:
             return False
         pipeline.commit(pipeline.prepare([], [self._states_progress(self.seq)]), retries)
         self.states_seq = self.seq
+        self.journal.drop_through(self.seq)
         return True
 
     def write_held_windows(self, limit: int | None, retries: Retries | None = None) -> int:

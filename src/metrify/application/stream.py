@@ -340,11 +340,12 @@ class StreamPipeline:
     def catch_up(self, rows: Sequence[RawReading], now: int) -> None:
         """Run a batch the store holds already through the cores, storing nothing: after a `load`
         of states saved behind the outcomes, the batches in between, as they were processed (the
-        same rows and `now`: the core is deterministic). Closed windows they queue are stored again
-        by the next batches (an upsert of the value each has), none is taken out of the queue here:
-        which of them the store holds already is not known."""
+        same rows and `now`: the core is deterministic). The windows they close or change are
+        queued as if held back, behind those the states held when loaded, and stored by the next
+        batches (an upsert of the value each has: the newest goes last); none is taken out of the
+        queue here: which of them the store holds already is not known."""
         with gc_paused():
-            _, touched, _ = self._run_cores(rows, now)
+            _, touched, _ = self._run_cores(rows, now, hold_windows=True)
             for core, dirty in touched:
                 self.unsaved[core.partition].update(dirty)
         if any(offset > stored for offset, stored in zip(self.next_offsets, self.committed_offsets, strict=True)):
@@ -553,14 +554,15 @@ class StreamPipeline:
         return PreparedBatch(events, stored, saves, tuple(progress), emitted, now)
 
     def _run_cores(
-        self, rows: Sequence[RawReading], now: int
+        self, rows: Sequence[RawReading], now: int, hold_windows: bool = False
     ) -> tuple[list[Any], list[tuple[PartitionStream, list[str]]], int]:
         """The batch through each partition's core: its events, the meters each core changed,
-        and the windows emitted for the first time. Closed windows held back are queued."""
+        and the windows emitted for the first time. Closed windows held back are queued, and
+        with `hold_windows` every window event too."""
         events: list[Any] = []
         touched: list[tuple[PartitionStream, list[str]]] = []
         emitted = 0
-        holding = self.window_writes is not None
+        holding = self.window_writes is not None or hold_windows
         for core, (part, first_offset) in zip(self.cores, self.split(rows), strict=True):
             if part:
                 before = core.windows_emitted
