@@ -20,8 +20,11 @@
 # Knobs (all optional; the METRIFY_SERVICES_ prefix is this script's, Metrify itself never reads it):
 #   METRIFY_SERVICES_DIR         run folder: data, logs, pids        (default <repo>/.services)
 #   METRIFY_SERVICES_CACHE       download cache: Kafka jars, classes (default <repo>/.cache)
-#   METRIFY_SERVICES_PG_PORT     55432     METRIFY_SERVICES_REDIS_PORT             56379
-#   METRIFY_SERVICES_KAFKA_PORT  59092     METRIFY_SERVICES_KAFKA_CONTROLLER_PORT  59093
+#   METRIFY_SERVICES_PG_PORT     15432     METRIFY_SERVICES_REDIS_PORT             16379
+#   METRIFY_SERVICES_KAFKA_PORT  19092     METRIFY_SERVICES_KAFKA_CONTROLLER_PORT  19093
+#     The defaults lie below Linux's ephemeral range (32768-60999): a port in it may be the local
+#     end of some client's connection at that moment (seen: Kafka's bind refused by a connection
+#     to Redis that had picked 59092), which no check for a listener can see.
 #     A port set here is used as is (taken by another program: an error). Unset, a service starts
 #     on the port it had last time in this run folder, else on the default; when another program
 #     (or another checkout's services) holds that port, on the next free one. The ports in use are
@@ -48,10 +51,10 @@ port_setting() { # NAME default
 	saved=$(sed -n "s/^$1=\([0-9][0-9]*\)\$/\1/p" "$PORTS_FILE" 2>/dev/null | tail -n1)
 	printf '%s\n' "${saved:-$2}"
 }
-PG_PORT=$(port_setting PG 55432)
-REDIS_PORT=$(port_setting REDIS 56379)
-KAFKA_PORT=$(port_setting KAFKA 59092)
-KAFKA_CONTROLLER_PORT=$(port_setting KAFKA_CONTROLLER 59093)
+PG_PORT=$(port_setting PG 15432)
+REDIS_PORT=$(port_setting REDIS 16379)
+KAFKA_PORT=$(port_setting KAFKA 19092)
+KAFKA_CONTROLLER_PORT=$(port_setting KAFKA_CONTROLLER 19093)
 KAFKA_HEAP=${METRIFY_SERVICES_KAFKA_HEAP:-"-Xms256m -Xmx512m"}
 TIMEOUT=${METRIFY_SERVICES_TIMEOUT:-120}
 PG_DURABLE=${METRIFY_SERVICES_PG_DURABLE:-0}

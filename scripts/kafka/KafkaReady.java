@@ -25,7 +25,7 @@ import org.apache.kafka.common.utils.Utils;
 
 public class KafkaReady {
     public static void main(String[] args) throws Exception {
-        String bootstrap = args.length > 0 ? args[0] : "127.0.0.1:59092";
+        String bootstrap = args.length > 0 ? args[0] : "127.0.0.1:19092";
         long timeoutMs = (args.length > 1 ? Long.parseLong(args[1]) : 120) * 1000L;
         long deadline = System.currentTimeMillis() + timeoutMs;
         String step = "metadata";
