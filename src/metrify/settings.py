@@ -166,8 +166,9 @@ class ApiSettings(BaseModel):
     stream_writer: Literal["inline", "process"] = "inline"
     # With "process": the meter states are saved every N batches (1: with each). The batches in
     # between stay in the ingest journal; a writer that starts runs them through the core again.
-    # Saved when the writer stops and when the stream is quiet (application/journaled.py).
-    state_save_batches: int = Field(1, ge=1, le=100_000)
+    # Saved when the writer stops and when the stream is quiet (application/journaled.py). At most
+    # 1,000: a start runs that many batches through the core (and holds them) before it is ready.
+    state_save_batches: int = Field(1, ge=1, le=1000)
 
 
 class StorageSettings(BaseModel):

@@ -347,3 +347,49 @@ def test_a_batch_the_journal_refuses_while_the_states_stand_behind_fails_alone()
         writer.store()
     writer.close()
     assert outcome(store) == outcome(reference)
+
+
+@pytest.mark.parametrize("save_every", [1, 3], ids=["states saved with each batch", "states saved every 3"])
+def test_another_writer_committing_to_a_partition_the_writer_left_behind_is_caught_up_with(save_every: int) -> None:
+    """The writer stores a batch of partition 0 only (its states not saved), another writer (a
+    replay) one of partition 1 only; the writer's next batch, of both, meets the other's commit:
+    loaded again and caught up, it stores what one writer taking all these batches in turn would."""
+    router = pipeline_on(InMemoryStreamStore())
+    rows = [row for batch in batches() for row in batch]
+    by_partition = [[row for row in rows if router.partition_of(row[0]) == p] for p in (0, 1)]
+    part0, part1 = ([rows[i : i + 20] for i in range(0, 120, 20)] for rows in by_partition)
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal, save_every=save_every)
+    in_turn = []
+    for number in range(3):
+        writer.take(encode_batch(f"t{number}", part0[number] + part1[number]))
+        writer.store()
+        in_turn.append(part0[number] + part1[number])
+    writer.save_states()
+    other = pipeline_on(store)
+    other.load()
+    writer.take(encode_batch("t3", part0[3]))
+    writer.store()
+    other.process(part1[3])
+    in_turn += [part0[3], part1[3]]
+    for number in (4, 5):
+        writer.take(encode_batch(f"t{number}", part0[number] + part1[number]))
+        writer.store()
+        in_turn.append(part0[number] + part1[number])
+    writer.close()
+    reference, _ = expected(in_turn)
+    assert outcome(store)[:5] == outcome(reference)[:5]
+
+
+def test_a_start_that_caught_up_saves_the_states_at_once() -> None:
+    """A start killed after its catch-up must not run the same batches through again."""
+    data = batches()
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal, save_every=100)
+    for number in range(4):
+        writer.take(encode_batch(f"t{number}", data[number]))
+        writer.store()
+    assert store.states_at
+    writer, _ = writer_on(store, journal, save_every=100)  # the one before was killed
+    assert not store.states_at and not writer.pipeline.states_behind
+    assert journal.batches == {}, "nothing left to catch up with"

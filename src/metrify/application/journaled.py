@@ -90,6 +90,8 @@ class JournaledWriter:
             replayed[token] = outcome_codes(attribute(rows, events, pipeline.partition_count))
         self.seq = max(self.journal.last(), done)
         self.states_seq = start if pipeline.states_behind else self.seq
+        if behind:  # saved now: a start killed later does not run the same batches through again
+            self.save_states()
         self.journal.drop_through(self.states_seq)
         if replayed:
             log.info("stored %d journaled batch(es) a stream writer before this one had answered", len(replayed))
@@ -159,15 +161,12 @@ class JournaledWriter:
             pipeline.commit(batch)
         except StreamWrittenElsewhere as exc:
             # Another writer (a replay into the same database) committed meanwhile: the batch goes
-            # onto its state, as any writer's would. Its readings were answered on this writer's
-            # state before: what is stored may differ from that answer, and the log says how much.
-            # (That writer loaded the states when they were saved as far as the outcomes: it
-            # refuses them otherwise. This batch saves them again, as far as itself.)
-            seq = batch.progress[0].rows_done
-            pipeline.reload()
-            events = pipeline.process(rows, [self._progress(seq), self._states_progress(seq)], batch.now)
-            save = True
-            stored = outcome_codes(attribute(rows, events, pipeline.partition_count))
+            # onto its state, as any writer's would: loaded (and caught up) as a start does, which
+            # stores it from the journal. Its readings were answered on this writer's state before:
+            # what is stored may differ from that answer, and the log says how much.
+            replayed = self.recover()
+            stored = list(replayed.values())[-1] if replayed else answered
+            save = False  # recover settled where the states stand
             changed = sum(1 for a, b in zip(answered, stored, strict=True) if a != b)
             log.warning(
                 "%s: a batch answered was stored on the state loaded again; %d of its %d readings "
