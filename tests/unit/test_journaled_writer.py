@@ -76,6 +76,13 @@ def writer_on(
     return writer, writer.recover()
 
 
+def store_batches(writer: JournaledWriter, data: list[list[RawReading]], numbers: range) -> None:
+    """Batches `numbers` of `data` taken and stored, one after the other, as the API sends them."""
+    for number in numbers:
+        writer.take(encode_batch(f"t{number}", data[number]))
+        writer.store()
+
+
 def test_batches_through_the_writer_are_stored_and_answered_as_in_the_api_process() -> None:
     data = batches()
     reference, answers = expected(data)
@@ -109,9 +116,7 @@ def test_a_writer_stopped_after_answering_and_before_storing_loses_nothing(
     for stop_at in stops:
         store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
         writer, _ = writer_on(store, journal, window_writes, save_every)
-        for number in range(stop_at):
-            writer.take(encode_batch(f"t{number}", data[number]))
-            writer.store()
+        store_batches(writer, data, range(stop_at))
         writer.take(encode_batch(f"t{stop_at}", data[stop_at]))  # answered, then the process dies
         after, replayed = writer_on(store, journal, window_writes, save_every)
         assert replayed == {f"t{stop_at}": answers[stop_at]}, f"stopped at batch {stop_at}"
@@ -146,9 +151,7 @@ def test_a_batch_the_journal_refuses_is_not_answered_and_leaves_no_trace() -> No
     reference, answers = expected(data[:3] + data[4:])
     store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
     writer, _ = writer_on(store, journal)
-    for number in range(3):
-        writer.take(encode_batch(f"t{number}", data[number]))
-        writer.store()
+    store_batches(writer, data, range(3))
     journal.fail_next_append = True
     with pytest.raises(OSError, match="no space"):
         writer.take(encode_batch("t3", data[3]))
@@ -255,9 +258,7 @@ def test_states_saved_every_few_batches_stand_behind_the_headers_until_saved() -
     data = batches()
     store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
     writer, _ = writer_on(store, journal, save_every=100)
-    for number in range(4):
-        writer.take(encode_batch(f"t{number}", data[number]))
-        writer.store()
+    store_batches(writer, data, range(4))
     assert store.states_at and not store.meter_states, "no states saved yet, and the headers say so"
     assert writer.pipeline.states_behind
     with pytest.raises(StreamStatesBehind, match="saved behind its outcomes"):
@@ -274,9 +275,7 @@ def test_a_journal_that_lost_the_batches_behind_the_states_stops_the_writer() ->
     data = batches()
     store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
     writer, _ = writer_on(store, journal, save_every=100)
-    for number in range(3):
-        writer.take(encode_batch(f"t{number}", data[number]))
-        writer.store()
+    store_batches(writer, data, range(3))
     journal.batches.clear()  # deleted with the file, say
     with pytest.raises(WriterBroken, match="journal lacks batches 1-3"):
         writer_on(store, journal, save_every=100)
@@ -316,9 +315,7 @@ def test_a_store_without_the_states_row_of_an_older_writer_is_caught_up_after_a_
     reference, answers = expected(data[:7])
     store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
     writer, _ = writer_on(store, journal)
-    for number in range(5):
-        writer.take(encode_batch(f"t{number}", data[number]))
-        writer.store()
+    store_batches(writer, data, range(5))
     writer.close()
     del store.progress["api-journal:main:states"]  # the older code never wrote it
     writer, _ = writer_on(store, journal, save_every=10)
@@ -336,9 +333,7 @@ def test_a_batch_the_journal_refuses_while_the_states_stand_behind_fails_alone()
     reference, answers = expected(data[:3] + data[4:6])
     store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
     writer, _ = writer_on(store, journal, save_every=10)
-    for number in range(3):
-        writer.take(encode_batch(f"t{number}", data[number]))
-        writer.store()
+    store_batches(writer, data, range(3))
     journal.fail_next_append = True
     with pytest.raises(OSError, match="no space"):
         writer.take(encode_batch("t3", data[3]))
@@ -386,9 +381,7 @@ def test_a_start_that_caught_up_saves_the_states_at_once() -> None:
     data = batches()
     store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
     writer, _ = writer_on(store, journal, save_every=100)
-    for number in range(4):
-        writer.take(encode_batch(f"t{number}", data[number]))
-        writer.store()
+    store_batches(writer, data, range(4))
     assert store.states_at
     writer, _ = writer_on(store, journal, save_every=100)  # the one before was killed
     assert not store.states_at and not writer.pipeline.states_behind

@@ -38,6 +38,16 @@ JOURNAL_SOURCE = "api-journal"
 _DROP_EVERY = 64  # batches stored between two clean-ups of the journal
 
 
+def _record(now: int, payload: bytes) -> bytes:
+    """A batch as the journal keeps it: the time it was judged against (8 bytes), then its payload."""
+    return now.to_bytes(8, "big", signed=True) + payload
+
+
+def _unrecord(record: bytes) -> tuple[int, bytes]:
+    """`_record`'s time and payload."""
+    return int.from_bytes(record[:8], "big", signed=True), record[8:]
+
+
 class WriterBroken(Exception):
     """The writer's state could not be loaded again after a failed batch: it must not go on."""
 
@@ -84,7 +94,7 @@ class JournaledWriter:
         for seq, record in entries:
             if seq <= done:
                 continue
-            now, payload = int.from_bytes(record[:8], "big", signed=True), record[8:]
+            now, payload = _unrecord(record)
             token, rows = self.decode(payload)
             events = pipeline.process(rows, [self._progress(seq), self._states_progress(seq)], now)
             replayed[token] = outcome_codes(attribute(rows, events, pipeline.partition_count))
@@ -107,9 +117,10 @@ class JournaledWriter:
             )
         pipeline = self.pipeline
         for seq, record in entries:
-            _, rows = self.decode(record[8:])
+            now, payload = _unrecord(record)
+            _, rows = self.decode(payload)
             try:
-                pipeline.catch_up(rows, int.from_bytes(record[:8], "big", signed=True))
+                pipeline.catch_up(rows, now)
             except RuntimeError as exc:
                 raise WriterBroken(f"journaled batch {seq}: {exc}") from exc
         if pipeline.next_offsets != pipeline.committed_offsets:
@@ -139,7 +150,7 @@ class JournaledWriter:
         try:
             batch = pipeline.prepare(rows, progress, now, save_states=save)
             outcomes = outcome_codes(attribute(rows, batch.events, pipeline.partition_count))
-            self.journal.append(seq, now.to_bytes(8, "big", signed=True) + payload, token, answer_text(outcomes))
+            self.journal.append(seq, _record(now, payload), token, answer_text(outcomes))
         except BaseException as exc:
             try:
                 self.recover()  # the cores may have moved on with a batch that will not be answered

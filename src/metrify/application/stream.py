@@ -188,14 +188,18 @@ class Backoff:
             raise StopRequested(f"stopped while {doing}") from error
 
 
+# A partition's save in a batch: (partition, max_event_time, next_offset, meters' states, where its
+# saved states stand when behind this header: None when these bring them up to it)
+PartitionSave = tuple[int, int | None, int, dict[str, Any], tuple[int | None, int] | None]
+
+
 @dataclass(slots=True)
 class PreparedBatch:
     """A batch run through the cores and not stored yet (StreamPipeline.prepare, then commit)."""
 
     events: list[Any]  # every event of the batch, in order: each reading's outcome among them
     stored: list[Any]  # the events to store: held windows first, then the batch's own
-    # per partition touched: its header, its meters, and where its saved states stand when behind it
-    saves: list[tuple[int, int | None, int, dict[str, Any], tuple[int | None, int] | None]]
+    saves: list[PartitionSave]  # per partition touched (or whose states are saved): see PartitionSave
     progress: tuple[SourceProgress, ...]
     emitted: int  # windows emitted for the first time
     now: int  # the time future timestamps were judged against
@@ -333,9 +337,11 @@ class StreamPipeline:
     @property
     def states_behind(self) -> bool:
         """Whether some partition's meter states, as saved, stand behind what the store holds."""
-        return any(self.unsaved) or any(
-            at[1] != offset for at, offset in zip(self.saved_at, self.committed_offsets, strict=True)
-        )
+        return any(self._behind(p) for p in range(self.partition_count))
+
+    def _behind(self, partition: int) -> bool:
+        """Whether the partition's meter states, as saved, stand behind what the store holds."""
+        return bool(self.unsaved[partition]) or self.saved_at[partition][1] != self.committed_offsets[partition]
 
     def catch_up(self, rows: Sequence[RawReading], now: int) -> None:
         """Run a batch the store holds already through the cores, storing nothing: after a `load`
@@ -529,27 +535,24 @@ class StreamPipeline:
             stored.extend(events)
         else:
             stored = events
-        offsets = self.next_offsets
-        saves: list[tuple[int, int | None, int, dict[str, Any], tuple[int | None, int] | None]] = []
-        if save_states:
-            unsaved = self.unsaved
-            for core, dirty in touched:
+        offsets, unsaved = self.next_offsets, self.unsaved
+        saves: list[PartitionSave] = []
+        if save_states:  # the partitions it touched, and those it left alone whose states stand behind
+            changed = {core.partition: dirty for core, dirty in touched}
+            for core in self.cores:
                 p = core.partition
+                dirty = changed.get(p)
+                if dirty is None and not self._behind(p):
+                    continue
                 if unsaved[p]:
-                    unsaved[p].update(dirty)
+                    unsaved[p].update(dirty or ())
                     dirty = sorted(unsaved[p])
                     unsaved[p] = set()
-                saves.append((p, core.max_event_time, offsets[p], core.snapshot_meters(dirty), None))
-            done = {core.partition for core, _ in touched}
-            for core in self.cores:  # partitions this batch left alone whose states stand behind
-                p = core.partition
-                if p not in done and (unsaved[p] or self.saved_at[p][1] != self.committed_offsets[p]):
-                    saves.append((p, core.max_event_time, offsets[p], core.snapshot_meters(sorted(unsaved[p])), None))
-                    unsaved[p] = set()
+                saves.append((p, core.max_event_time, offsets[p], core.snapshot_meters(dirty or []), None))
         else:
             for core, dirty in touched:
                 p = core.partition
-                self.unsaved[p].update(dirty)
+                unsaved[p].update(dirty)
                 saves.append((p, core.max_event_time, offsets[p], {}, self.saved_at[p]))
         return PreparedBatch(events, stored, saves, tuple(progress), emitted, now)
 
@@ -635,7 +638,7 @@ class StreamPipeline:
     def _store_holds(
         self,
         token: str,
-        saves: Sequence[tuple[int, int | None, int, dict[str, Any], tuple[int | None, int] | None]],
+        saves: Sequence[PartitionSave],
         progress: Sequence[SourceProgress],
         retry: bool = True,
     ) -> bool:

@@ -144,9 +144,7 @@ def _serve_batches(writer: JournaledWriter, conn: Connection, limit: int | None)
     held = writer.pipeline.window_writes is not None
     while True:
         if not conn.poll(_QUIET):
-            if held:
-                _write_held_windows(writer, limit)
-            _save_states(writer)
+            _use_quiet_moment(writer, held, limit)
             continue
         try:
             payload = conn.recv_bytes()
@@ -169,24 +167,18 @@ def _serve_batches(writer: JournaledWriter, conn: Connection, limit: int | None)
     writer.close()
 
 
-def _write_held_windows(writer: JournaledWriter, limit: int | None) -> None:
-    """Store some closed windows held back, the stream being quiet. Within a second or not at all:
-    the API may send the next batch at any moment. On failure the stream is loaded again, which
-    queues the windows its states hold once more."""
+def _use_quiet_moment(writer: JournaledWriter, held: bool, limit: int | None) -> None:
+    """The stream being quiet: store some closed windows held back (when holding), then save the
+    meter states the batches since the last save changed. Each within a second or not at all: the
+    API may send the next batch at any moment. On failure the stream is loaded again: the windows
+    wait in the meters' states (queued again by the load), the batches behind the saved states in
+    the journal (a load catches up with them and saves the states)."""
     try:
-        writer.write_held_windows(limit, BoundedBackoff(budget=1.0))
-    except Exception as exc:  # noqa: BLE001 - they wait in the meters' states
-        log.warning("closed windows held back not stored while the stream was quiet: %s", exc)
-        writer.recover()
-
-
-def _save_states(writer: JournaledWriter) -> None:
-    """Save the meter states the batches since the last save changed, the stream being quiet
-    (within a second or not at all, as `_write_held_windows`)."""
-    try:
+        if held:
+            writer.write_held_windows(limit, BoundedBackoff(budget=1.0))
         writer.save_states(BoundedBackoff(budget=1.0))
-    except Exception as exc:  # noqa: BLE001 - the journal keeps the batches they come from
-        log.warning("meter states not saved while the stream was quiet: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - nothing is lost: see above
+        log.warning("closed windows held back or meter states not stored while the stream was quiet: %s", exc)
         writer.recover()
 
 
