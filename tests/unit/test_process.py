@@ -82,3 +82,49 @@ def test_one_freezer_a_process() -> None:
         SurvivorFreezer.uninstall()
         if installed is not None:
             SurvivorFreezer.install()
+
+
+@pytest.fixture
+def thresholds_after() -> Iterator[None]:
+    before = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_a_batch_that_leaves_little_alive_sets_off_no_young_collection(thresholds_after: None) -> None:
+    from metrify.application.stream import gc_paused
+    from metrify.entrypoints.process import YOUNG_COLLECTION_THRESHOLD, collect_young_rarely
+
+    collections: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    def batches(n: int) -> list[list[object]]:
+        kept: list[list[object]] = []
+        for _ in range(n):
+            with gc_paused():
+                temporary = [[i] for i in range(20_000)]  # freed by reference counting
+                kept.append(temporary[:200])  # what a batch leaves alive (window partials)
+                del temporary
+            [].append(None)  # an allocation once the pause is over: where a due collection runs
+        return kept
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's
+        batches(5)
+        assert collections, "CPython's threshold collects after such batches"
+        collections.clear()
+        collect_young_rarely()
+        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, 10, 10)
+        gc.collect()
+        collections.clear()
+        batches(5)
+        assert collections == []
+    finally:
+        gc.callbacks.remove(count)

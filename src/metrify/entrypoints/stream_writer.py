@@ -89,7 +89,7 @@ def serve(settings: Settings, conn: Connection) -> None:
     (or until the API's end of the pipe is gone)."""
     from metrify.container import build_container
     from metrify.entrypoints.logs import configure_logging
-    from metrify.entrypoints.process import freeze_startup_heap
+    from metrify.entrypoints.process import collect_young_rarely, freeze_startup_heap
 
     configure_logging(settings.log_level, settings.resolved_log_format, settings.data_dir)
     # Ctrl-C or a SIGTERM to the whole process group is the API's to handle: it tells this process
@@ -125,6 +125,7 @@ def serve(settings: Settings, conn: Connection) -> None:
                 conn.send(failed)
                 return
             freeze_startup_heap()
+            collect_young_rarely()
             conn.send(("ready", len(replayed)))
             _serve_batches(writer, conn, limit)
     except AnotherWriter as exc:
