@@ -23,7 +23,7 @@ from metrify.adapters.kafka.metrics import PrometheusWorkerMetrics, serve
 from metrify.application.kafka_stream import RunTotals, StreamWorker
 from metrify.application.stream import Backoff, StopRequested
 from metrify.container import Container
-from metrify.entrypoints.process import freeze_startup_heap
+from metrify.entrypoints.process import collect_young_rarely, freeze_startup_heap
 from metrify.settings import Settings
 
 log = logging.getLogger("metrify.worker")
@@ -131,6 +131,7 @@ def run_worker(settings: Settings, container: Container, options: WorkerOptions)
             partitions,
         )
         freeze_startup_heap()  # full collections would walk start-up's objects in every batch
+        collect_young_rarely()
         try:
             totals = worker.run(options.stop_when_idle)
         except StopRequested as exc:

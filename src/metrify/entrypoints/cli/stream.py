@@ -17,7 +17,7 @@ from metrify.application.stream import ReplayedElsewhere, StreamCannotLoad
 from metrify.entrypoints.cli.app import app, console, state
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.cli.render import ReplayProgress, print_summary
-from metrify.entrypoints.process import freeze_startup_heap
+from metrify.entrypoints.process import collect_young_rarely, freeze_startup_heap
 
 
 class ExportKind(StrEnum):
@@ -129,6 +129,7 @@ def _replay_file(file: Path, options: ReplayOptions, workers: int = 1) -> None:
             else:
                 pipeline = state.get_container().stream_pipeline(partitions=options.partitions)
                 freeze_startup_heap()  # full collections would walk start-up's objects in every batch
+                collect_young_rarely()
                 report = run_replay(source, pipeline, options, on_batch=progress.update)
     except StreamCannotLoad as exc:
         raise UserError(str(exc)) from None

@@ -22,7 +22,7 @@ from metrify.application.replay import ReadingSource, ReplayOptions, ReplayRepor
 from metrify.application.stream import ReplayedElsewhere, StreamCannotLoad
 from metrify.entrypoints.cli.errors import UserError
 from metrify.entrypoints.cli.render import ReplayProgress
-from metrify.entrypoints.process import freeze_startup_heap
+from metrify.entrypoints.process import collect_young_rarely, freeze_startup_heap
 from metrify.settings import Settings
 
 PROGRESS_EVERY = 0.5  # seconds between a worker's progress reports
@@ -146,6 +146,7 @@ def _work(
         container = build_container(settings)
         pipeline = container.stream_pipeline(partitions=options.partitions)
         freeze_startup_heap()  # what this worker built since the fork, as the replay froze the rest
+        collect_young_rarely()
         last = 0.0
 
         def report_progress(tally: Tally) -> None:
