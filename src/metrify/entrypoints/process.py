@@ -33,7 +33,7 @@ def collect_young_rarely() -> None:
     1.5-2.3 ms of CPU per batch of 1,000 readings in the API's stream writer, and its slowest
     batches. Measured (bench_api_ingest.py, stream writer process, in turn with the build before):
     in-process the collections' CPU fell to 0.03-0.2 ms a batch; over HTTP 34.1k and 32.6k against
-    31.5k and 30.0k readings/s, p99 of a batch 61-71 ms against 66-90 ms over six pairs of runs;
+    31.5k and 30.0k readings/s, p99 of a batch 62-71 ms against 66-91 ms over six pairs of runs;
     `metrify replay` (bench_replay.py, best of 3) 59.6k and 46.8k against 49.7k and 46.4k rows/s.
     Cyclic garbage waits longer to be freed: at most this many objects' worth."""
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
