@@ -35,7 +35,9 @@ def collect_young_rarely() -> None:
     in-process the collections' CPU fell to 0.03-0.2 ms a batch; over HTTP 34.1k and 32.6k against
     31.5k and 30.0k readings/s, p99 of a batch 62-71 ms against 66-91 ms over six pairs of runs;
     `metrify replay` (bench_replay.py, best of 3) 59.6k and 46.8k against 49.7k and 46.4k rows/s.
-    Cyclic garbage waits longer to be freed: at most this many objects' worth."""
+    Cyclic garbage waits longer to be freed: until this many objects were allocated net. Not for
+    the API process: a request's error path may leave a small cycle (an exception, its frames)
+    holding a large body, and thousands of them could pile up before a collection."""
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
 
 

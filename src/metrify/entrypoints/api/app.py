@@ -21,7 +21,7 @@ from metrify.entrypoints.api.readiness import check_services
 from metrify.entrypoints.api.routers import auth, health, keys, meters, outcomes, telemetry, users
 from metrify.entrypoints.api.schemas import BatchIn
 from metrify.entrypoints.api.services import ApiServices
-from metrify.entrypoints.process import collect_young_rarely, freeze_startup_heap
+from metrify.entrypoints.process import freeze_startup_heap
 from metrify.entrypoints.stream_writer import StreamWriterProcess
 from metrify.settings import Settings, load_settings
 
@@ -54,7 +54,6 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             except Exception as exc:  # noqa: BLE001 - the API still serves what it can
                 log.warning("stream state not loaded at start: %s", exc)
         freeze_startup_heap()
-        collect_young_rarely()  # ingest batches run under gc_paused (and inline, the stream's state is here)
         pipeline = services.pipeline
         quiet_writer = None
         if isinstance(pipeline, SerialPipeline) and settings.api.window_writes_per_batch:
