@@ -32,8 +32,8 @@ def collect_young_rarely() -> None:
     when the pause ends) and an older one every tenth, walking what the batches before left alive:
     1.5-2.3 ms of CPU per batch of 1,000 readings in the API's stream writer, and its slowest
     batches. Measured (bench_api_ingest.py, stream writer process, in turn with the build before):
-    in-process the collections' CPU fell to 0.03-0.2 ms a batch; over HTTP 34.1k and 32.6k against
-    31.5k and 30.0k readings/s, p99 of a batch 62-71 ms against 66-91 ms over six pairs of runs;
+    in-process the collections' CPU fell to 0.03-0.2 ms a batch; over HTTP 6-9 % more readings/s
+    in each of four pairs of runs (34.1k/31.5k ... 27.5k/26.0k), p99 of a batch 62-73 against 66-92 ms;
     `metrify replay` (bench_replay.py, best of 3) 59.6k and 46.8k against 49.7k and 46.4k rows/s.
     Cyclic garbage waits longer to be freed: until this many objects were allocated net. Not for
     the API process: a request's error path may leave a small cycle (an exception, its frames)
