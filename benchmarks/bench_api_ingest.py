@@ -11,6 +11,9 @@ Prints readings/s over the run, and p50/p99 of the time from sending a batch to 
 slowest batches (with 10,000 meters, batches 6, 16, 26, ... after the warm-up move the watermark
 past every meter's windows); then the same per quarter of the run, in the order the batches were
 sent: the database grows as it runs, and so does the work of each batch (see the README's figures).
+Before those, the CPU each process spent per batch over the run (the API process, its stream writer
+process, this load generator; Linux's /proc): the host's speed moves it less than the wall clock,
+and it shows which process sets the pace.
 
 With `--kafka` (METRIFY_KAFKA__BOOTSTRAP must name a broker) the API runs on the production ingest
 path instead: each batch only goes to the raw topic of a throw-away topic prefix, and `--workers N`
@@ -60,7 +63,7 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 from _figures import percentile  # noqa: E402
 from _fleet import fleet_batch  # noqa: E402
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, process_tree_cpu  # noqa: E402
 
 
 def bodies(batches: int, size: int, meters: int) -> list[bytes]:
@@ -199,7 +202,9 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
             base = f"http://127.0.0.1:{port}"
             key = ingest_key(base)
             load(base, key, payloads[: args.warmup], 1, args.seconds)
+            cpu_before, own_before = process_tree_cpu(server.pid), time.process_time()
             latencies, accepted, wall = load(base, key, payloads[args.warmup :], args.clients, args.seconds)
+            print_cpu_per_batch(cpu_before, process_tree_cpu(server.pid), time.process_time() - own_before, latencies)
             # Until the server has stored everything and ended (SIGTERM: the API's shutdown waits
             # for its stream writer process to store what it answered).
             stopping = time.perf_counter()
@@ -217,6 +222,25 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
                 from metrify.adapters.kafka.clients import TopicNames
 
                 delete_topics(bootstrap, TopicNames(env["METRIFY_KAFKA__TOPIC_PREFIX"]))
+
+
+def print_cpu_per_batch(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], own: float, latencies: list[float]
+) -> None:
+    """The CPU each process spent per batch over the run: where the machine's cores went, which the
+    host's speed changes less than it changes the wall-clock figures (Linux only)."""
+    if not after or not latencies:
+        return
+    parts = []
+    for pid, (command, seconds) in sorted(after.items()):
+        if "resource_tracker" in command:
+            continue  # multiprocessing's helper: idle
+        name = "stream writer" if "multiprocessing" in command else "API" if "metrify api" in command else command[:40]
+        used = seconds - before.get(pid, (command, 0.0))[1]
+        parts.append(f"{name} {used * 1000 / len(latencies):.1f}")
+    parts.append(f"load generator {own * 1000 / len(latencies):.1f}")
+    mean = statistics.fmean(latencies) * 1000
+    print(f"CPU per batch (ms): {', '.join(parts)}; a batch's mean wall time {mean:.1f} ms")
 
 
 def report(latencies: list[float], accepted: int, wall: float, batch: int) -> tuple[float, float]:
