@@ -41,7 +41,6 @@ def _of(stmt: sa.Select[Any], meter: sa.ColumnElement[Any], subjects: Subjects) 
     return stmt
 
 
-_BIGINT_MAX = 2**63 - 1
 _FEW_METERS = 100  # a scope of at most this many meters, and no region, is looked up meter by meter
 
 
@@ -98,11 +97,11 @@ def _region_page(
         meters, latest, interval = connection.execute(sa.text(_SQLITE_REGION_REACH), {"region": region}).one()
         if not meters:
             return []
-        last = _BIGINT_MAX if end is None else end - 1
+        last = t.BIGINT_MAX if end is None else end - 1
         if latest is not None:
             last = min(last, latest + max(_REACH_MARGIN, (interval or 0) * 1_000_000))
         params = {"region": region, "window": window, "limit": limit, "last": last}
-        params["first"] = -_BIGINT_MAX - 1 if first is None else first
+        params["first"] = t.BIGINT_MIN if first is None else first
         rows = connection.execute(sa.text(_SQLITE_REGION_WINDOWS), params)
     else:
         rows = connection.execute(_region_windows(region, window, first, end).limit(limit))
@@ -121,7 +120,7 @@ class SqlAlchemyFleetQueries:
             return list(connection.execute(stmt))
 
     def readings(self, meter_id: str, when: TimeRange, after: int | None, limit: int) -> list[ReadingAccepted]:
-        if after is not None and after >= _BIGINT_MAX:
+        if after is not None and after >= t.BIGINT_MAX:
             return []
         with transient_errors(), self.engine.connect() as connection:
             if connection.dialect.name == "sqlite":  # found through the index by hour: see hours.py
@@ -138,7 +137,7 @@ class SqlAlchemyFleetQueries:
     def aggregates(
         self, meter_id: str, window: int, when: TimeRange, after: int | None, limit: int
     ) -> list[WindowUpdated]:
-        if after is not None and after >= _BIGINT_MAX:
+        if after is not None and after >= t.BIGINT_MAX:
             return []
         start = _page_start(when, after)
         with transient_errors(), self.engine.connect() as connection:
@@ -158,7 +157,7 @@ class SqlAlchemyFleetQueries:
         of their start, every meter's window of one start side by side (SQLite's key, Alembic
         0011; PostgreSQL's index by window), joined with the registry for the meters of the
         region, and stops once the page is full."""
-        if after is not None and after >= _BIGINT_MAX:
+        if after is not None and after >= t.BIGINT_MAX:
             return []
         with transient_errors(), self.engine.connect() as connection:
             return _region_page(region, window, connection, _page_start(when, after), when.end, limit)

@@ -25,15 +25,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from metrify.adapters.sqlalchemy.tables import reading_meters
+from metrify.adapters.sqlalchemy.spans import probe_spans
+from metrify.adapters.sqlalchemy.tables import BIGINT_MAX, BIGINT_MIN, reading_meters
 
 HOUR_US = 3_600_000_000
 HOUR = f"ts / {HOUR_US}"  # the index's expression, spelled the same in every statement that uses it
 
 PROBES_FIRST = 64  # hours the first statement looks up
-PROBES_MOST = 65_536  # hours a statement looks up at most
-
-_TS_MIN, _TS_MAX = -(2**63), 2**63 - 1
 
 _COLUMNS = (
     "r.meter_id, r.ts, r.slot, r.consumption_kwh, r.status, r.partition, "
@@ -82,8 +80,8 @@ def meter_readings(
 ) -> list[Any]:
     """One meter's readings with start <= ts < end, in order of ts, the first `limit` of them (None:
     all), as readings rows."""
-    low = _TS_MIN if start is None else start
-    high = _TS_MAX if end is None else end
+    low = BIGINT_MIN if start is None else start
+    high = BIGINT_MAX if end is None else end
     if low >= high:
         return []
     last = connection.execute(_LAST_HOUR).scalar()
@@ -95,21 +93,16 @@ def meter_readings(
         first = connection.execute(_FIRST_HOUR).scalar_one()
     else:
         first = connection.execute(_HOUR_OF, {"ts": start}).scalar_one()
-    found: list[Any] = []
-    probes = PROBES_FIRST if limit is None else max(PROBES_FIRST, limit)
-    while limit is None or len(found) < limit:
-        if first > last:
-            break
-        # from the next hour any meter has a reading in (one seek): a stretch without readings,
-        # however long, costs nothing
-        first = connection.execute(_NEXT_HOUR, {"first": first}).scalar()
-        if first is None or first > last:
-            break
-        upto = min(last, first + probes - 1)
-        params = {"first": first, "last": upto, "meter": meter_id, "low": low, "high": high}
-        found += connection.execute(_PROBE, params).all()
-        first, probes = upto + 1, min(probes * 2, PROBES_MOST)
-    return found if limit is None else found[:limit]
+    params = {"meter": meter_id, "low": low, "high": high}
+    return probe_spans(
+        first,
+        last,
+        1,
+        limit,
+        PROBES_FIRST if limit is None else max(PROBES_FIRST, limit),
+        lambda hour: connection.execute(_NEXT_HOUR, {"first": hour}).scalar(),
+        lambda hour, upto: connection.execute(_PROBE, {**params, "first": hour, "last": upto}).all(),
+    )
 
 
 def latest_regions(connection: sa.Connection, meter_ids: list[str]) -> dict[str, str | None]:

@@ -46,6 +46,7 @@ Micros = sa.BigInteger
 Kwh = sa.Double
 
 # Keys of ReadingAccepted.extra that have a column of their own (all numbers but `region`).
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1  # a BIGINT column's bounds (times, offsets)
 ELECTRICAL = ("voltage", "current", "power_kw", "power_factor", "frequency")
 EXTRA_KEYS = (*ELECTRICAL, "region")
 

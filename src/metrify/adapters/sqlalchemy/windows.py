@@ -19,9 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from metrify.adapters.sqlalchemy import tables as t
+from metrify.adapters.sqlalchemy.spans import probe_spans
 
 PROBES_FIRST = 128  # window starts the first statement looks up (or the page's size, if more)
-PROBES_MOST = 65_536  # window starts a statement looks up at most
 
 _COLUMNS = "a.meter_id, a.window_us, a.window_start, a.count, a.sum_kwh, a.min_kwh, a.max_kwh"
 
@@ -69,21 +69,17 @@ def meter_windows(
         return []
     last = last_stored if end is None else min(last_stored, _first_start_from(end, window) - window)
     first: int | None = None if start is None else _first_start_from(start, window)
-    found: list[Any] = []
+
+    def following(start: int | None) -> int | None:
+        stmt = sa.select(sa.func.min(a.window_start)).where(a.window_us == window)
+        if start is not None:
+            stmt = stmt.where(a.window_start >= start)
+        found: int | None = connection.execute(stmt).scalar()
+        return found
+
+    def probe(start: int, upto: int) -> list[Any]:
+        rows = connection.execute(_PROBE, {"first": start, "last": upto, "w": window, "meter": meter_id}).all()
+        return sorted(rows, key=lambda row: row[2])
+
     probes = PROBES_FIRST if limit is None else max(PROBES_FIRST, limit)
-    while limit is None or len(found) < limit:
-        if first is not None and first > last:  # checked before it is bound: it may pass 2**63 - 1
-            break
-        # from the first start any meter has a window at (one seek): a stretch of time no meter
-        # has windows in, however long (a stray window years off), costs nothing
-        following = sa.select(sa.func.min(a.window_start)).where(a.window_us == window)
-        if first is not None:
-            following = following.where(a.window_start >= first)
-        first = connection.execute(following).scalar()
-        if first is None or first > last:
-            break
-        upto = min(last, first + (probes - 1) * window)
-        rows = connection.execute(_PROBE, {"first": first, "last": upto, "w": window, "meter": meter_id}).all()
-        found += sorted(rows, key=lambda row: row[2])
-        first, probes = upto + window, min(probes * 2, PROBES_MOST)
-    return found if limit is None else found[:limit]
+    return probe_spans(first, last, window, limit, probes, following, probe)
