@@ -210,20 +210,23 @@ class Closed:
     WindowUpdated events are made as they are stored, a share at a time, at each meter's value
     then (each stays in its meter's state until stored, see PartitionStream.hold_from)."""
 
-    __slots__ = ("core", "end", "index", "meter_ids")
+    __slots__ = ("core", "end", "index", "meter_ids", "taken")
 
     def __init__(self, core: PartitionStream, end: int, index: int, meter_ids: list[str]) -> None:
         self.core = core
         self.end = end
         self.index = index
         self.meter_ids = meter_ids
+        self.taken = 0  # meters taken out of the set: the rest follow in `meter_ids`
 
     def __len__(self) -> int:
-        return len(self.meter_ids)
+        return len(self.meter_ids) - self.taken
 
     def take(self, count: int) -> list[Any]:
         """The events of the first `count` meters' windows, out of this set."""
-        meter_ids, self.meter_ids = self.meter_ids[:count], self.meter_ids[count:]
+        taken = self.taken
+        meter_ids = self.meter_ids[taken : taken + count]
+        self.taken = taken + len(meter_ids)
         return self.core.closed_values(self.end, self.index, meter_ids)
 
 
