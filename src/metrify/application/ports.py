@@ -68,6 +68,11 @@ class OutcomeRepository(Protocol):
     def add_events(self, events: Sequence[Any]) -> None: ...
 
 
+# A partition's save as a unit of work stages it (see StreamStateRepository.save): stream,
+# partition, max_event_time, next_offset, meters' states, token, states_at.
+StateSave = tuple[str, int, int | None, int, dict[str, list[Any]], str | None, tuple[int | None, int] | None]
+
+
 class StreamStateRepository(Protocol):
     """Saved stream state per (stream, partition): partition header plus one row per meter."""
 

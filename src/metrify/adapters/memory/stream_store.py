@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from metrify.adapters.staged import StagedOutcomes
 from metrify.application.outcomes import OutcomeBatch, fold_events
-from metrify.application.ports import ExportFilter, GapRow, PartitionState, SourceProgress, StreamWrittenElsewhere
+from metrify.application.ports import (
+    ExportFilter,
+    GapRow,
+    PartitionState,
+    SourceProgress,
+    StateSave,
+    StreamWrittenElsewhere,
+)
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate, WindowUpdated
 
 _NULLS_FIRST = -(1 << 62)
@@ -109,20 +117,10 @@ class InMemoryOutcomeQueries:
         return self.store.aggregates_of(where)
 
 
-class _StagedOutcomes:
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def add_events(self, events: Sequence[Any]) -> None:
-        self.events.extend(events)
-
-
 class _StagedState:
     def __init__(self, store: InMemoryStreamStore) -> None:
         self.store = store
-        self.saved: list[
-            tuple[str, int, int | None, int, dict[str, list[Any]], str | None, tuple[int | None, int] | None]
-        ] = []
+        self.saved: list[StateSave] = []
         self.expected: list[tuple[str, int, int]] = []
 
     def expect(self, stream: str, partition: int, next_offset: int) -> None:
@@ -176,7 +174,7 @@ class InMemoryStreamUnitOfWork:
         self.store = store
 
     def __enter__(self) -> InMemoryStreamUnitOfWork:
-        self.outcomes = _StagedOutcomes()
+        self.outcomes = StagedOutcomes()
         self.state = _StagedState(self.store)
         self.progress = _StagedProgress(self.store)
         return self
@@ -209,6 +207,6 @@ class InMemoryStreamUnitOfWork:
         self.rollback()
 
     def rollback(self) -> None:
-        self.outcomes = _StagedOutcomes()
+        self.outcomes = StagedOutcomes()
         self.state = _StagedState(self.store)
         self.progress = _StagedProgress(self.store)

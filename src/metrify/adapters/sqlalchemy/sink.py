@@ -43,7 +43,7 @@ from metrify.adapters.sqlalchemy.codec import encode_raw, encode_state, extra_co
 from metrify.adapters.sqlalchemy.partitions import ensure_partitions, forget, partition_holding
 from metrify.adapters.sqlalchemy.pg_text import NUL, nul_free
 from metrify.application.outcomes import OutcomeBatch
-from metrify.application.ports import SourceProgress
+from metrify.application.ports import SourceProgress, StateSave
 
 
 class Target:
@@ -221,10 +221,6 @@ def _by_meter(rows: list[Any], look_for_nul: bool = False) -> tuple[list[tuple[A
     if len(groups) == 1:
         return rows, nul
     return list(chain.from_iterable(groups[meter] for meter in sorted(groups))), nul
-
-
-# (stream, partition, max_event_time, next_offset, meters, token, states_at): see StreamStateRepository.save
-StateSave = tuple[str, int, int | None, int, dict[str, list[Any]], str | None, tuple[int | None, int] | None]
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ TransientStoreError so that the pipeline retries the same write.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -23,28 +23,26 @@ from metrify.adapters.sqlalchemy.sink import (
     STATE_LOG,
     STATE_LOG_DELETES,
     Prepared,
-    StateSave,
     Target,
     batch_rows,
     writer_for,
 )
 from metrify.adapters.sqlalchemy.state_log import LogWrite, state_log_for
+from metrify.adapters.staged import StagedOutcomes
 from metrify.application.outcomes import fold_events
-from metrify.application.ports import PartitionState, SourceProgress, StreamWrittenElsewhere, TransientStoreError
+from metrify.application.ports import (
+    PartitionState,
+    SourceProgress,
+    StateSave,
+    StreamWrittenElsewhere,
+    TransientStoreError,
+)
 
 # The partition header's input offset, by (stream, partition); PostgreSQL locks the header.
 _EXPECTED_SQL = {
     "sqlite": 'SELECT next_offset FROM stream_partitions WHERE stream = ? AND "partition" = ?',
     "postgresql": 'SELECT next_offset FROM stream_partitions WHERE stream = %s AND "partition" = %s FOR UPDATE',
 }
-
-
-class _StagedOutcomes:
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    def add_events(self, events: Sequence[Any]) -> None:
-        self.events.extend(events)
 
 
 class _SqlState:
@@ -169,7 +167,7 @@ class SqlAlchemyStreamUnitOfWork:
     """One database transaction over outcomes, state and progress; `commit` writes and commits
     them all, leaving without it rolls back. Reusable: each `with` opens a fresh connection."""
 
-    outcomes: _StagedOutcomes
+    outcomes: StagedOutcomes
     state: _SqlState
     progress: _SqlProgress
     _prepared: tuple[tuple[int, int, int], dict[Any, Any], Prepared] | None  # (staged counts, rows, encoded)
@@ -281,6 +279,6 @@ class SqlAlchemyStreamUnitOfWork:
 
     def _reset(self) -> None:
         self._prepared = None
-        self.outcomes = _StagedOutcomes()
+        self.outcomes = StagedOutcomes()
         self.state = _SqlState(self)
         self.progress = _SqlProgress(self)
