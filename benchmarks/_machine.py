@@ -39,11 +39,13 @@ def process_tree_cpu(pid: int) -> dict[int, tuple[str, float]]:
             # the fields after the command's name, which is in parentheses and may hold spaces
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            children = [
-                int(child) for task in (proc / "task").iterdir() for child in (task / "children").read_text().split()
-            ]
+            tasks = list((proc / "task").iterdir())
         except (OSError, IndexError, ValueError):
-            continue
+            continue  # the process ended
         found[current] = (command, (int(fields[11]) + int(fields[12])) / tick)  # utime, stime
-        waiting.extend(children)
+        for task in tasks:
+            try:
+                waiting.extend(int(child) for child in (task / "children").read_text().split())
+            except (OSError, ValueError):
+                continue  # a thread that ended meanwhile: the process's other threads still count
     return found

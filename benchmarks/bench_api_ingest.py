@@ -204,7 +204,9 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
             load(base, key, payloads[: args.warmup], 1, args.seconds)
             cpu_before, own_before = process_tree_cpu(server.pid), time.process_time()
             latencies, accepted, wall = load(base, key, payloads[args.warmup :], args.clients, args.seconds)
-            print_cpu_per_batch(cpu_before, process_tree_cpu(server.pid), time.process_time() - own_before, latencies)
+            writer = args.stream_writer == "process" and not args.kafka
+            own = time.process_time() - own_before
+            print_cpu_per_batch(cpu_before, process_tree_cpu(server.pid), own, latencies, writer)
             # Until the server has stored everything and ended (SIGTERM: the API's shutdown waits
             # for its stream writer process to store what it answered).
             stopping = time.perf_counter()
@@ -225,19 +227,26 @@ def measure(args: argparse.Namespace, payloads: list[bytes], bootstrap: str) -> 
 
 
 def print_cpu_per_batch(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], own: float, latencies: list[float]
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    own: float,
+    latencies: list[float],
+    writer: bool,
 ) -> None:
     """The CPU each process spent per batch over the run: where the machine's cores went, which the
-    host's speed changes less than it changes the wall-clock figures (Linux only)."""
+    host's speed changes less than it changes the wall-clock figures (Linux only). A spawned child
+    is the stream writer when `writer`, else one of uvicorn's worker processes (`--workers`)."""
     if not after or not latencies:
         return
     parts = []
     for pid, (command, seconds) in sorted(after.items()):
-        if "resource_tracker" in command:
-            continue  # multiprocessing's helper: idle
-        name = "stream writer" if "multiprocessing" in command else "API" if "metrify api" in command else command[:40]
-        used = seconds - before.get(pid, (command, 0.0))[1]
-        parts.append(f"{name} {used * 1000 / len(latencies):.1f}")
+        if "resource_tracker" in command or pid not in before:
+            continue  # multiprocessing's helper (idle), or a process not read at the start
+        if "multiprocessing" in command:
+            name = "stream writer" if writer else "API worker"
+        else:
+            name = "API" if "metrify api" in command else command[:40]
+        parts.append(f"{name} {(seconds - before[pid][1]) * 1000 / len(latencies):.1f}")
     parts.append(f"load generator {own * 1000 / len(latencies):.1f}")
     mean = statistics.fmean(latencies) * 1000
     print(f"CPU per batch (ms): {', '.join(parts)}; a batch's mean wall time {mean:.1f} ms")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,15 @@ def embedded_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
             monkeypatch.delenv(name)
     monkeypatch.setenv("METRIFY_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("METRIFY_LOG_FORMAT", "json")
+
+
+@pytest.fixture(autouse=True)
+def collector_thresholds_kept() -> Iterator[None]:
+    """A replay run here sets the process's collector thresholds as a replay process's own
+    (collect_young_rarely): the tests after it get CPython's back."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
