@@ -25,6 +25,7 @@ from metrify.adapters.sqlalchemy import SqlAlchemyOutcomeQueries, SqlAlchemyStre
 from metrify.application.exports import EXPORT_KINDS, export_rows
 from metrify.application.ports import ExportFilter, GapRow, SourceProgress, TransientStoreError
 from metrify.application.stream import StreamPipeline
+from metrify.domain.readings import LongInteger
 from metrify.domain.stream.config import US
 from metrify.domain.stream.events import (
     GapChanged,
@@ -765,17 +766,24 @@ def test_rejected_raw_values_of_every_json_kind_export_as_json_in_both_formats(s
     from metrify.adapters.files.writers import write_export
 
     raw = [("J1", 10**23, True), ("J2", {"a": [1, None]}, float("nan")), ("J3", "\ud800", "0.5")]
+    raw.append(("J4", [LongInteger("7" * 5000)], LongInteger("-" + "9" * 4500)))  # beyond what int() converts
     write(store, [ReadingRejected(m, t, k, "invalid_timestamp", 0, None, i) for i, (m, t, k) in enumerate(raw)])
     jsonl, table = io.StringIO(), io.StringIO()
     write_export(store.queries, "rejected", ExportFilter(), "jsonl", jsonl)
     write_export(store.queries, "rejected", ExportFilter(), "csv", table)
-    assert jsonl.getvalue().splitlines() == [  # integers beyond 64 bits and lone surrogates, exactly
-        '{"meter_id":"J1","timestamp":100000000000000000000000,"consumption_kwh":true,'
-        '"reason":"invalid_timestamp","partition":0}',
-        '{"meter_id":"J2","timestamp":{"a":[1,null]},"consumption_kwh":null,"reason":"invalid_timestamp","partition":0}',
-        '{"meter_id":"J3","timestamp":"\\ud800","consumption_kwh":"0.5","reason":"invalid_timestamp","partition":0}',
-    ]
+    assert (
+        jsonl.getvalue().splitlines()
+        == [  # integers beyond 64 bits and lone surrogates, exactly
+            '{"meter_id":"J1","timestamp":100000000000000000000000,"consumption_kwh":true,'
+            '"reason":"invalid_timestamp","partition":0}',
+            '{"meter_id":"J2","timestamp":{"a":[1,null]},"consumption_kwh":null,"reason":"invalid_timestamp","partition":0}',
+            '{"meter_id":"J3","timestamp":"\\ud800","consumption_kwh":"0.5","reason":"invalid_timestamp","partition":0}',
+            '{"meter_id":"J4","timestamp":[' + "7" * 5000 + '],"consumption_kwh":-' + "9" * 4500 + ","
+            '"reason":"invalid_timestamp","partition":0}',
+        ]
+    )
     assert table.getvalue().splitlines()[1:3] == [  # JSON's spelling, not Python's
         "J1,100000000000000000000000,true,invalid_timestamp,0",
         'J2,"{""a"":[1,null]}",nan,invalid_timestamp,0',
     ]
+    assert table.getvalue().splitlines()[4] == "J4,[" + "7" * 5000 + "],-" + "9" * 4500 + ",invalid_timestamp,0"

@@ -366,6 +366,26 @@ def test_a_committed_batch_is_answered_202_even_when_its_meters_cannot_be_regist
     assert fakes.meters.get("M1") == Meter("M1", None)  # registered with its next reading
 
 
+def test_integers_of_more_digits_than_python_converts_are_numbers_however_large(api: Api) -> None:
+    """The standard library refused the whole body for one integer of over 4,300 digits (a 400):
+    the contract reads a number however large, so only its reading is rejected, for its reason."""
+    huge = "9" * 5000
+    readings = [reading("M1"), reading("M2", kwh="HUGE"), reading("M3", kwh="-HUGE"), reading("M4", ts="HUGE", kwh=1)]
+    readings.append({"meter_id": "HUGE", "timestamp": T0})
+    body = orjson.dumps({"readings": readings}).decode().replace('"HUGE"', huge).replace('"-HUGE"', "-" + huge)
+    out = post(api, api.ingest_key(), body)
+    assert out["accepted"] == 1
+    assert [(r["index"], r["reason"]) for r in out["rejected_readings"]] == [
+        (1, "out_of_range"),
+        (2, "negative_consumption"),
+        (3, "invalid_timestamp"),
+        (4, "invalid_consumption"),  # its meter id is its digits, as any number's is
+    ]
+    response = api.client.get("/api/v1/rejected-readings", headers=api.headers(Role.ADMIN))
+    assert response.status_code == 200, response.text
+    assert [r["meter_id"] for r in response.json()["items"]] == ["M2", "M3", "M4", huge]
+
+
 def test_an_electrical_measurement_beyond_a_double_is_not_stored_and_fails_nothing() -> None:
     from metrify.adapters.sqlalchemy.codec import extra_columns
 

@@ -1,10 +1,14 @@
-"""JSON text read exactly: integers beyond 64 bits stay integers, lone surrogates are refused."""
+"""JSON text read exactly: integers beyond 64 bits stay integers (beyond what int() converts, their
+digits), lone surrogates are refused."""
 
 from __future__ import annotations
+
+import pickle
 
 import pytest
 
 from metrify.adapters import json_text
+from metrify.domain.readings import LongInteger
 
 
 @pytest.mark.parametrize(
@@ -78,3 +82,27 @@ def test_a_batch_of_flat_readings_is_seen_shallow_from_its_bytes_alone() -> None
     batch = b'{"readings": [' + b",".join([b'{"meter_id": "M", "kwh": [1]}'] * 1000) + b"]}"
     assert json_text.nested_within(batch, 3)
     assert not json_text.nested_within(b"[" * 10 + b"]" * 10, 3)
+
+
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_an_integer_of_more_digits_than_int_converts_is_read_as_a_long_integer(sign: str) -> None:
+    """The standard library refuses a document holding one (over 4,300 digits): the contract reads a
+    number however large, and the reading it is in is checked like any other."""
+    digits = sign + "9" * 5000
+    value = json_text.loads(b'{"readings": [{"consumption_kwh": %s, "n": 12345678901234567890}]}' % digits.encode())
+    number = value["readings"][0]["consumption_kwh"]
+    assert type(number) is LongInteger and str(number) == digits
+    assert number == (float("-inf") if sign else float("inf"))
+    assert value["readings"][0]["n"] == 12345678901234567890  # the others still exactly
+    assert pickle.loads(pickle.dumps(number)).digits == digits  # as the stream writer gets a batch
+
+
+def test_a_long_integer_is_written_back_as_its_digits_wherever_it_lies() -> None:
+    long = LongInteger("7" * 5000)
+    assert json_text.dumps_exact(long) == "7" * 5000
+    value = {"a": [1, long, {"b": LongInteger("-" + "8" * 4400)}], "c": "\x00long-integer-0:0", "d": float("inf")}
+    text = json_text.dumps_exact(value)
+    assert text == ('{"a":[1,' + "7" * 5000 + ',{"b":-' + "8" * 4400 + '}],"c":"\\u0000long-integer-0:0","d":Infinity}')
+    back = json_text.loads_exact(text)
+    assert back["a"][1].digits == "7" * 5000 and back["a"][2]["b"].digits == "-" + "8" * 4400
+    assert back["c"] == "\x00long-integer-0:0"

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from metrify.adapters.kafka.codec import decode_raw
+from metrify.adapters.kafka.codec import decode_raw, encode_raw
 from metrify.application.kafka_stream import Malformed
-from metrify.domain.readings import RawReading
+from metrify.domain.readings import LongInteger, RawReading
 
 
 def test_the_common_message_is_a_reading_with_its_offset() -> None:
@@ -22,6 +22,15 @@ def test_nan_and_integers_beyond_64_bits_come_through_exactly() -> None:
     assert isinstance(reading, RawReading)
     assert reading.timestamp == 123456789012345678901234
     assert isinstance(reading.consumption_kwh, float) and math.isnan(reading.consumption_kwh)
+
+
+def test_an_integer_beyond_what_int_converts_goes_to_the_raw_topic_and_back_as_its_digits() -> None:
+    extra = {"voltage": LongInteger("-" + "1" * 4400)}
+    reading = RawReading("M1", "2024-03-04T10:00:00Z", LongInteger("9" * 5000), extra)
+    back = decode_raw(b"M1", encode_raw(reading), 4)
+    assert isinstance(back, RawReading) and back.position == 4
+    assert str(back.consumption_kwh) == "9" * 5000 and back.consumption_kwh == math.inf
+    assert back.extra is not None and str(back.extra["voltage"]) == "-" + "1" * 4400
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.support.core_runner import run_core
 
 from metrify.adapters.files.readers import FileReadingSource
 from metrify.application.replay import SourceError
 from metrify.domain.readings import RawReading
+from metrify.domain.stream.config import US, StreamConfig
 
 
 def test_london_smart_meter_columns_are_recognised(tmp_path: Path) -> None:
@@ -106,6 +108,26 @@ def test_json_numbers_beyond_a_double_and_beyond_64_bits_are_kept_exactly(tmp_pa
     assert first.meter_id == "J1" and first.consumption_kwh == float("inf")  # out_of_range, not a lost line
     assert second.timestamp == 10**23 and second.consumption_kwh != second.consumption_kwh
     assert third == RawReading(None, None, None)
+
+
+def test_json_integers_of_more_digits_than_int_converts_are_numbers_however_large(tmp_path: Path) -> None:
+    """Such a line was unreadable (a `missing_meter_id` of nothing): each is now a reading with
+    the reason the contract gives a number that large, its raw values kept to the digit."""
+    huge = "9" * 5000
+    path = tmp_path / "x.jsonl"
+    lines = [
+        '{"meter_id": "L1", "timestamp": "2024-03-04T11:00:00Z", "kwh": HUGE}',
+        '{"meter_id": "L2", "timestamp": "2024-03-04T11:00:00Z", "kwh": -HUGE}',
+        '{"meter_id": "L3", "timestamp": HUGE, "kwh": 1}',
+    ]
+    path.write_text("\n".join(lines).replace("HUGE", huge) + "\n")
+    exports = run_core(list(FileReadingSource(path)), StreamConfig(), now_us=2_000_000_000 * US)
+    assert [(r["meter_id"], r["reason"]) for r in exports["rejected"]] == [
+        ("L1", "out_of_range"),
+        ("L2", "negative_consumption"),
+        ("L3", "invalid_timestamp"),
+    ]
+    assert [str(r["consumption_kwh"]) for r in exports["rejected"][:2]] == [huge, "-" + huge]
 
 
 def test_a_json_lines_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:

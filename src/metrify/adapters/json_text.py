@@ -4,7 +4,10 @@ the raw Kafka topic).
 orjson reads nearly all of it, fast. What it refuses or changes goes through the standard
 library instead: numbers beyond a double (`1e400`, which the contract reads as out of range,
 not as a broken line), NaN, and integers beyond 64 bits (orjson reads those as floats, and a
-rejected reading keeps its raw values as received). JSON's escapes can also spell lone
+rejected reading keeps its raw values as received). An integer of more digits than Python
+converts (over 4,300) is read as a LongInteger: the standard library refused the whole document
+for it, where the contract reads a number however large (one reading out of range, not a
+refused HTTP batch or an unreadable line). JSON's escapes can also spell lone
 surrogates (`\\ud800`), which are not Unicode text: no meter id, key or database text can hold
 one, so a document holding one is refused like any other that is not JSON.
 
@@ -17,9 +20,12 @@ replay, a Kafka message that failed its batch again and again. A reading is a fe
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 import orjson
+
+from metrify.domain.readings import LongInteger
 
 # Every ASCII digit as "0", every other byte as a space: a run of 19 digits becomes 19 zeros.
 _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
@@ -55,7 +61,7 @@ def loads(data: bytes, *, text_only: bool = True) -> Any:
         else:
             return shallow(data, value) if text_only else value
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_int=_integer)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise NotJson(str(exc)[:120]) from None
     if text_only:
@@ -63,6 +69,18 @@ def loads(data: bytes, *, text_only: bool = True) -> Any:
         if holds_lone_surrogate(value):
             raise NotJson("a string holds a lone surrogate, not Unicode text")
     return value
+
+
+def _integer(text: str) -> int | LongInteger:
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts: the length is checked before any work
+        return LongInteger(text)
+
+
+def loads_exact(text: str) -> Any:
+    """JSON text this deployment wrote itself (a stored raw value), read back exactly."""
+    return json.loads(text, parse_int=_integer)
 
 
 def shallow(data: bytes, value: Any) -> Any:
@@ -121,8 +139,32 @@ def holds_lone_surrogate(value: Any) -> bool:
 def dumps_exact(value: Any) -> str:
     """The standard library's encoder, for what orjson cannot write or writes inexactly: integers
     beyond 64 bits, NaN and infinities (`NaN`, `Infinity`), lone surrogates (escaped: the text is
-    ASCII). Anything else it does not know is written as its text."""
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_plain)
+    ASCII), and a LongInteger's digits (the encoder alone would write its float, `Infinity`).
+    Anything else it does not know is written as its text."""
+    if type(value) is LongInteger:
+        return value.digits
+    longs: list[str] = []
+    if type(value) is dict or type(value) is list:
+        mark = f"\x00long-integer-{secrets.token_hex(8)}:"  # no text received can guess it
+        value = _marked(value, mark, longs)
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_plain)
+    if longs:
+        escaped = json.dumps(mark, ensure_ascii=True)[:-1]  # the opening quote and the escaped mark
+        for index, digits in enumerate(longs):
+            text = text.replace(f'{escaped}{index}"', digits, 1)
+    return text
+
+
+def _marked(value: Any, mark: str, longs: list[str]) -> Any:
+    """`value` with each LongInteger in it replaced by the text `mark` + its index in `longs`."""
+    if type(value) is LongInteger:
+        longs.append(value.digits)
+        return f"{mark}{len(longs) - 1}"
+    if type(value) is dict:
+        return {key: _marked(item, mark, longs) for key, item in value.items()}
+    if type(value) is list:
+        return [_marked(item, mark, longs) for item in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

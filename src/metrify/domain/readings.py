@@ -18,6 +18,30 @@ class RawReading(NamedTuple):
     position: int = 0  # the reading's offset in its partition's input (a Kafka offset, or its kin)
 
 
+class LongInteger(float):
+    """A JSON integer written with more digits than Python turns into an int (over 4,300: the
+    interpreter's guard against conversions that take quadratic time). The contract reads a number
+    however large (DESIGN §3.1): as a float it is +-infinity, so the checks find a consumption out
+    of range (or negative) and a timestamp invalid, as they do `1e400`. Its digits are kept: its
+    text (a meter id's) is them, and a rejected reading's raw value is written back as received."""
+
+    __slots__ = ("digits",)
+    digits: str
+
+    def __new__(cls, digits: str) -> LongInteger:
+        number = super().__new__(cls, float(digits))  # linear in the digits, unlike int()
+        number.digits = digits
+        return number
+
+    def __str__(self) -> str:
+        return self.digits
+
+    __repr__ = __str__
+
+    def __reduce__(self) -> tuple[type[LongInteger], tuple[str]]:
+        return (LongInteger, (self.digits,))
+
+
 class Lateness(StrEnum):
     """How a reading's event time stands against the partition's watermark (DESIGN §3.3)."""
 

@@ -14,6 +14,7 @@ from metrify.adapters import json_text
 from metrify.application.exports import FIELDS, export_rows
 from metrify.application.ports import ExportFilter, OutcomeQueries
 from metrify.application.simulator import FleetProfile, fleet_rows
+from metrify.domain.readings import LongInteger
 
 
 def _csv_value(value: Any) -> Any:
@@ -37,7 +38,7 @@ def _json(value: Any) -> str:
 
 
 def _finite(value: Any) -> Any:
-    if isinstance(value, float):
+    if isinstance(value, float) and type(value) is not LongInteger:  # its digits are written
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}

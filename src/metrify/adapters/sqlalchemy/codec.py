@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from metrify.adapters import json_text
 from metrify.adapters.sqlalchemy.pg_text import NUL, without_nul
 from metrify.adapters.sqlalchemy.tables import ELECTRICAL
 
@@ -17,17 +18,18 @@ _LONG_DIGITS = re.compile(r"\d{19}")
 def encode_raw(value: Any) -> str:
     """A raw value as received (str, number, bool, None, or JSON structure) as JSON text that
     gives back the same value and type. The standard library's encoder is used because it keeps
-    what orjson cannot: integers beyond 64 bits (`10**400`), NaN and infinities, lone surrogates;
-    and ASCII-only output keeps NUL and surrogates out of the database's text."""
+    what orjson cannot: integers beyond 64 bits (`10**400`, a LongInteger's digits), NaN and
+    infinities, lone surrogates; and ASCII-only output keeps NUL and surrogates out of the
+    database's text."""
     if type(value) is str and value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
         return f'"{value}"'
-    return json.dumps(value, ensure_ascii=True, default=str)
+    return json_text.dumps_exact(value)
 
 
 def decode_raw(text: str | None) -> Any:
     if text is None:
         return None
-    return json.loads(text)
+    return json_text.loads_exact(text)
 
 
 def encode_state(data: Any) -> str:
