@@ -18,7 +18,7 @@ from metrify.application.network import NetworkProfile, through_network
 from metrify.application.serial import answer_outcomes, attribute, outcome_codes
 from metrify.application.simulator import FleetProfile, fleet_rows
 from metrify.application.stream import StreamPipeline, StreamStatesBehind
-from metrify.domain.readings import RawReading
+from metrify.domain.readings import LongInteger, RawReading
 from metrify.domain.stream.config import StreamConfig
 from metrify.entrypoints.stream_writer import decode_batch, encode_batch
 
@@ -386,3 +386,16 @@ def test_a_start_that_caught_up_saves_the_states_at_once() -> None:
     writer, _ = writer_on(store, journal, save_every=100)  # the one before was killed
     assert not store.states_at and not writer.pipeline.states_behind
     assert journal.batches == {}, "nothing left to catch up with"
+
+
+def test_a_batch_comes_out_of_its_payload_as_it_went_in_each_timestamp_text_once() -> None:
+    ts = "2024-03-04T10:00:00Z"
+    batch = [RawReading(f"M{i}", "".join(ts), 0.5, {"region": "north"} if i % 2 else None, i) for i in range(4)] + [
+        RawReading("M9", 1709546400, "0.25"),
+        RawReading(None, LongInteger("9" * 5000), None),
+    ]
+    assert len({id(row.timestamp) for row in batch[:4]}) == 4  # equal texts, distinct objects (as parsed)
+    token, rows = decode_batch(encode_batch("t1", batch))
+    assert token == "t1" and rows == batch and all(type(row) is RawReading for row in rows)
+    assert len({id(row.timestamp) for row in rows[:4]}) == 1
+    assert str(rows[5].timestamp) == "9" * 5000
