@@ -52,7 +52,8 @@ def encode_batch(token: str, rows: Sequence[RawReading]) -> bytes:
     reporting the same interval) yet parsing made one string per reading: each text goes in once,
     as one object that pickle refers back to (unpickling a batch of 1,000: 1.0 -> 0.55 ms, in the
     writer, which sets the pace; pickling it no slower)."""
-    same = {}.setdefault
+    texts_seen: dict[str, str] = {}
+    same = texts_seen.setdefault
     texts = [(m, same(ts, ts) if type(ts) is str else ts, kwh, extra, at) for m, ts, kwh, extra, at in rows]
     return pickle.dumps((token, texts), protocol=pickle.HIGHEST_PROTOCOL)
 
