@@ -5,6 +5,7 @@ rows replayed through the stream pipeline do; a real `metrify api` process serve
 from __future__ import annotations
 
 import fcntl
+import gzip
 import os
 import random
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import sqlalchemy as sa
 from tests.integration.cli import metrify, metrify_env
@@ -75,8 +77,12 @@ def test_http_batches_store_what_a_replay_of_the_same_rows_stores(store_url: str
     with running_api(container, settings) as api:
         key = api.ingest_key()
         totals = {"accepted": 0, "rejected": 0, "too_late": 0}
-        for start in range(0, len(fleet), 700):
-            response = api.client.post(URL, json={"readings": fleet[start : start + 700]}, headers={"X-API-Key": key})
+        for number, start in enumerate(range(0, len(fleet), 700)):
+            body = orjson.dumps({"readings": fleet[start : start + 700]})
+            headers = {"X-API-Key": key, "Content-Type": "application/json"}
+            if number % 2:  # every other batch gzipped, as gateways send them
+                body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+            response = api.client.post(URL, content=body, headers=headers)
             assert response.status_code == 202, response.text
             for name in totals:
                 totals[name] += response.json()[name]
@@ -148,14 +154,19 @@ def sqlite_api(tmp_path: Path) -> Iterator[Api]:
         (b'{"rows": []}', "application/json", 422, "validation-error"),
         (b"<readings/>", "application/xml", 415, "unsupported-media-type"),
         (b"x" * (50 * 1024 * 1024), "application/json", 413, "payload-too-large"),
+        (gzip.compress(b"x" * (50 * 1024 * 1024)), "application/json; encoding=gzip", 413, "payload-too-large"),
+        (gzip.compress(b'{"readings": []}')[:-4], "application/json; encoding=gzip", 400, "malformed-body"),
+        (b'{"readings": []}', "application/json; encoding=br", 415, "unsupported-content-encoding"),
     ],
-    ids=["not-json", "wrong-types", "no-readings", "unknown-type", "50MB"],
+    ids=["not-json", "wrong-types", "no-readings", "unknown-type", "50MB", "50MB-gzipped", "cut-gzip", "brotli"],
 )
 def test_bad_bodies_get_the_right_4xx_problem(
     sqlite_api: Api, content: bytes, content_type: str, status: int, slug: str
 ) -> None:
     key = sqlite_api.ingest_key()
-    response = sqlite_api.client.post(URL, content=content, headers={"X-API-Key": key, "Content-Type": content_type})
+    media_type, _, encoding = content_type.partition("; encoding=")
+    headers = {"X-API-Key": key, "Content-Type": media_type, **({"Content-Encoding": encoding} if encoding else {})}
+    response = sqlite_api.client.post(URL, content=content, headers=headers)
     assert response.status_code == status
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == f"urn:metrify:problem:{slug}"

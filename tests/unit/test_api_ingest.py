@@ -4,8 +4,10 @@ as the replay path (one process-wide pipeline, group commit included)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -150,6 +152,61 @@ def test_a_body_that_cannot_be_read_is_one_4xx_problem(
     problem = response.json()
     assert problem["type"] == f"urn:metrify:problem:{slug}" and problem["status"] == status
     assert problem["instance"] == URL and problem["detail"]
+    assert not fakes.store.readings and not fakes.store.rejected
+
+
+def test_a_compressed_body_is_read_as_the_body_it_compresses(api: Api, fakes: Fakes) -> None:
+    key = api.ingest_key()
+    body = orjson.dumps({"readings": [reading("M1"), reading("M2", kwh=-1)]})
+    lines = b"\n".join(orjson.dumps(reading(m, ts="2024-03-04T10:30:00Z")) for m in ("M1", "M3"))
+    for content, encoding, content_type in [
+        (gzip.compress(body), "gzip", "application/json"),
+        (zlib.compress(lines), "Deflate", "application/x-ndjson"),  # codings are case-insensitive
+    ]:
+        response = api.client.post(
+            URL, content=content, headers={"X-API-Key": key, "Content-Type": content_type, "Content-Encoding": encoding}
+        )
+        assert response.status_code == 202, response.text
+        out = response.json()
+        assert (out["received"], out["accepted"], out["rejected"]) == (
+            2,
+            2 if encoding == "Deflate" else 1,
+            0 if encoding == "Deflate" else 1,
+        )
+    assert {r.meter_id for r in fakes.store.readings.values()} == {"M1", "M3"}
+    # members one after another are one gzip body (RFC 1952); gzip twice over is two codings
+    first, second = (orjson.dumps(reading(m, ts="2024-03-04T11:00:00Z")) + b"\n" for m in ("M1", "M2"))
+    for content, encoding in [
+        (gzip.compress(first) + gzip.compress(second), "gzip"),
+        (gzip.compress(gzip.compress(first + second)), "gzip, gzip"),
+        (first + second, "identity"),
+    ]:
+        headers = {"X-API-Key": key, "Content-Type": "application/x-ndjson", "Content-Encoding": encoding}
+        response = api.client.post(URL, content=content, headers=headers)
+        assert response.status_code == 202 and response.json()["received"] == 2, (encoding, response.text)
+
+
+@pytest.mark.parametrize(
+    ("content", "encoding", "status", "slug"),
+    [
+        (b"{}", "gzip", 400, "malformed-body"),  # not gzip at all
+        (gzip.compress(b'{"readings": []}')[:-6], "gzip", 400, "malformed-body"),  # cut short
+        (gzip.compress(b'{"readings": []}') + b"{}", "gzip", 400, "malformed-body"),  # not a member after it
+        (zlib.compress(b'{"readings": []}') + b"x", "deflate", 400, "malformed-body"),
+        (gzip.compress(b" " * (64 * 1024 + 1)), "gzip", 413, "payload-too-large"),  # inflates past the limit
+        (gzip.compress(b" " * 40_000) * 2, "gzip", 413, "payload-too-large"),  # two members past it together
+        (gzip.compress(b" " * 30_000_000), "gzip", 413, "payload-too-large"),  # 29 kB to 30 MB: never held
+        (b'{"readings": []}', "br", 415, "unsupported-content-encoding"),
+    ],
+)
+def test_a_compressed_body_that_cannot_be_read_is_one_4xx_problem(
+    api: Api, fakes: Fakes, content: bytes, encoding: str, status: int, slug: str
+) -> None:
+    headers = {"X-API-Key": api.ingest_key(), "Content-Type": "application/json", "Content-Encoding": encoding}
+    response = api.client.post(URL, content=content, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == f"urn:metrify:problem:{slug}"
     assert not fakes.store.readings and not fakes.store.rejected
 
 
@@ -648,3 +705,21 @@ def test_windows_the_api_holds_back_are_stored_by_the_end_of_its_process(tmp_pat
             held = max(held, app.state.services.pipeline.held_windows)
         assert held > 1, "windows must have been held back"
     assert outcome(fakes.store) == outcome(expected)
+
+
+def test_a_body_that_would_inflate_past_the_limit_is_refused_without_being_inflated() -> None:
+    import tracemalloc
+
+    from metrify.entrypoints.api.bodies import decoded_body
+
+    bomb = gzip.compress(b" " * 30_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ApiProblem) as refused:
+            decoded_body(bomb, "gzip", 64 * 1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.status == 413
+    assert peak < 1024 * 1024  # the limit's worth and change, not 30 MB
+    assert decoded_body(gzip.compress(b"x" * 1000), "gzip", 1000) == b"x" * 1000  # exactly the limit is read

@@ -3,12 +3,18 @@
 Fields are recognised by name, case-insensitively, as in files (`metrify replay`). A reading that
 is not an object, or a line that is not JSON, is still a reading: the stream core rejects it with
 its reason. Only a body that cannot be read at all is refused as a whole.
+
+A body may come compressed (`Content-Encoding: gzip` or `deflate`), as gateways send large batches
+(the benchmarks' fleet's batch of 10,000 readings: 1.2 MB of JSON, 30 kB gzipped). The size limit holds for the
+body as decompressed too, checked as it inflates: a few kB that would inflate to gigabytes are
+refused at the limit, never held whole.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import zlib
 
 from fastapi import Request
 
@@ -52,6 +58,52 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def _too_large(limit: int) -> ApiProblem:
     return ApiProblem(413, "payload-too-large", f"the body is larger than {limit} bytes")
+
+
+# zlib's window bits for each content coding: gzip's header and trailer; deflate as HTTP names it,
+# the zlib format (RFC 9110, section 8.4.1.2)
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decoded_body(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body before its Content-Encoding (none, `identity`, gzip or deflate; codings listed in
+    the order they were applied, undone from the last). 413 once it inflates past `limit` bytes,
+    400 when it is not what its coding says, 415 for a coding this API does not read."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        wbits = _CODINGS.get(coding)
+        if wbits is None:
+            raise ApiProblem(
+                415,
+                "unsupported-content-encoding",
+                f"send the body as it is, or with Content-Encoding gzip or deflate, not {coding}",
+            )
+        body = _inflated(body, wbits, coding, limit)
+    return body
+
+
+def _inflated(data: bytes, wbits: int, coding: str, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:  # gzip members may follow one another (RFC 1952): the body is all of them
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(data, limit + 1 - size)
+        except zlib.error as exc:
+            raise ApiProblem(400, "malformed-body", f"the body is not {coding} data ({exc})") from None
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise _too_large(limit)
+        if not inflater.eof:
+            raise ApiProblem(400, "malformed-body", f"the {coding} data ends before its end")
+        parts.append(part)
+        data = inflater.unused_data
+        if not data or wbits != _CODINGS["gzip"]:
+            if data:
+                raise ApiProblem(400, "malformed-body", f"bytes follow the end of the {coding} data")
+            return b"".join(parts)
 
 
 def parse_readings(content_type: str | None, body: bytes, max_readings: int) -> list[RawReading]:

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from metrify.application.stream import gc_paused
 from metrify.entrypoints.api import schemas as s
-from metrify.entrypoints.api.bodies import CSV, JSON, NDJSON, parse_readings, read_body
+from metrify.entrypoints.api.bodies import CSV, JSON, NDJSON, decoded_body, parse_readings, read_body
 from metrify.entrypoints.api.problems import PROBLEM_RESPONSES
 from metrify.entrypoints.api.render import ingest_out
 from metrify.entrypoints.api.security import api_key_header, ingest_key, services
@@ -36,7 +36,7 @@ BODY = {
                 }
             },
         },
-    }
+    },
 }
 
 
@@ -48,7 +48,8 @@ BODY = {
     openapi_extra=BODY,
 )
 async def ingest_batch(request: Request, key: Annotated[str | None, Depends(api_key_header)]) -> JSONResponse:
-    """Up to 10,000 readings as JSON, JSON lines or CSV. Each reading is checked by the stream core;
+    """Up to 10,000 readings as JSON, JSON lines or CSV, compressed or not (`Content-Encoding: gzip`
+    or `deflate`; the size limit holds for the body decompressed too). Each reading is checked by the stream core;
     one it cannot accept is rejected with its reason and the rest go on. Readings of meters outside
     the key's regions are refused (listed, not ingested). On the embedded profile the batch is
     processed before the answer; with Kafka configured it is queued for the stream workers."""
@@ -65,7 +66,8 @@ async def ingest_batch(request: Request, key: Annotated[str | None, Depends(api_
         # after it were promoted, to be walked again by full collections over the meters' state:
         # 4-5 ms of a 25 ms batch, measured in-process (parsing 4.6 -> 2.4 ms, collections 3.8 -> 0.9 ms).
         with gc_paused():
-            rows = parse_readings(request.headers.get("content-type"), body, api.max_batch_readings)
+            sent = decoded_body(body, request.headers.get("content-encoding"), api.max_body_bytes)
+            rows = parse_readings(request.headers.get("content-type"), sent, api.max_batch_readings)
             report = svc.ingest.ingest(ingest_key_, rows)
             del rows
             request.app.state.metrics.ingested(report)
