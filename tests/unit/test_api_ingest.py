@@ -28,7 +28,7 @@ from metrify.application.ports import TransientStoreError
 from metrify.application.serial import BoundedBackoff, SerialPipeline
 from metrify.application.stream import StreamPipeline
 from metrify.domain.ingest_keys import IngestKey
-from metrify.domain.readings import Meter, RawReading, normalise_meter_id
+from metrify.domain.readings import LongInteger, Meter, RawReading, normalise_meter_id
 from metrify.domain.stream.config import StreamConfig
 from metrify.domain.users import Role, User
 from metrify.entrypoints.api.app import create_app
@@ -176,14 +176,29 @@ def test_a_compressed_body_is_read_as_the_body_it_compresses(api: Api, fakes: Fa
     assert {r.meter_id for r in fakes.store.readings.values()} == {"M1", "M3"}
     # members one after another are one gzip body (RFC 1952); gzip twice over is two codings
     first, second = (orjson.dumps(reading(m, ts="2024-03-04T11:00:00Z")) + b"\n" for m in ("M1", "M2"))
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     for content, encoding in [
         (gzip.compress(first) + gzip.compress(second), "gzip"),
+        (gzip.compress(first) + gzip.compress(second) + b"\0" * 100, "gzip"),  # zeros after: as gzip(1) reads them
         (gzip.compress(gzip.compress(first + second)), "gzip, gzip"),
+        (raw.compress(first + second) + raw.flush(), "deflate"),  # raw deflate, no zlib header, as some send it
         (first + second, "identity"),
     ]:
         headers = {"X-API-Key": key, "Content-Type": "application/x-ndjson", "Content-Encoding": encoding}
         response = api.client.post(URL, content=content, headers=headers)
         assert response.status_code == 202 and response.json()["received"] == 2, (encoding, response.text)
+    # Content-Encoding as two header lines: both apply
+    response = api.client.post(
+        URL,
+        content=gzip.compress(first + second),
+        headers=[
+            ("X-API-Key", key),
+            ("Content-Type", "application/x-ndjson"),
+            ("Content-Encoding", "identity"),
+            ("Content-Encoding", "gzip"),
+        ],
+    )
+    assert response.status_code == 202 and response.json()["received"] == 2, response.text
 
 
 @pytest.mark.parametrize(
@@ -197,6 +212,10 @@ def test_a_compressed_body_is_read_as_the_body_it_compresses(api: Api, fakes: Fa
         (gzip.compress(b" " * 40_000) * 2, "gzip", 413, "payload-too-large"),  # two members past it together
         (gzip.compress(b" " * 30_000_000), "gzip", 413, "payload-too-large"),  # 29 kB to 30 MB: never held
         (b'{"readings": []}', "br", 415, "unsupported-content-encoding"),
+        (gzip.compress(b'{"readings": []}') + b"\0\0x", "gzip", 400, "malformed-body"),  # not zeros to the end
+        (gzip.compress(b"") * 64 + gzip.compress(b'{"readings": []}'), "gzip", 400, "malformed-body"),  # 65 members
+        (gzip.compress(gzip.compress(gzip.compress(b"{}"))), "gzip, gzip, gzip", 400, "malformed-body"),
+        (b"", "gzip", 400, "malformed-body"),
     ],
 )
 def test_a_compressed_body_that_cannot_be_read_is_one_4xx_problem(
@@ -440,13 +459,15 @@ def test_integers_of_more_digits_than_python_converts_are_numbers_however_large(
     ]
     response = api.client.get("/api/v1/rejected-readings", headers=api.headers(Role.ADMIN))
     assert response.status_code == 200, response.text
-    assert [r["meter_id"] for r in response.json()["items"]] == ["M2", "M3", "M4", huge]
+    items = [(r["meter_id"], r["timestamp"], r["consumption_kwh"]) for r in response.json()["items"]]
+    assert items == [("M2", T0, huge), ("M3", T0, "-" + huge), ("M4", huge, 1), (huge, T0, None)]
 
 
 def test_an_electrical_measurement_beyond_a_double_is_not_stored_and_fails_nothing() -> None:
     from metrify.adapters.sqlalchemy.codec import extra_columns
 
     assert extra_columns({"voltage": 10**400, "current": "1e999", "power_kw": 2})[:3] == (None, float("inf"), 2.0)
+    assert extra_columns({"voltage": LongInteger("9" * 5000)})[0] is None  # as 10**400
 
 
 def test_the_ingest_retry_budget_is_of_time_the_tries_included() -> None:

@@ -109,3 +109,25 @@ def test_a_reject_too_big_for_a_kafka_message_has_its_raw_values_cut() -> None:
     # one that fits goes exactly as it came, however long
     (message,) = envelopes(REJECTED, [reject._replace(timestamp="é" * 100_000)])
     assert decode_records(REJECTED, message)[0].timestamp == "é" * 100_000
+
+
+def test_outputs_holding_numbers_beyond_a_double_come_back_to_the_digit() -> None:
+    """A reject's raw values and an accepted reading's extras are written exactly: an envelope of
+    them once wrote `Infinity` (the digits lost), and one the sink could not read (every event
+    in it skipped)."""
+    from metrify.adapters.kafka.codec import READINGS, REJECTED, decode_records, encode_records
+    from metrify.domain.stream.events import ReadingAccepted, ReadingRejected
+
+    huge = LongInteger("9" * 5000)
+    rejected = [ReadingRejected("M1", "2024-03-04T10:00:00Z", huge, "out_of_range", 0, 1, 7)]
+    back = decode_records(REJECTED, encode_records(REJECTED, rejected))
+    assert back == rejected and str(back[0].consumption_kwh) == "9" * 5000
+    readings = [
+        ReadingAccepted("M1", 1, 1, 0.5, "ON_TIME", 0, {"voltage": huge, "region": "north"}),
+        ReadingAccepted("M2", 1, 1, 0.5, "ON_TIME", 0, {"current": 10**400}),
+        ReadingAccepted("M3", 1, 1, 0.5, "ON_TIME", 0, None),
+    ]
+    back = decode_records(READINGS, encode_records(READINGS, readings))
+    assert [r.meter_id for r in back] == ["M1", "M2", "M3"]
+    assert back[0].extra is not None and str(back[0].extra["voltage"]) == "9" * 5000
+    assert back[1].extra == {"current": 10**400}

@@ -144,7 +144,7 @@ def dumps_exact(value: Any) -> str:
     if type(value) is LongInteger:
         return value.digits
     longs: list[str] = []
-    if type(value) is dict or type(value) is list:
+    if isinstance(value, dict | list | tuple):  # a tuple too: events are NamedTuples
         mark = f"\x00long-integer-{secrets.token_hex(8)}:"  # no text received can guess it
         value = _marked(value, mark, longs)
     text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_plain)
@@ -156,13 +156,14 @@ def dumps_exact(value: Any) -> str:
 
 
 def _marked(value: Any, mark: str, longs: list[str]) -> Any:
-    """`value` with each LongInteger in it replaced by the text `mark` + its index in `longs`."""
+    """`value` with each LongInteger in it replaced by the text `mark` + its index in `longs`
+    (tuples, which JSON writes as arrays, as lists)."""
     if type(value) is LongInteger:
         longs.append(value.digits)
         return f"{mark}{len(longs) - 1}"
-    if type(value) is dict:
+    if isinstance(value, dict):
         return {key: _marked(item, mark, longs) for key, item in value.items()}
-    if type(value) is list:
+    if isinstance(value, list | tuple):
         return [_marked(item, mark, longs) for item in value]
     return value
 

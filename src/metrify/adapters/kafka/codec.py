@@ -23,7 +23,6 @@ as the stream core's plain data (JSON); key "" (no meter has an empty id) = the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -217,11 +216,14 @@ def decode_records(kind: str, value: bytes) -> list[Any]:
     """The events of one envelope, in order."""
     if kind == REJECTED:
         return [ReadingRejected(*r) for r in _loads_exact(value)]
-    records = orjson.loads(value)
+    try:
+        records = orjson.loads(value)
+    except orjson.JSONDecodeError:  # an extra beyond a double (10**400, a LongInteger's digits)
+        records = _loads_exact(value)
     if kind == READINGS:
         # Only a reading's extras can hold an integer beyond 64 bits (that orjson reads inexactly).
         if any(r[6] is not None for r in records) and json_text.may_hold_long_integers(value):
-            records = json.loads(value)
+            records = _loads_exact(value)
         return [ReadingAccepted(*r) for r in records]
     if kind == AGGREGATES:
         return [WindowUpdated(*r) for r in records]

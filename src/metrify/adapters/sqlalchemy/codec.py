@@ -11,6 +11,7 @@ import orjson
 from metrify.adapters import json_text
 from metrify.adapters.sqlalchemy.pg_text import NUL, without_nul
 from metrify.adapters.sqlalchemy.tables import ELECTRICAL
+from metrify.domain.readings import LongInteger
 
 _LONG_DIGITS = re.compile(r"\d{19}")
 
@@ -50,7 +51,7 @@ def decode_state(text: str) -> Any:
 def _number(value: Any) -> float | None:
     """A measurement as a number the column holds: None for what is not one (an integer beyond
     a double, which raised at commit and failed the whole batch, included)."""
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool) or type(value) is LongInteger:  # an integer beyond a double
         return None
     try:
         return float(value if isinstance(value, float | int) else str(value).strip())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from metrify.application.exports import aggregate_row, gap_row, late_row, reading_row, rejected_row
 from metrify.application.ingest import IngestReport
 from metrify.application.ports import GapRow
 from metrify.application.queries import RegionWindow
 from metrify.domain.ingest_keys import IngestKey
-from metrify.domain.readings import Meter
+from metrify.domain.readings import LongInteger, Meter
 from metrify.domain.stream.config import window_label
 from metrify.domain.stream.events import ReadingAccepted, ReadingRejected, ReadingTooLate, WindowUpdated
 from metrify.domain.stream.grammar import format_timestamp
@@ -74,7 +76,21 @@ def too_late_out(reading: ReadingTooLate) -> s.TooLateOut:
 
 
 def rejected_out(reading: ReadingRejected) -> s.RejectedOut:
-    return s.RejectedOut(**rejected_row(reading))
+    row = rejected_row(reading)
+    row["timestamp"], row["consumption_kwh"] = _answerable(row["timestamp"]), _answerable(row["consumption_kwh"])
+    return s.RejectedOut(**row)
+
+
+def _answerable(value: Any) -> Any:
+    """A raw value as the answer can hold it: a LongInteger as the text of its digits (as a float it
+    is infinite, which JSON cannot write: null, the digits lost), wherever it lies in the value."""
+    if type(value) is LongInteger:
+        return value.digits
+    if isinstance(value, list):
+        return [_answerable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _answerable(item) for key, item in value.items()}
+    return value
 
 
 def ingest_out(report: IngestReport) -> s.IngestOut:

@@ -257,10 +257,16 @@ class TooLatePage(Page):
     items: list[TooLateOut]
 
 
+_AS_RECEIVED = (
+    "As received; an integer of more digits than a number here holds (over 4,300) as the text of its digits, "
+    "a number beyond a double (1e400) as null."
+)
+
+
 class RejectedOut(BaseModel):
     meter_id: str
-    timestamp: Any = Field(description="As received.")
-    consumption_kwh: Any = Field(description="As received.")
+    timestamp: Any = Field(description=_AS_RECEIVED)
+    consumption_kwh: Any = Field(description=_AS_RECEIVED)
     reason: str
     partition: int
 

@@ -66,7 +66,8 @@ async def ingest_batch(request: Request, key: Annotated[str | None, Depends(api_
         # after it were promoted, to be walked again by full collections over the meters' state:
         # 4-5 ms of a 25 ms batch, measured in-process (parsing 4.6 -> 2.4 ms, collections 3.8 -> 0.9 ms).
         with gc_paused():
-            sent = decoded_body(body, request.headers.get("content-encoding"), api.max_body_bytes)
+            codings = ",".join(request.headers.getlist("content-encoding"))  # one header or several
+            sent = decoded_body(body, codings, api.max_body_bytes)
             rows = parse_readings(request.headers.get("content-type"), sent, api.max_batch_readings)
             report = svc.ingest.ingest(ingest_key_, rows)
             del rows
