@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -146,7 +147,14 @@ def dumps_exact(value: Any) -> str:
     longs: list[str] = []
     if isinstance(value, dict | list | tuple):  # a tuple too: events are NamedTuples
         mark = f"\x00long-integer-{secrets.token_hex(8)}:"  # no text received can guess it
-        value = _marked(value, mark, longs)
+
+        def marked(leaf: Any) -> Any:  # a LongInteger as `mark` + its index in `longs`
+            if type(leaf) is not LongInteger:
+                return leaf
+            longs.append(leaf.digits)
+            return f"{mark}{len(longs) - 1}"
+
+        value = map_leaves(value, marked)
     text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_plain)
     if longs:
         escaped = json.dumps(mark, ensure_ascii=True)[:-1]  # the opening quote and the escaped mark
@@ -155,17 +163,14 @@ def dumps_exact(value: Any) -> str:
     return text
 
 
-def _marked(value: Any, mark: str, longs: list[str]) -> Any:
-    """`value` with each LongInteger in it replaced by the text `mark` + its index in `longs`
-    (tuples, which JSON writes as arrays, as lists)."""
-    if type(value) is LongInteger:
-        longs.append(value.digits)
-        return f"{mark}{len(longs) - 1}"
+def map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """`value` (a JSON value as Python holds it) with `leaf` applied to each thing in it that is
+    not an object or an array; tuples, which JSON writes as arrays, come back as lists."""
     if isinstance(value, dict):
-        return {key: _marked(item, mark, longs) for key, item in value.items()}
+        return {key: map_leaves(item, leaf) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_marked(item, mark, longs) for item in value]
-    return value
+        return [map_leaves(item, leaf) for item in value]
+    return leaf(value)
 
 
 def _plain(value: Any) -> Any:

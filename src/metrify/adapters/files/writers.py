@@ -38,12 +38,12 @@ def _json(value: Any) -> str:
 
 
 def _finite(value: Any) -> Any:
-    if isinstance(value, float) and type(value) is not LongInteger:  # its digits are written
+    return json_text.map_leaves(value, _finite_number)
+
+
+def _finite_number(value: Any) -> Any:
+    if isinstance(value, float) and type(value) is not LongInteger:  # a LongInteger's digits are written
         return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
     return value
 
 

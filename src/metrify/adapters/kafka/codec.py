@@ -220,10 +220,11 @@ def decode_records(kind: str, value: bytes) -> list[Any]:
         records = orjson.loads(value)
     except orjson.JSONDecodeError:  # an extra beyond a double (10**400, a LongInteger's digits)
         records = _loads_exact(value)
-    if kind == READINGS:
+    else:
         # Only a reading's extras can hold an integer beyond 64 bits (that orjson reads inexactly).
-        if any(r[6] is not None for r in records) and json_text.may_hold_long_integers(value):
+        if kind == READINGS and any(r[6] is not None for r in records) and json_text.may_hold_long_integers(value):
             records = _loads_exact(value)
+    if kind == READINGS:
         return [ReadingAccepted(*r) for r in records]
     if kind == AGGREGATES:
         return [WindowUpdated(*r) for r in records]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from metrify.adapters import json_text
 from metrify.application.exports import aggregate_row, gap_row, late_row, reading_row, rejected_row
 from metrify.application.ingest import IngestReport
 from metrify.application.ports import GapRow
@@ -84,13 +85,11 @@ def rejected_out(reading: ReadingRejected) -> s.RejectedOut:
 def _answerable(value: Any) -> Any:
     """A raw value as the answer can hold it: a LongInteger as the text of its digits (as a float it
     is infinite, which JSON cannot write: null, the digits lost), wherever it lies in the value."""
-    if type(value) is LongInteger:
-        return value.digits
-    if isinstance(value, list):
-        return [_answerable(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _answerable(item) for key, item in value.items()}
-    return value
+    return json_text.map_leaves(value, _digits)
+
+
+def _digits(value: Any) -> Any:
+    return value.digits if type(value) is LongInteger else value
 
 
 def ingest_out(report: IngestReport) -> s.IngestOut:
