@@ -524,3 +524,54 @@ def test_a_second_stream_writer_on_one_journal_is_refused_with_a_503(tmp_path: P
             assert "another stream writer process holds" in response.json()["detail"]
             assert time.monotonic() - started < 60
         container.shutdown_resources()
+
+
+def test_a_journal_a_killed_writer_left_is_not_stored_into_a_database_made_afresh(tmp_path: Path, fleet: list) -> None:
+    """The writer SIGKILLed with batches in its journal, then the database deleted and made again
+    (an embedded user's reset): ingest answers 503 saying so, and nothing of the old database
+    comes into the new one; with the journal moved aside, ingest goes on into the new database."""
+    settings = api_settings(tmp_path, api=ApiSettings(stream_writer="process"))
+    database = tmp_path / "metrify.db"
+    migrations.upgrade(settings.resolved_database_url)
+    container = database_container(settings)
+    with running_api(container, settings) as api:
+        key = api.ingest_key()
+        for start in range(0, 600, 150):
+            response = api.client.post(URL, json={"readings": fleet[start : start + 150]}, headers={"X-API-Key": key})
+            assert response.status_code == 202, response.text
+        os.kill(api.client.app.state.services.pipeline.pid, signal.SIGKILL)
+    container.shutdown_resources()
+    with sqlite3.connect(settings.ingest_journal_path) as journal:
+        assert journal.execute("SELECT count(*) FROM batches").fetchone()[0] == 4, "the killed writer's journal"
+    for path in tmp_path.glob("metrify.db*"):
+        if not path.name.startswith("metrify.db-ingest-journal"):
+            path.unlink()
+    migrations.upgrade(settings.resolved_database_url)
+
+    def readings_stored() -> int:
+        engine = create_engine_for(settings.resolved_database_url)
+        try:
+            with engine.connect() as connection:
+                return int(connection.execute(sa.select(sa.func.count()).select_from(t.readings)).scalar_one())
+        finally:
+            engine.dispose()
+
+    reading = {"meter_id": "NEW-1", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1}
+    container = database_container(settings)
+    with running_api(container, settings) as api:
+        key = api.ingest_key()
+        response = api.client.post(URL, json={"readings": [reading]}, headers={"X-API-Key": key})
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "that this database never stored" in response.json()["detail"]
+        assert "that this database never stored" in api.client.get("/readyz").json()["checks"]["stream"]
+    container.shutdown_resources()
+    assert database.exists() and readings_stored() == 0
+    for path in tmp_path.glob("metrify.db-ingest-journal*"):
+        path.rename(path.with_name(path.name + ".old"))
+    container = database_container(settings)
+    with running_api(container, settings) as api:
+        response = api.client.post(URL, json={"readings": [reading]}, headers={"X-API-Key": api.ingest_key()})
+        assert response.status_code == 202, response.text
+    container.shutdown_resources()
+    assert readings_stored() == 1

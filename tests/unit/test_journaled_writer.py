@@ -4,6 +4,7 @@ stores nothing twice, and the outcomes it answered are the ones stored."""
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tests.support.core_runner import FixedClock
 from metrify.adapters.files.journal import SqliteIngestJournal
 from metrify.adapters.memory.journal import InMemoryIngestJournal
 from metrify.adapters.memory.stream_store import InMemoryStreamStore, InMemoryStreamUnitOfWork
-from metrify.application.journaled import JournaledWriter, WriterBroken
+from metrify.application.journaled import JournaledWriter, JournalOfAnotherStore, WriterBroken
 from metrify.application.network import NetworkProfile, through_network
 from metrify.application.serial import answer_outcomes, attribute, outcome_codes
 from metrify.application.simulator import FleetProfile, fleet_rows
@@ -279,6 +280,55 @@ def test_a_journal_that_lost_the_batches_behind_the_states_stops_the_writer() ->
     journal.batches.clear()  # deleted with the file, say
     with pytest.raises(WriterBroken, match="journal lacks batches 1-3"):
         writer_on(store, journal, save_every=100)
+
+
+@pytest.mark.parametrize("save_every", [1, 4], ids=["states saved with each batch", "states saved every 4"])
+def test_a_journal_left_by_a_crash_is_not_stored_into_a_database_made_afresh(save_every: int) -> None:
+    """The writer killed with batches in its journal, then the database deleted and made again (an
+    embedded user's reset): the next writer refuses rather than store another store's readings
+    into it, and stores nothing; once the journal is moved aside it starts afresh."""
+    data = batches()
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal, save_every=save_every)
+    store_batches(writer, data, range(5))
+    writer.take(encode_batch("t5", data[5]))  # answered, then the process dies
+    fresh = InMemoryStreamStore()
+    with pytest.raises(JournalOfAnotherStore, match="batches through 6 that this database never stored"):
+        writer_on(fresh, journal, save_every=save_every)
+    assert outcome(fresh) == outcome(InMemoryStreamStore()) and fresh.progress == {}
+    again, replayed = writer_on(fresh, InMemoryIngestJournal(), save_every=save_every)
+    assert replayed == {}
+    store_batches(again, data, range(2))
+    assert len(fresh.readings) > 0
+
+
+def test_a_database_restored_from_an_older_copy_is_not_given_the_journal_beyond_it() -> None:
+    """Storing the journaled batches beyond an older copy's progress would leave a hole where the
+    batches dropped from the journal were: refused."""
+    data = batches()
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal)
+    store_batches(writer, data, range(2))
+    older = copy.deepcopy(store)
+    store_batches(writer, data, range(2, 6))
+    writer.take(encode_batch("t6", data[6]))  # answered, then the process dies
+    with pytest.raises(JournalOfAnotherStore, match="it holds the journal's batches through 2"):
+        writer_on(older, journal)
+
+
+def test_a_database_made_afresh_after_a_clean_stop_goes_on_with_the_journal() -> None:
+    """A writer that stopped cleanly leaves its journal empty: a database made afresh beside it
+    takes new batches, numbered on from the journal's last."""
+    data = batches()
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal)
+    store_batches(writer, data, range(3))
+    writer.close()
+    fresh = InMemoryStreamStore()
+    again, replayed = writer_on(fresh, journal)
+    assert replayed == {} and again.seq == 3
+    store_batches(again, data, range(3, 5))
+    assert fresh.progress["api-journal:main"].rows_done == 5
 
 
 @pytest.mark.parametrize("window_writes", [None, 3], ids=["windows stored at once", "windows held back"])

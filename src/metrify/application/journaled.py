@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 
 from metrify.application.ports import IngestJournal, SourceProgress, StreamWrittenElsewhere
 from metrify.application.serial import Outcome, answer_text, attribute, outcome_codes
-from metrify.application.stream import PreparedBatch, Retries, StreamPipeline
+from metrify.application.stream import PreparedBatch, Retries, StreamCannotLoad, StreamPipeline
 from metrify.domain.readings import RawReading
 
 log = logging.getLogger("metrify.stream")
@@ -50,6 +50,13 @@ def _unrecord(record: bytes) -> tuple[int, bytes]:
 
 class WriterBroken(Exception):
     """The writer's state could not be loaded again after a failed batch: it must not go on."""
+
+
+class JournalOfAnotherStore(StreamCannotLoad):
+    """The journal holds batches beyond the one batch a writer may have answered and not stored:
+    it was kept for another database (this one deleted and made again, say) or this database is
+    an older copy of its own. Storing them would put another store's readings into this one, or
+    leave a hole in its progress: the operator's to mend."""
 
 
 class JournaledWriter:
@@ -89,6 +96,16 @@ class JournaledWriter:
             raise WriterBroken(f"the meter states were saved at journaled batch {start}, the outcomes at {done}")
         replayed: dict[str, list[Outcome]] = {}
         entries = self.journal.after(start)
+        # A writer takes a batch only once the one before is stored: at most one journaled batch
+        # (done + 1) is beyond the store's progress. Batches already stored are passed over.
+        foreign = [seq for seq, _ in entries if seq > done + 1]
+        if foreign:
+            raise JournalOfAnotherStore(
+                f"the ingest journal holds batches through {foreign[-1]} that this database never stored "
+                f"(it holds the journal's batches through {done}): the journal was kept for another database, "
+                "or this one is an older copy; move the journal aside to start afresh, or point "
+                "METRIFY_DATABASE_URL at the database it was kept for"
+            )
         if behind:
             self._catch_up([entry for entry in entries if entry[0] <= done], start, done)
         for seq, record in entries:

@@ -127,7 +127,11 @@ def serve(settings: Settings, conn: Connection) -> None:
                         "ingest cannot run: the stream writer could not load the stream (see the log)",
                         60,
                     )
-                log.warning("the stream writer could not load the stream: %s", failed[1])
+                log.warning(
+                    "the stream writer could not load the stream: %s (ingest journal: %s)",
+                    failed[1],
+                    settings.ingest_journal_path,
+                )
                 conn.send(failed)
                 return
             freeze_startup_heap()
