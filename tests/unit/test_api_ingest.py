@@ -463,10 +463,13 @@ def test_integers_of_more_digits_than_python_converts_are_numbers_however_large(
     assert items == [("M2", T0, huge), ("M3", T0, "-" + huge), ("M4", huge, 1), (huge, T0, None)]
 
 
-def test_an_electrical_measurement_beyond_a_double_is_not_stored_and_fails_nothing() -> None:
+def test_an_electrical_measurement_beyond_a_double_or_not_finite_is_not_stored_and_fails_nothing() -> None:
     from metrify.adapters.sqlalchemy.codec import extra_columns
 
-    assert extra_columns({"voltage": 10**400, "current": "1e999", "power_kw": 2})[:3] == (None, float("inf"), 2.0)
+    assert extra_columns({"voltage": 10**400, "current": "1e999", "power_kw": 2})[:3] == (None, None, 2.0)
+    # nor one that is not finite, as the Kafka path's envelope carries it (null)
+    weird = {"voltage": float("inf"), "current": float("-inf"), "power_kw": float("nan"), "power_factor": "nan"}
+    assert extra_columns(weird)[:4] == (None, None, None, None)
     assert extra_columns({"voltage": LongInteger("9" * 5000)})[0] is None  # as 10**400
 
 

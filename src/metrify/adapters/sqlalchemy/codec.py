@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from math import isfinite
 from typing import Any
 
 import orjson
@@ -49,14 +50,16 @@ def decode_state(text: str) -> Any:
 
 
 def _number(value: Any) -> float | None:
-    """A measurement as a number the column holds: None for what is not one (an integer beyond
-    a double, which raised at commit and failed the whole batch, included)."""
+    """A measurement as a number the column holds: None for what is not a finite one (an integer
+    beyond a double, which raised at commit and failed the whole batch, included; an infinity or a
+    NaN as well, which a Kafka envelope carries as null: both profiles store the same)."""
     if value is None or isinstance(value, bool) or type(value) is LongInteger:  # an integer beyond a double
         return None
     try:
-        return float(value if isinstance(value, float | int) else str(value).strip())
+        number = float(value if isinstance(value, float | int) else str(value).strip())
     except (TypeError, ValueError, OverflowError):
         return None
+    return number if isfinite(number) else None
 
 
 def _region(value: Any, holds_nul: bool) -> str:
@@ -77,12 +80,13 @@ def extra_columns(extra: dict[str, Any], holds_nul: bool = True) -> tuple[Any, .
         get("frequency"),
         get("region"),
     )
+    # a finite float as it is (x - x is 0.0 for those alone), anything else through _number
     return (
-        v if v is None or type(v) is float else _number(v),
-        c if c is None or type(c) is float else _number(c),
-        p if p is None or type(p) is float else _number(p),
-        pf if pf is None or type(pf) is float else _number(pf),
-        f if f is None or type(f) is float else _number(f),
+        v if v is None or (type(v) is float and v - v == 0.0) else _number(v),
+        c if c is None or (type(c) is float and c - c == 0.0) else _number(c),
+        p if p is None or (type(p) is float and p - p == 0.0) else _number(p),
+        pf if pf is None or (type(pf) is float and pf - pf == 0.0) else _number(pf),
+        f if f is None or (type(f) is float and f - f == 0.0) else _number(f),
         # NUL looked for here, on the string in hand: a pass over all regions later costs 4x as much
         r if r is None or (type(r) is str and (holds_nul or NUL not in r)) else _region(r, holds_nul),
     )
