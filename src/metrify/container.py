@@ -29,6 +29,7 @@ from metrify.adapters.sqlalchemy.users import (
 )
 from metrify.adapters.system import SystemClock
 from metrify.application.meters import stream_intervals
+from metrify.application.queries import SynchronousLag
 from metrify.application.storage import RetentionPolicy
 from metrify.application.stream import Backoff, StreamPipeline
 from metrify.settings import Settings, SettingsError
@@ -124,6 +125,20 @@ def _kafka_outcome_feed(**kwargs):  # noqa: ANN003, ANN202
     return KafkaOutcomeFeed(**kwargs)
 
 
+def _stored_sink_offsets(engine, consumer: str):  # noqa: ANN001, ANN202
+    from functools import partial
+
+    from metrify.adapters.sqlalchemy.sink_offsets import stored_sink_offsets
+
+    return partial(stored_sink_offsets, engine, consumer)
+
+
+def _kafka_lag_probe(**kwargs):  # noqa: ANN003, ANN202
+    from metrify.adapters.kafka.lag import KafkaLagProbe
+
+    return KafkaLagProbe(**kwargs)
+
+
 def _kafka_reading_publisher(**kwargs):  # noqa: ANN003, ANN202
     from metrify.adapters.kafka.publisher import KafkaReadingPublisher
 
@@ -206,6 +221,22 @@ class Container(containers.DeclarativeContainer):
         group_id=settings.provided.kafka.sink_group_id,
     )
     kafka_reading_publisher = providers.Factory(_kafka_reading_publisher, bootstrap=settings.provided.kafka.bootstrap)
+    stored_sink_offsets = providers.Factory(
+        _stored_sink_offsets, engine=engine, consumer=settings.provided.kafka.sink_group_id
+    )
+    # how far processing stands behind ingest, for the stream summary
+    lag_probe = providers.Selector(
+        providers.Callable(lambda s: "kafka" if s.kafka.bootstrap else "embedded", settings),
+        embedded=providers.Singleton(SynchronousLag),
+        kafka=providers.Singleton(
+            _kafka_lag_probe,
+            bootstrap=settings.provided.kafka.bootstrap,
+            names=kafka_topics,
+            worker_group=settings.provided.kafka.group_id,
+            sink_group=settings.provided.kafka.sink_group_id,
+            stored=stored_sink_offsets,
+        ),
+    )
     sink_uow = providers.Factory(_sink_uow, engine=engine)
     storage_maintenance = providers.Factory(SqlAlchemyStorageMaintenance, engine=engine)
     retention_policy = providers.Factory(

@@ -11,13 +11,16 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Consumer
+from tests.integration.cli import metrify, metrify_env
 from tests.support.api import Api, api_settings, database_container, running_api
 
 from metrify.adapters.kafka.admin import create_topics, delete_topics
 from metrify.adapters.kafka.clients import TopicNames
+from metrify.adapters.kafka.lag import KafkaLagProbe
 from metrify.adapters.sqlalchemy import migrations
 from metrify.domain.readings import Meter
 from metrify.domain.stream.partitioner import partition_for
+from metrify.domain.users import Role
 from metrify.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -103,6 +106,59 @@ def test_a_batch_goes_to_the_raw_topic_keyed_and_partitioned_by_meter(api: Api, 
     assert by_meter[" MTR-3 "] == readings[3]
     assert by_meter["MTR-X"] == {"meter_id": "MTR-X", "timestamp": "not a time", "consumption_kwh": 1}
     assert api.client.get("/readyz").json()["checks"]["kafka"] == "ok"
+
+
+def test_the_stream_summary_tells_how_far_the_workers_and_the_sink_stand_behind(
+    api: Api, bootstrap: str, names: TopicNames, tmp_path: Path
+) -> None:
+    """No worker or sink runs: every reading queued is unprocessed, nothing is waiting to be stored."""
+    headers = api.headers(Role.ADMIN)
+    lag = api.client.get("/api/v1/stream/summary", headers=headers).json()["lag"]
+    assert lag["ingest"] == "kafka" and lag["unprocessed"] is None
+    assert lag["error"] == f"{names.raw} does not exist: run `metrify topics create`"
+    create_topics(bootstrap, names, PARTITIONS, 1)
+    readings = [
+        {"meter_id": f"MTR-{n}", "timestamp": f"2024-03-04T10:{n:02d}:00Z", "consumption_kwh": 1, "region": "north"}
+        for n in range(20)
+    ]
+    response = api.client.post(URL, json={"readings": readings}, headers={"X-API-Key": api.ingest_key()})
+    assert response.status_code == 202, response.text
+    summary = api.client.get("/api/v1/stream/summary", headers=headers)
+    assert summary.status_code == 200, summary.text
+    lag = summary.json()["lag"]
+    assert (lag["ingest"], lag["unprocessed"], lag["unstored"], lag["error"]) == ("kafka", 20, 0, None)
+    worker = [c for c in lag["consumers"] if c["topic"] == names.raw]
+    assert [(c["group"], c["partition"], c["committed"]) for c in worker] == [
+        (KafkaSettings().group_id, p, None) for p in range(PARTITIONS)
+    ]
+    assert sum(c["end"] for c in worker) == sum(c["lag"] for c in worker) == 20
+    outputs = {c["topic"] for c in lag["consumers"] if c["group"] == KafkaSettings().sink_group_id}
+    assert outputs == set(names.outputs.values())
+    assert get_status(api, Role.OPERATOR) == 200 and get_status(api, Role.USER) == 403
+    # `metrify topics lag` tells the same, from the same measure
+    env = metrify_env(tmp_path, METRIFY_KAFKA__BOOTSTRAP=bootstrap, METRIFY_KAFKA__TOPIC_PREFIX=names.prefix)
+    report = orjson.loads(metrify(["topics", "lag", "--json"], env).stdout)
+    assert (report["worker"]["lag"], report["sink"]["lag"]) == (20, 0)
+    assert [(r["partition"], r["committed"], r["lag"]) for r in report["worker"]["partitions"]] == [
+        (c["partition"], c["committed"], c["lag"]) for c in worker
+    ]
+    missing = metrify_env(tmp_path, METRIFY_KAFKA__BOOTSTRAP=bootstrap, METRIFY_KAFKA__TOPIC_PREFIX="absent-prefix.")
+    refused = metrify(["topics", "lag"], missing, check=False)
+    assert refused.returncode != 0 and "absent-prefix.raw does not exist" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def get_status(api: Api, role: Role) -> int:
+    return api.client.get("/api/v1/stream/summary", headers=api.headers(role)).status_code
+
+
+def test_a_broker_that_does_not_answer_leaves_the_lag_unknown_not_the_summary() -> None:
+    probe = KafkaLagProbe("127.0.0.1:1", TopicNames("nowhere."), "w", "s", lambda topics: None, timeout=1.0)
+    started = time.monotonic()
+    lag = probe.lag()
+    assert (lag.ingest, lag.unprocessed, lag.unstored, lag.consumers) == ("kafka", None, None, ())
+    assert lag.error is not None and lag.error.startswith("kafka unreachable")
+    assert time.monotonic() - started < 10
 
 
 def test_a_scoped_key_refuses_other_regions_before_anything_is_produced(api: Api, bootstrap: str, names) -> None:  # noqa: ANN001

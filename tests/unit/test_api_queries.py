@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -153,9 +155,14 @@ def test_too_late_and_rejected_readings_are_for_operators_and_admins(api: Api) -
         assert get(api, Role.USER, path)[0] == 403
 
 
-def test_the_stream_summary_shows_each_partitions_watermark(api: Api) -> None:
+def test_the_stream_summary_shows_each_partitions_watermark_and_the_lag(api: Api) -> None:
+    before = time.time()
     status, summary = get(api, Role.OPERATOR, "/api/v1/stream/summary")
+    after = time.time()
     assert status == 200
+    watermark = datetime(2024, 3, 4, 15, 29, 50, tzinfo=UTC).timestamp()
+    behind = summary["partitions"][0].pop("watermark_lag_seconds")
+    assert before - watermark <= behind <= after - watermark, "how far the watermark stands behind the clock"
     assert summary["partitions"] == [
         {
             "stream": "main",
@@ -165,12 +172,16 @@ def test_the_stream_summary_shows_each_partitions_watermark(api: Api) -> None:
             "next_offset": 46,
         }
     ]
+    # embedded: every batch went through the core and into the store before its answer
+    assert summary["lag"] == {"ingest": "embedded", "unprocessed": 0, "unstored": 0, "consumers": [], "error": None}
     # an operator's counts are of their regions' meters (S1, in the south, rejected once, is not)
     assert summary["rejected_by_reason"] == {"invalid_consumption": 1}
     assert summary["open_gaps"] == 1 and summary["tables"]["too_late_readings"] == 1
     everything = get(api, Role.ADMIN, "/api/v1/stream/summary")[1]
     assert everything["rejected_by_reason"] == {"invalid_consumption": 1, "invalid_timestamp": 1}
-    assert everything["partitions"] == summary["partitions"]
+    assert [{**p, "watermark_lag_seconds": None} for p in everything["partitions"]] == [
+        {**p, "watermark_lag_seconds": None} for p in summary["partitions"]
+    ]
     assert everything["tables"]["readings"] > summary["tables"]["readings"] > 0
     assert get(api, Role.USER, "/api/v1/stream/summary")[0] == 403
 

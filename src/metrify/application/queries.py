@@ -48,6 +48,50 @@ class RegionWindow:
     sum_kwh: float
 
 
+@dataclass(frozen=True, slots=True)
+class ConsumerLag:
+    """Where a consumer group stands in one topic partition: the next offset it committed (None:
+    none yet) and the partition's end."""
+
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+
+    @property
+    def behind(self) -> int:
+        return self.end - (self.committed or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingLag:
+    """How far processing stands behind what was taken in: `unprocessed` readings not yet through
+    the stream core, `unstored` outcome records not yet in the database (None: not known, `error`
+    says why), and each consumer group's partitions where there are queues (Kafka)."""
+
+    ingest: str  # "embedded" or "kafka"
+    unprocessed: int | None
+    unstored: int | None
+    consumers: tuple[ConsumerLag, ...] = ()
+    error: str | None = None
+
+
+class LagProbe(Protocol):
+    def lag(self) -> ProcessingLag:
+        """The lag now; never raises for a service that does not answer (`error` says so)."""
+        ...
+
+
+class SynchronousLag:
+    """The embedded profile: each batch goes through the stream core and into the database before
+    its answer (a stream writer process stores it milliseconds after), and a replay is one
+    process from file to database: no queue holds anything back."""
+
+    def lag(self) -> ProcessingLag:
+        return ProcessingLag("embedded", 0, 0)
+
+
 class FleetQueries(Protocol):
     def readings(self, meter_id: str, when: TimeRange, after: int | None, limit: int) -> list[ReadingAccepted]: ...
 
@@ -82,10 +126,17 @@ class FleetQueries(Protocol):
 class OutcomeQueryService:
     """The use cases behind the API's read side: who may see what, then one query."""
 
-    def __init__(self, queries: FleetQueries, meters: MeterService, windows: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        queries: FleetQueries,
+        meters: MeterService,
+        windows: tuple[int, ...],
+        lag: LagProbe | None = None,
+    ) -> None:
         self.queries = queries
         self.meters = meters
         self.windows = windows
+        self.lag = lag or SynchronousLag()
 
     @property
     def window_labels(self) -> list[str]:
@@ -172,6 +223,7 @@ class OutcomeQueryService:
 
     def summary(self, user: User) -> dict[str, Any]:
         """The stream at a glance: an OPERATOR's counts are of the meters in their regions; the
-        partitions' watermarks and offsets are the stream's own, not any meter's data."""
+        partitions' watermarks and offsets, and the processing lag, are the stream's own, not any
+        meter's data."""
         user.require(Role.ADMIN, Role.OPERATOR)
-        return self.queries.summary(Subjects(user.scope))
+        return {**self.queries.summary(Subjects(user.scope)), "lag": self.lag.lag()}

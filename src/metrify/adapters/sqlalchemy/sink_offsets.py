@@ -9,6 +9,7 @@ lost its partitions can never write old values over newer ones.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -20,6 +21,26 @@ from metrify.adapters.sqlalchemy.errors import transient_errors
 from metrify.adapters.sqlalchemy.tables import sink_offsets
 from metrify.adapters.sqlalchemy.unit_of_work import SqlAlchemyStreamUnitOfWork
 from metrify.application.kafka_stream import Source, StaleSinkOffsets
+
+log = logging.getLogger("metrify.sink")
+
+
+def stored_sink_offsets(engine: sa.Engine, consumer: str, topics: list[str]) -> dict[tuple[str, int], int] | None:
+    """A sink's offsets of these topics as the database holds them, for reports (`metrify topics
+    lag`, the API's summary); None when there is no such table yet or the database does not answer
+    (the lag is then told from the sink's consumer group)."""
+    try:
+        with engine.connect() as connection:
+            if not sa.inspect(connection).has_table("sink_offsets"):
+                return None
+            c = sink_offsets.c
+            rows = connection.execute(
+                sa.select(c.topic, c.partition, c.next_offset).where(c.consumer == consumer, c.topic.in_(topics))
+            )
+            return {(topic, partition): offset for topic, partition, offset in rows}
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("sink offsets not read from the database: %s", exc)
+        return None
 
 
 class SqlSinkOffsets:

@@ -286,6 +286,37 @@ class PartitionOut(BaseModel):
     watermark: str | None = Field(description="Largest valid event time minus the out-of-orderness bound.")
     max_event_time: str | None
     next_offset: int
+    watermark_lag_seconds: float | None = Field(
+        description="How far the watermark stands behind the API's clock, in seconds (event-time lag: "
+        "how fresh the partition's data is; negative when event times run ahead of the clock). "
+        "Null before the partition's first valid reading."
+    )
+
+
+class ConsumerLagOut(BaseModel):
+    group: str
+    topic: str
+    partition: int
+    committed: int | None = Field(description="The next offset the group committed; null: none yet.")
+    end: int = Field(description="The partition's end offset.")
+    lag: int = Field(description="Records between the two.")
+
+
+class LagOut(BaseModel):
+    """How far processing stands behind ingest."""
+
+    ingest: Literal["embedded", "kafka"]
+    unprocessed: int | None = Field(
+        description="Readings taken in and not yet through the stream core: the workers' lag on the raw "
+        "topic (Kafka); 0 on the embedded profile, where each batch goes through the core before its "
+        "answer. Null when the broker did not answer (see error)."
+    )
+    unstored: int | None = Field(
+        description="Outcome records the workers produced and the sink has not stored yet (Kafka); "
+        "0 on the embedded profile."
+    )
+    consumers: list[ConsumerLagOut] = Field(description="Each consumer group's partitions (Kafka).")
+    error: str | None = Field(description="Why the lag is not known, when it is not.")
 
 
 class SummaryOut(BaseModel):
@@ -294,6 +325,7 @@ class SummaryOut(BaseModel):
     rejected_by_reason: dict[str, int]
     open_gaps: int
     partitions: list[PartitionOut]
+    lag: LagOut
 
 
 # -- ingest ------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class ApiServices:
             users=UserAdmin(users, hasher, clock),
             keys=KeyAdmin(container.ingest_key_repository(), clock),
             meters=meters,
-            outcomes=OutcomeQueryService(container.fleet_queries(), meters, windows),
+            outcomes=OutcomeQueryService(container.fleet_queries(), meters, windows, container.lag_probe()),
             ingest=ingest,
             pipeline=pipeline,
             user_limit=RateLimit(auth.user_rate_limit, auth.rate_window),

@@ -13,6 +13,7 @@ import orjson
 import typer
 from rich.table import Table
 
+from metrify.application.queries import ConsumerLag
 from metrify.application.replay import ReplayOptions, SourceError
 from metrify.entrypoints.cli.app import app, console, state
 from metrify.entrypoints.cli.errors import UserError
@@ -115,60 +116,33 @@ def topics_list(
     )
 
 
-def _sink_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int] | None:
-    """The sink's offsets as the database holds them (None when there is no such table yet)."""
-    import sqlalchemy as sa
-
-    from metrify.adapters.sqlalchemy.tables import sink_offsets
-
-    engine = state.get_container().engine()
-    try:
-        with engine.connect() as connection:
-            if not sa.inspect(connection).has_table("sink_offsets"):
-                return None
-            c = sink_offsets.c
-            rows = connection.execute(
-                sa.select(c.topic, c.partition, c.next_offset).where(
-                    c.consumer == settings.kafka.sink_group_id, c.topic.in_(topics)
-                )
-            )
-            return {(t, p): o for t, p, o in rows}
-    except sa.exc.SQLAlchemyError as exc:
-        log.warning("sink offsets not read from the database: %s", exc)
-        return None
-
-
 @topics_app.command("lag")
 def topics_lag(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of tables.")] = False,
 ) -> None:
     """How far the workers (input) and the sink (outputs, offsets as the database holds them) lag."""
-    from metrify.adapters.kafka.admin import KafkaUnavailable, admin_client, end_offsets, group_lag, topic_partitions
+    from metrify.adapters.kafka.admin import KafkaUnavailable
+    from metrify.adapters.kafka.lag import RawTopicMissing, measure_lag
 
     settings = _settings()
-    names = state.get_container().kafka_topics()
+    container = state.get_container()
     try:
-        present = topic_partitions(admin_client(settings.kafka.bootstrap))
-        if names.raw not in present:
-            raise UserError(f"{names.raw} does not exist: run `metrify topics create`")
-        worker = group_lag(settings.kafka.bootstrap, settings.kafka.group_id, {names.raw: present[names.raw][0]})
-        outputs = {t: present[t][0] for t in names.outputs.values() if t in present}
-        ends = end_offsets(admin_client(settings.kafka.bootstrap), outputs)
+        worker, sink = measure_lag(
+            settings.kafka.bootstrap,
+            container.kafka_topics(),
+            settings.kafka.group_id,
+            settings.kafka.sink_group_id,
+            container.stored_sink_offsets(),
+        )
     except KafkaUnavailable as exc:
         raise _unavailable(exc) from None
-    stored = _sink_offsets(settings, list(outputs))
-    if stored is None:
-        kafka_side = group_lag(settings.kafka.bootstrap, settings.kafka.sink_group_id, outputs)
-        stored = {key: committed for key, (committed, _) in kafka_side.items() if committed is not None}
-    sink = {key: (stored.get(key), end) for key, end in ends.items()}
-
-    def total(rows: dict[tuple[str, int], tuple[int | None, int]]) -> int:
-        return sum(end - (committed or 0) for committed, end in rows.values())
+    except RawTopicMissing as exc:
+        raise UserError(str(exc)) from None
 
     if as_json:
         report = {
-            "worker": {"group": settings.kafka.group_id, "lag": total(worker), "partitions": _rows(worker)},
-            "sink": {"group": settings.kafka.sink_group_id, "lag": total(sink), "partitions": _rows(sink)},
+            "worker": {"group": settings.kafka.group_id, "lag": _total(worker), "partitions": _rows(worker)},
+            "sink": {"group": settings.kafka.sink_group_id, "lag": _total(sink), "partitions": _rows(sink)},
         }
         print(orjson.dumps(report).decode())
         return
@@ -176,19 +150,23 @@ def topics_lag(
         (f"workers ({settings.kafka.group_id})", worker),
         (f"sink ({settings.kafka.sink_group_id})", sink),
     ):
-        table = Table(title=f"{title}: lag {total(rows):,}")
+        table = Table(title=f"{title}: lag {_total(rows):,}")
         for column in ("topic", "partition", "committed", "end", "lag"):
             table.add_column(column, justify="left" if column == "topic" else "right")
-        for (topic, partition), (committed, end) in sorted(rows.items()):
-            shown = "-" if committed is None else f"{committed:,}"
-            table.add_row(topic, str(partition), shown, f"{end:,}", f"{end - (committed or 0):,}")
+        for row in rows:
+            shown = "-" if row.committed is None else f"{row.committed:,}"
+            table.add_row(row.topic, str(row.partition), shown, f"{row.end:,}", f"{row.behind:,}")
         console.print(table)
 
 
-def _rows(rows: dict[tuple[str, int], tuple[int | None, int]]) -> list[dict[str, object]]:
+def _total(rows: list[ConsumerLag]) -> int:
+    return sum(row.behind for row in rows)
+
+
+def _rows(rows: list[ConsumerLag]) -> list[dict[str, object]]:
     return [
-        {"topic": t, "partition": p, "committed": c, "end": e, "lag": e - (c or 0)}
-        for (t, p), (c, e) in sorted(rows.items())
+        {"topic": r.topic, "partition": r.partition, "committed": r.committed, "end": r.end, "lag": r.behind}
+        for r in rows
     ]
 
 

@@ -151,23 +151,41 @@ def rejected_counts(
 
 @router.get("/stream/summary", response_model=s.SummaryOut, tags=["stream"], summary="The stream at a glance")
 def stream_summary(svc: Services, user: CurrentUser) -> s.SummaryOut:
-    """Counts per outcome, rejects per reason, open gaps, and each partition's watermark (ADMIN, OPERATOR)."""
+    """Counts per outcome, rejects per reason, open gaps, each partition's watermark and how far it
+    stands behind the clock, and how far processing stands behind ingest (ADMIN, OPERATOR)."""
     summary = svc.outcomes.summary(user)
     bound = round(svc.settings.stream.out_of_orderness * US)
-    partitions = [
-        s.PartitionOut(
-            stream=p["stream"],
-            partition=p["partition"],
-            watermark=None if p["max_event_time"] is None else format_timestamp(p["max_event_time"] - bound),
-            max_event_time=None if p["max_event_time"] is None else format_timestamp(p["max_event_time"]),
-            next_offset=p["next_offset"],
+    now = svc.clock.now_us()
+    partitions = []
+    for p in summary["partitions"]:
+        watermark = None if p["max_event_time"] is None else p["max_event_time"] - bound
+        partitions.append(
+            s.PartitionOut(
+                stream=p["stream"],
+                partition=p["partition"],
+                watermark=None if watermark is None else format_timestamp(watermark),
+                max_event_time=None if watermark is None else format_timestamp(p["max_event_time"]),
+                next_offset=p["next_offset"],
+                watermark_lag_seconds=None if watermark is None else (now - watermark) / US,
+            )
         )
-        for p in summary["partitions"]
-    ]
+    lag = summary["lag"]
     return s.SummaryOut(
         tables=summary["tables"],
         readings_by_status=summary["readings_by_status"],
         rejected_by_reason=summary["rejected_by_reason"],
         open_gaps=summary["open_gaps"],
         partitions=partitions,
+        lag=s.LagOut(
+            ingest=lag.ingest,
+            unprocessed=lag.unprocessed,
+            unstored=lag.unstored,
+            consumers=[
+                s.ConsumerLagOut(
+                    group=c.group, topic=c.topic, partition=c.partition, committed=c.committed, end=c.end, lag=c.behind
+                )
+                for c in lag.consumers
+            ],
+            error=lag.error,
+        ),
     )

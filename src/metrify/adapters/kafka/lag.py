@@ -1,0 +1,81 @@
+"""How far the workers and the sink stand behind the topics they read (`metrify topics lag`, the
+API's stream summary): the workers' group on the raw topic; the sink's offsets as the database
+holds them (it commits them with its writes), or its group's where the database holds none."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from metrify.adapters.kafka.admin import KafkaUnavailable, admin_client, end_offsets, group_lag, topic_partitions
+from metrify.adapters.kafka.clients import TopicNames
+from metrify.application.queries import ConsumerLag, ProcessingLag
+
+# The sink's stored offsets of these topics ((topic, partition) -> next offset); None: no table.
+StoredOffsets = Callable[[list[str]], dict[tuple[str, int], int] | None]
+
+
+class RawTopicMissing(Exception):
+    """The raw topic does not exist yet (`metrify topics create` makes it)."""
+
+
+def measure_lag(
+    bootstrap: str,
+    names: TopicNames,
+    worker_group: str,
+    sink_group: str,
+    stored: StoredOffsets,
+    timeout: float = 10.0,
+) -> tuple[list[ConsumerLag], list[ConsumerLag]]:
+    """The workers' partitions and the sink's, in order. Raises KafkaUnavailable or RawTopicMissing."""
+    present = topic_partitions(admin_client(bootstrap), timeout)
+    if names.raw not in present:
+        raise RawTopicMissing(f"{names.raw} does not exist: run `metrify topics create`")
+    worker = group_lag(bootstrap, worker_group, {names.raw: present[names.raw][0]}, timeout)
+    outputs = {topic: present[topic][0] for topic in names.outputs.values() if topic in present}
+    ends = end_offsets(admin_client(bootstrap), outputs, timeout)
+    held = stored(list(outputs))
+    if held is None:
+        by_group = group_lag(bootstrap, sink_group, outputs, timeout)
+        held = {key: committed for key, (committed, _) in by_group.items() if committed is not None}
+
+    def rows(group: str, found: dict[tuple[str, int], tuple[int | None, int]]) -> list[ConsumerLag]:
+        return [ConsumerLag(group, t, p, committed, end) for (t, p), (committed, end) in sorted(found.items())]
+
+    return rows(worker_group, worker), rows(sink_group, {key: (held.get(key), end) for key, end in ends.items()})
+
+
+class KafkaLagProbe:
+    """The production profile's LagProbe: a broker that does not answer within `timeout` makes
+    the lag unknown (None, with the reason), never an error of the summary around it."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        names: TopicNames,
+        worker_group: str,
+        sink_group: str,
+        stored: StoredOffsets,
+        timeout: float = 3.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.names = names
+        self.worker_group = worker_group
+        self.sink_group = sink_group
+        self.stored = stored
+        self.timeout = timeout
+
+    def lag(self) -> ProcessingLag:
+        try:
+            worker, sink = measure_lag(
+                self.bootstrap, self.names, self.worker_group, self.sink_group, self.stored, self.timeout
+            )
+        except KafkaUnavailable as exc:
+            return ProcessingLag("kafka", None, None, error=f"kafka unreachable: {exc}")
+        except RawTopicMissing as exc:
+            return ProcessingLag("kafka", None, None, error=str(exc))
+        return ProcessingLag(
+            "kafka",
+            sum(row.behind for row in worker),
+            sum(row.behind for row in sink),
+            (*worker, *sink),
+        )
