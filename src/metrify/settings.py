@@ -169,6 +169,9 @@ class ApiSettings(BaseModel):
     # Saved when the writer stops and when the stream is quiet (application/journaled.py). At most
     # 1,000: a start runs that many batches through the core (and holds them) before it is ready.
     state_save_batches: int = Field(1, ge=1, le=1000)
+    # Ingest's Idempotency-Key: a batch's answer is kept this many seconds for a retry of the same
+    # batch under the same key (in Redis when configured, else in the API process); 0: keys ignored.
+    idempotency_ttl: int = Field(3600, ge=0, le=7 * 86400)
 
 
 class StorageSettings(BaseModel):

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Consumer
+from fastapi.testclient import TestClient
 from tests.integration.cli import metrify, metrify_env
 from tests.support.api import Api, api_settings, database_container, running_api
 
@@ -21,6 +22,7 @@ from metrify.adapters.sqlalchemy import migrations
 from metrify.domain.readings import Meter
 from metrify.domain.stream.partitioner import partition_for
 from metrify.domain.users import Role
+from metrify.entrypoints.api.app import create_app
 from metrify.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -172,3 +174,33 @@ def test_a_scoped_key_refuses_other_regions_before_anything_is_produced(api: Api
     assert out["queued"] == 1 and out["refused"] == [{"index": 0, "reason": "region_not_allowed"}]
     messages = raw_messages(bootstrap, names.raw, 1)
     assert [m.key() for m in messages] == [b"N-1"]
+
+
+def test_a_batch_sent_again_to_another_api_process_under_its_idempotency_key_is_queued_once(
+    tmp_path: Path, bootstrap: str, names: TopicNames, redis_url: str
+) -> None:
+    """Production: the answers are kept in Redis, so a retry that reaches another API process (a
+    load balancer's choice) gets the first answer too, and nothing more goes to the raw topic."""
+    settings = api_settings(
+        tmp_path, redis_url=redis_url, kafka=KafkaSettings(bootstrap=bootstrap, topic_prefix=names.prefix)
+    )
+    migrations.upgrade(settings.resolved_database_url)
+    create_topics(bootstrap, names, PARTITIONS, 1)
+    readings = [
+        {"meter_id": f"IDEM-{n}", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1, "region": "north"}
+        for n in range(5)
+    ]
+    idempotency_key = f"retry-{uuid.uuid4().hex}"
+    first_container, second_container = database_container(settings), database_container(settings)
+    with running_api(first_container, settings) as api:
+        key = api.ingest_key()
+        headers = {"X-API-Key": key, "Idempotency-Key": idempotency_key}
+        first = api.client.post(URL, json={"readings": readings}, headers=headers)
+        assert first.status_code == 202, first.text
+        with TestClient(create_app(settings, second_container), raise_server_exceptions=False) as other:
+            again = other.post(URL, json={"readings": readings}, headers=headers)
+    first_container.shutdown_resources()
+    second_container.shutdown_resources()
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.content == first.content and first.json()["queued"] == 5
+    assert len(raw_messages(bootstrap, names.raw, 10, timeout=10)) == 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from metrify.application.auth import AuthService
+from metrify.application.idempotency import IdempotentRequests
 from metrify.application.ingest import Ingest, KeyAdmin
 from metrify.application.meters import MeterService
 from metrify.application.ports import Cache, Clock
@@ -30,6 +31,7 @@ class ApiServices:
     meters: MeterService
     outcomes: OutcomeQueryService
     ingest: Ingest
+    idempotency: IdempotentRequests
     pipeline: SerialPipeline | StreamWriterProcess | None
     user_limit: RateLimit
     ingest_limit: RateLimit
@@ -82,6 +84,7 @@ class ApiServices:
             meters=meters,
             outcomes=OutcomeQueryService(container.fleet_queries(), meters, windows, container.lag_probe()),
             ingest=ingest,
+            idempotency=IdempotentRequests(cache, settings.api.idempotency_ttl),
             pipeline=pipeline,
             user_limit=RateLimit(auth.user_rate_limit, auth.rate_window),
             ingest_limit=RateLimit(auth.ingest_rate_limit, auth.rate_window),

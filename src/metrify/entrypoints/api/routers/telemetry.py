@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from metrify.application.idempotency import fingerprint
 from metrify.application.stream import gc_paused
 from metrify.entrypoints.api import schemas as s
 from metrify.entrypoints.api.bodies import CSV, JSON, NDJSON, decoded_body, parse_readings, read_body
@@ -47,7 +48,22 @@ BODY = {
     summary="Send a batch of readings",
     openapi_extra=BODY,
 )
-async def ingest_batch(request: Request, key: Annotated[str | None, Depends(api_key_header)]) -> JSONResponse:
+async def ingest_batch(
+    request: Request,
+    key: Annotated[str | None, Depends(api_key_header)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Names this request (any printable ASCII, no spaces): the same batch sent again under "
+            "the same key within METRIFY_API__IDEMPOTENCY_TTL gets the first answer again "
+            "(Idempotent-Replayed: true) and is not ingested twice.",
+        ),
+    ] = None,
+) -> Response:
     """Up to 10,000 readings as JSON, JSON lines or CSV, compressed or not (`Content-Encoding: gzip`
     or `deflate`; the size limit holds for the body decompressed too). Each reading is checked by the stream core;
     one it cannot accept is rejected with its reason and the rest go on. Readings of meters outside
@@ -74,5 +90,20 @@ async def ingest_batch(request: Request, key: Annotated[str | None, Depends(api_
             request.app.state.metrics.ingested(report)
             return ingest_out(report)
 
-    out = await run_in_threadpool(run)
-    return JSONResponse(out.model_dump(), status_code=202)
+    idempotency = svc.idempotency
+    if idempotency_key is None or not idempotency.enabled:
+        out = await run_in_threadpool(run)
+        return JSONResponse(out.model_dump(), status_code=202)
+    codings = ",".join(request.headers.getlist("content-encoding"))
+    print_ = fingerprint(request.headers.get("content-type") or "", codings, body)
+    found = await run_in_threadpool(idempotency.begin, ingest_key_.key_id, idempotency_key, print_)
+    if isinstance(found, bytes):  # this request, answered before
+        return Response(found, status_code=202, media_type=JSON, headers={"Idempotent-Replayed": "true"})
+    try:
+        out = await run_in_threadpool(run)
+    except BaseException:
+        await run_in_threadpool(idempotency.failed, found)
+        raise
+    answer = JSONResponse(out.model_dump(), status_code=202)
+    await run_in_threadpool(idempotency.answered, found, bytes(answer.body))
+    return answer

@@ -1,0 +1,166 @@
+"""Ingest's Idempotency-Key: the same batch sent again under the same key gets the first answer and
+is not ingested twice; another batch under a used key, or a key still in flight, is refused; a
+request that failed leaves its key free."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from tests.support.api import Api, Fakes, api_settings, memory_container, running_api
+
+from metrify.adapters.memory.bus import InMemoryCache
+from metrify.application.idempotency import Claim, IdempotentRequests, KeyInUse, KeyReused, fingerprint
+from metrify.settings import ApiSettings
+
+URL = "/api/v1/telemetry/batch"
+BATCH = {
+    "readings": [
+        {"meter_id": "M1", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 0.5},
+        {"meter_id": "M2", "timestamp": "not a time", "consumption_kwh": 1},
+    ]
+}
+
+
+@pytest.fixture
+def fakes() -> Fakes:
+    return Fakes()
+
+
+@pytest.fixture
+def api(tmp_path: Path, fakes: Fakes) -> Iterator[Api]:
+    settings = api_settings(tmp_path)
+    with running_api(memory_container(settings, fakes), settings) as api:
+        yield api
+
+
+def send(api: Api, key: str, body: bytes, idempotency_key: str | None, **headers: str):  # noqa: ANN201
+    sent = {"X-API-Key": key, "Content-Type": "application/json", **headers}
+    if idempotency_key is not None:
+        sent["Idempotency-Key"] = idempotency_key
+    return api.client.post(URL, content=body, headers=sent)
+
+
+def test_a_batch_sent_again_under_its_key_gets_the_first_answer_and_is_ingested_once(api: Api, fakes: Fakes) -> None:
+    key = api.ingest_key()
+    body = orjson.dumps(BATCH)
+    first = send(api, key, body, "batch-0001")
+    assert first.status_code == 202, first.text
+    assert "Idempotent-Replayed" not in first.headers
+    rejected_after_first = len(fakes.store.rejected)
+    again = send(api, key, body, "batch-0001")
+    assert again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.content == first.content, "the first answer, byte for byte"
+    assert again.json()["accepted"] == 1 and again.json()["rejected_by_reason"] == {"invalid_timestamp": 1}
+    assert len(fakes.store.readings) == 1 and len(fakes.store.rejected) == rejected_after_first
+    # the same bytes gzipped are another request (another coding) under another key: ingested, duplicates
+    other = send(api, key, gzip.compress(body), "batch-0002", **{"Content-Encoding": "gzip"})
+    assert other.status_code == 202 and other.json()["rejected_by_reason"] == {"duplicate": 1, "invalid_timestamp": 1}
+    # without a key a batch sent again is ingested again: its readings come back duplicate
+    plain = send(api, key, body, None)
+    assert plain.json()["rejected_by_reason"] == {"duplicate": 1, "invalid_timestamp": 1}
+
+
+def test_another_batch_under_a_used_key_is_a_422_problem(api: Api) -> None:
+    key = api.ingest_key()
+    assert send(api, key, orjson.dumps(BATCH), "k-1").status_code == 202
+    changed = {"readings": [{"meter_id": "M9", "timestamp": "2024-03-04T10:00:00Z", "consumption_kwh": 1}]}
+    refused = send(api, key, orjson.dumps(changed), "k-1")
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert "another request" in refused.json()["detail"]
+
+
+def test_keys_belong_to_their_ingest_key(api: Api, fakes: Fakes) -> None:
+    """Two gateways may choose the same Idempotency-Key: each is its own."""
+    first, second = api.ingest_key(), api.ingest_key()
+    assert send(api, first, orjson.dumps(BATCH), "same").status_code == 202
+    again = send(api, second, orjson.dumps(BATCH), "same")
+    assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers
+    assert again.json()["rejected_by_reason"] == {"duplicate": 1, "invalid_timestamp": 1}
+
+
+def test_a_request_that_failed_leaves_its_key_free(api: Api, fakes: Fakes) -> None:
+    key = api.ingest_key()
+    bad = send(api, key, b"{not json", "k-2")
+    assert bad.status_code == 400
+    good = send(api, key, orjson.dumps(BATCH), "k-2")
+    assert good.status_code == 202 and "Idempotent-Replayed" not in good.headers
+    assert len(fakes.store.readings) == 1
+
+
+@pytest.mark.parametrize("value", ["", "has space", "é".encode(), "x" * 256])
+def test_a_key_that_is_not_printable_ascii_of_at_most_255_is_a_4xx_problem(api: Api, value: str | bytes) -> None:
+    response = api.client.post(
+        URL,
+        content=orjson.dumps(BATCH),
+        headers={"X-API-Key": api.ingest_key(), "Content-Type": "application/json", "Idempotency-Key": value},
+    )
+    assert 400 <= response.status_code < 500
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_with_idempotency_off_the_header_is_ignored(tmp_path: Path, fakes: Fakes) -> None:
+    settings = api_settings(tmp_path, api=ApiSettings(idempotency_ttl=0))
+    with running_api(memory_container(settings, fakes), settings) as api:
+        key = api.ingest_key()
+        send(api, key, orjson.dumps(BATCH), "k")
+        again = send(api, key, orjson.dumps(BATCH), "k")
+        assert "Idempotent-Replayed" not in again.headers
+        assert again.json()["rejected_by_reason"] == {"duplicate": 1, "invalid_timestamp": 1}
+
+
+def test_a_key_in_flight_is_a_conflict_and_answered_keys_expire() -> None:
+    now = [0.0]
+    requests = IdempotentRequests(InMemoryCache(clock=lambda: now[0]), ttl_seconds=60, claim_seconds=10)
+    print_ = fingerprint("application/json", "", b"{}")
+    claim = requests.begin("key-a", "k", print_)
+    assert isinstance(claim, Claim)
+    with pytest.raises(KeyInUse):
+        requests.begin("key-a", "k", print_)
+    with pytest.raises(KeyReused):
+        requests.begin("key-a", "k", fingerprint("application/json", "", b"[]"))
+    requests.answered(claim, b'{"accepted": 0}')
+    assert requests.begin("key-a", "k", print_) == b'{"accepted": 0}'
+    now[0] = 61.0
+    assert isinstance(requests.begin("key-a", "k", print_), Claim), "kept for ttl_seconds, then free"
+    now[0] = 72.0
+    assert isinstance(requests.begin("key-a", "k", print_), Claim), "a claim never answered lapses"
+
+
+def test_two_requests_racing_with_one_key_are_one_claim() -> None:
+    requests = IdempotentRequests(InMemoryCache(), ttl_seconds=60)
+    print_ = fingerprint("text/csv", "gzip", b"meter_id,timestamp,kwh\n")
+    results: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            results.append(requests.begin("key-a", "k", print_))
+        except KeyInUse as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(isinstance(r, Claim) for r in results) == 1
+    assert sum(isinstance(r, KeyInUse) for r in results) == 7
+
+
+def test_the_fingerprint_tells_media_type_coding_and_body_apart() -> None:
+    prints = {
+        fingerprint("application/json", "", b"ab"),
+        fingerprint("application/jso", "n", b"ab"),
+        fingerprint("application/json", "gzip", b"ab"),
+        fingerprint("text/csv", "", b"ab"),
+        fingerprint("application/json", "", b"abc"),
+    }
+    assert len(prints) == 5
