@@ -293,7 +293,7 @@ def test_a_journal_left_by_a_crash_is_not_stored_into_a_database_made_afresh(sav
     store_batches(writer, data, range(5))
     writer.take(encode_batch("t5", data[5]))  # answered, then the process dies
     fresh = InMemoryStreamStore()
-    with pytest.raises(JournalOfAnotherStore, match="batches through 6 that this database never stored"):
+    with pytest.raises(JournalOfAnotherStore, match="batches 1-6 that this database never stored"):
         writer_on(fresh, journal, save_every=save_every)
     assert outcome(fresh) == outcome(InMemoryStreamStore()) and fresh.progress == {}
     again, replayed = writer_on(fresh, InMemoryIngestJournal(), save_every=save_every)
@@ -314,6 +314,29 @@ def test_a_database_restored_from_an_older_copy_is_not_given_the_journal_beyond_
     writer.take(encode_batch("t6", data[6]))  # answered, then the process dies
     with pytest.raises(JournalOfAnotherStore, match="it holds the journal's batches through 2"):
         writer_on(older, journal)
+
+
+@pytest.mark.parametrize("save_every", [1, 4], ids=["states saved with each batch", "states saved every 4"])
+def test_a_database_made_afresh_after_a_clean_stop_keeps_its_first_batch_through_a_crash(save_every: int) -> None:
+    """The journal numbers on from its high mark: the new database's first batch is not batch 1.
+    Answered, then the writer killed (or its store failed) before it was stored: it is stored."""
+    data = batches()
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal, save_every=save_every)
+    store_batches(writer, data, range(3))
+    writer.close()
+    fresh = InMemoryStreamStore()
+    again, _ = writer_on(fresh, journal, save_every=save_every)
+    _, answered = again.take(encode_batch("t3", data[3]))  # answered, then the process dies
+    after, replayed = writer_on(fresh, journal, save_every=save_every)
+    assert replayed == {"t3": answered}
+    assert fresh.progress["api-journal:main"].rows_done == 4
+    FailingUnitOfWork.fail_next = True  # a store that fails once: stored again from the journal
+    after.take(encode_batch("t4", data[4]))
+    with pytest.raises(RuntimeError, match="disk I/O error"):
+        after.store()
+    after.recover()
+    assert fresh.progress["api-journal:main"].rows_done == 5
 
 
 def test_a_database_made_afresh_after_a_clean_stop_goes_on_with_the_journal() -> None:

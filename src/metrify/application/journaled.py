@@ -96,12 +96,14 @@ class JournaledWriter:
             raise WriterBroken(f"the meter states were saved at journaled batch {start}, the outcomes at {done}")
         replayed: dict[str, list[Outcome]] = {}
         entries = self.journal.after(start)
-        # A writer takes a batch only once the one before is stored: at most one journaled batch
-        # (done + 1) is beyond the store's progress. Batches already stored are passed over.
-        foreign = [seq for seq, _ in entries if seq > done + 1]
-        if foreign:
+        # A writer takes a batch only once the one before is stored: at most one journaled batch is
+        # beyond the store's progress, and it is the next one (done + 1) once the store holds any
+        # of the journal's (a store that holds none may take its first batch under any number: the
+        # journal numbers on from its own high mark). Batches already stored are passed over.
+        beyond = [seq for seq, _ in entries if seq > done]
+        if len(beyond) > 1 or (done and beyond and beyond[0] != done + 1):
             raise JournalOfAnotherStore(
-                f"the ingest journal holds batches through {foreign[-1]} that this database never stored "
+                f"the ingest journal holds batches {beyond[0]}-{beyond[-1]} that this database never stored "
                 f"(it holds the journal's batches through {done}): the journal was kept for another database, "
                 "or this one is an older copy; move the journal aside to start afresh, or point "
                 "METRIFY_DATABASE_URL at the database it was kept for"
