@@ -74,6 +74,9 @@ def _log_store_retry(attempt: int, delay: float, error: Exception) -> None:
     )
 
 
+IDEMPOTENT_ANSWERS_IN_PROCESS = 100_000  # ~30-60 MB: answers of a few hundred bytes
+
+
 def _ingest_journal(path: Path):  # noqa: ANN202 - a generator resource
     # Its log is copied back from a thread, not inside an append (see SqliteIngestJournal).
     journal = SqliteIngestJournal(path, checkpoint_in_thread=True)
@@ -195,6 +198,14 @@ class Container(containers.DeclarativeContainer):
     cache = providers.Selector(
         providers.Callable(lambda s: "redis" if s.redis_url else "memory", settings),
         memory=providers.Singleton(InMemoryCache),
+        redis=providers.Singleton(_redis_cache, client=redis_client),
+    )
+    # answers kept for ingest's Idempotency-Key: Redis, shared by the API processes; else a cache
+    # of their own in the API process, bounded (an answer forgotten early: a retry is ingested
+    # again, its readings duplicates)
+    idempotency_cache = providers.Selector(
+        providers.Callable(lambda s: "redis" if s.redis_url else "memory", settings),
+        memory=providers.Singleton(InMemoryCache, max_items=IDEMPOTENT_ANSWERS_IN_PROCESS),
         redis=providers.Singleton(_redis_cache, client=redis_client),
     )
     event_bus = providers.Selector(

@@ -114,6 +114,20 @@ def test_readiness_names_redis_when_it_is_down(tmp_path: Path) -> None:
     assert response.json()["checks"]["redis"].startswith("unreachable") and "redis" in response.json()["detail"]
 
 
+def test_redis_down_is_a_503_problem_with_retry_after_not_a_500(tmp_path: Path) -> None:
+    """Rate limits, revocations and idempotency keys live in Redis: while it does not answer, a
+    request that needs it is told to come back, as for a database that does not answer."""
+    settings = api_settings(tmp_path, redis_url="redis://127.0.0.1:1/0", auth=AuthSettings(secret=SECRET))
+    migrations.upgrade(settings.resolved_database_url)
+    container = database_container(settings)
+    with TestClient(create_app(settings, container), raise_server_exceptions=False) as client:
+        response = client.post("/api/v1/auth/token", data={"username": "a@example.com", "password": "whatever-1"})
+    container.shutdown_resources()
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "redis does not answer" in response.json()["detail"] and int(response.headers["Retry-After"]) > 0
+
+
 def test_without_redis_a_restarted_api_still_refuses_what_was_revoked(tmp_path: Path) -> None:
     """The embedded profile: SQLite, no Redis. The process keeps its revocations in memory and in
     the database; the next process on that database reads them back."""

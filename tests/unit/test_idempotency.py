@@ -11,9 +11,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from dependency_injector import providers
 from tests.support.api import Api, Fakes, api_settings, memory_container, running_api
 
 from metrify.adapters.memory.bus import InMemoryCache
+from metrify.application.errors import Unavailable
 from metrify.application.idempotency import Claim, IdempotentRequests, KeyInUse, KeyReused, fingerprint
 from metrify.settings import ApiSettings
 
@@ -58,8 +60,11 @@ def test_a_batch_sent_again_under_its_key_gets_the_first_answer_and_is_ingested_
     assert again.content == first.content, "the first answer, byte for byte"
     assert again.json()["accepted"] == 1 and again.json()["rejected_by_reason"] == {"invalid_timestamp": 1}
     assert len(fakes.store.readings) == 1 and len(fakes.store.rejected) == rejected_after_first
-    # the same bytes gzipped are another request (another coding) under another key: ingested, duplicates
-    other = send(api, key, gzip.compress(body), "batch-0002", **{"Content-Encoding": "gzip"})
+    # compressed on the retry (gzip writes its time into each member): the same request
+    zipped = send(api, key, gzip.compress(body, mtime=12345), "batch-0001", **{"Content-Encoding": "gzip"})
+    assert zipped.headers["Idempotent-Replayed"] == "true" and zipped.content == first.content
+    # under another key the same batch is another request: ingested again, its readings duplicates
+    other = send(api, key, body, "batch-0002")
     assert other.status_code == 202 and other.json()["rejected_by_reason"] == {"duplicate": 1, "invalid_timestamp": 1}
     # without a key a batch sent again is ingested again: its readings come back duplicate
     plain = send(api, key, body, None)
@@ -118,13 +123,13 @@ def test_with_idempotency_off_the_header_is_ignored(tmp_path: Path, fakes: Fakes
 def test_a_key_in_flight_is_a_conflict_and_answered_keys_expire() -> None:
     now = [0.0]
     requests = IdempotentRequests(InMemoryCache(clock=lambda: now[0]), ttl_seconds=60, claim_seconds=10)
-    print_ = fingerprint("application/json", "", b"{}")
+    print_ = fingerprint("application/json", b"{}")
     claim = requests.begin("key-a", "k", print_)
     assert isinstance(claim, Claim)
     with pytest.raises(KeyInUse):
         requests.begin("key-a", "k", print_)
     with pytest.raises(KeyReused):
-        requests.begin("key-a", "k", fingerprint("application/json", "", b"[]"))
+        requests.begin("key-a", "k", fingerprint("application/json", b"[]"))
     requests.answered(claim, b'{"accepted": 0}')
     assert requests.begin("key-a", "k", print_) == b'{"accepted": 0}'
     now[0] = 61.0
@@ -135,7 +140,7 @@ def test_a_key_in_flight_is_a_conflict_and_answered_keys_expire() -> None:
 
 def test_two_requests_racing_with_one_key_are_one_claim() -> None:
     requests = IdempotentRequests(InMemoryCache(), ttl_seconds=60)
-    print_ = fingerprint("text/csv", "gzip", b"meter_id,timestamp,kwh\n")
+    print_ = fingerprint("text/csv", b"meter_id,timestamp,kwh\n")
     results: list[object] = []
     barrier = threading.Barrier(8)
 
@@ -155,12 +160,59 @@ def test_two_requests_racing_with_one_key_are_one_claim() -> None:
     assert sum(isinstance(r, KeyInUse) for r in results) == 7
 
 
-def test_the_fingerprint_tells_media_type_coding_and_body_apart() -> None:
+def test_the_fingerprint_tells_media_type_and_body_apart() -> None:
     prints = {
-        fingerprint("application/json", "", b"ab"),
-        fingerprint("application/jso", "n", b"ab"),
-        fingerprint("application/json", "gzip", b"ab"),
-        fingerprint("text/csv", "", b"ab"),
-        fingerprint("application/json", "", b"abc"),
+        fingerprint("application/json", b"ab"),
+        fingerprint("application/jso", b"nab"),
+        fingerprint("text/csv", b"ab"),
+        fingerprint("application/json", b"abc"),
     }
-    assert len(prints) == 5
+    assert len(prints) == 4
+
+
+class UnansweringCache(InMemoryCache):
+    """A cache that stops answering writes (Redis gone) after the claim."""
+
+    def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
+        raise Unavailable("redis does not answer: connection refused")
+
+
+def test_an_answer_that_cannot_be_kept_is_still_the_answer(tmp_path: Path, fakes: Fakes) -> None:
+    settings = api_settings(tmp_path)
+    container = memory_container(settings, fakes)
+    container.idempotency_cache.override(providers.Object(UnansweringCache()))
+    with running_api(container, settings) as api:
+        response = send(api, api.ingest_key(), orjson.dumps(BATCH), "k")
+        assert response.status_code == 202 and response.json()["accepted"] == 1
+
+
+def test_a_long_answer_is_kept_compressed_and_given_back_whole() -> None:
+    cache = InMemoryCache()
+    requests = IdempotentRequests(cache, ttl_seconds=60)
+    answer = orjson.dumps({"rejected_readings": [{"index": i, "reason": "invalid_timestamp"} for i in range(10_000)]})
+    claim = requests.begin("key-a", "k", fingerprint("application/json", b"x"))
+    assert isinstance(claim, Claim)
+    requests.answered(claim, answer)
+    kept = cache.get(claim.cache_key)
+    assert kept is not None and len(kept) < len(answer) / 10
+    assert requests.begin("key-a", "k", fingerprint("application/json", b"x")) == answer
+
+
+def test_a_request_frees_only_its_own_claim() -> None:
+    now = [0.0]
+    requests = IdempotentRequests(InMemoryCache(clock=lambda: now[0]), ttl_seconds=60, claim_seconds=10)
+    print_ = fingerprint("application/json", b"{}")
+    slow = requests.begin("key-a", "k", print_)
+    now[0] = 11.0  # the slow request's claim lapsed; a retry claims the key
+    retry = requests.begin("key-a", "k", print_)
+    assert isinstance(slow, Claim) and isinstance(retry, Claim)
+    requests.failed(slow)  # the slow one fails at last: the retry's claim stands
+    with pytest.raises(KeyInUse):
+        requests.begin("key-a", "k", print_)
+
+
+def test_the_api_process_keeps_a_bounded_number_of_answers() -> None:
+    cache = InMemoryCache(max_items=100)
+    for n in range(1_000):
+        cache.set(f"answer-{n}", b"x", 3600)
+    assert len(cache) <= 101 and cache.get("answer-999") == b"x" and cache.get("answer-0") is None

@@ -4,11 +4,16 @@ holds them (it commits them with its writes), or its group's where the database 
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable
 
 from metrify.adapters.kafka.admin import KafkaUnavailable, admin_client, end_offsets, group_lag, topic_partitions
 from metrify.adapters.kafka.clients import TopicNames
 from metrify.application.queries import ConsumerLag, ProcessingLag
+
+log = logging.getLogger("metrify.kafka")
 
 # The sink's stored offsets of these topics ((topic, partition) -> next offset); None: no table.
 StoredOffsets = Callable[[list[str]], dict[tuple[str, int], int] | None]
@@ -45,8 +50,10 @@ def measure_lag(
 
 
 class KafkaLagProbe:
-    """The production profile's LagProbe: a broker that does not answer within `timeout` makes
-    the lag unknown (None, with the reason), never an error of the summary around it."""
+    """The production profile's LagProbe. A broker that does not answer within `timeout` (each
+    call to it) makes the lag unknown (None, with the reason), never an error of the summary
+    around it; a measure is shared for `fresh_for` seconds by the summaries that ask meanwhile (a
+    dashboard polling several of them costs the broker one)."""
 
     def __init__(
         self,
@@ -55,7 +62,9 @@ class KafkaLagProbe:
         worker_group: str,
         sink_group: str,
         stored: StoredOffsets,
-        timeout: float = 3.0,
+        timeout: float = 2.0,
+        fresh_for: float = 2.0,
+        measure: Callable[..., tuple[list[ConsumerLag], list[ConsumerLag]]] = measure_lag,
     ) -> None:
         self.bootstrap = bootstrap
         self.names = names
@@ -63,16 +72,32 @@ class KafkaLagProbe:
         self.sink_group = sink_group
         self.stored = stored
         self.timeout = timeout
+        self.fresh_for = fresh_for
+        self._measure = measure
+        self._lock = threading.Lock()
+        self._last: tuple[float, ProcessingLag] | None = None
 
     def lag(self) -> ProcessingLag:
+        with self._lock:  # one measure at a time; those waiting take it
+            last = self._last
+            if last is not None and time.monotonic() - last[0] < self.fresh_for:
+                return last[1]
+            lag = self._measured()
+            self._last = (time.monotonic(), lag)
+            return lag
+
+    def _measured(self) -> ProcessingLag:
         try:
-            worker, sink = measure_lag(
+            worker, sink = self._measure(
                 self.bootstrap, self.names, self.worker_group, self.sink_group, self.stored, self.timeout
             )
         except KafkaUnavailable as exc:
             return ProcessingLag("kafka", None, None, error=f"kafka unreachable: {exc}")
         except RawTopicMissing as exc:
             return ProcessingLag("kafka", None, None, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the summary answers; the log has the details
+            log.warning("the lag was not measured", exc_info=exc)
+            return ProcessingLag("kafka", None, None, error=f"the lag was not measured: {type(exc).__name__}")
         return ProcessingLag(
             "kafka",
             sum(row.behind for row in worker),

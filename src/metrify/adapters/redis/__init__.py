@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
+
+from metrify.application.errors import Unavailable
 
 
 def open_redis(url: str) -> Iterator[redis.Redis]:
@@ -17,30 +20,45 @@ def open_redis(url: str) -> Iterator[redis.Redis]:
 
 
 class RedisCache:
+    """The Cache port on Redis. Redis not answering is Unavailable (the API answers 503 with
+    Retry-After), not an unexpected error."""
+
     def __init__(self, client: redis.Redis, prefix: str = "metrify:") -> None:
         self.client = client
         self.prefix = prefix
 
     def get(self, key: str) -> bytes | None:
-        return self.client.get(self.prefix + key)  # type: ignore[return-value]
+        with _answering():
+            return self.client.get(self.prefix + key)  # type: ignore[return-value]
 
     def set(self, key: str, value: bytes, ttl_seconds: float | None = None) -> None:
         px = None if ttl_seconds is None else max(1, int(ttl_seconds * 1000))
-        self.client.set(self.prefix + key, value, px=px)
+        with _answering():
+            self.client.set(self.prefix + key, value, px=px)
 
     def incr(self, key: str, ttl_seconds: float) -> int:
         name = self.prefix + key
-        with self.client.pipeline() as pipe:
+        with _answering(), self.client.pipeline() as pipe:
             pipe.incr(name)
             pipe.pexpire(name, max(1, int(ttl_seconds * 1000)), nx=True)
             count, _ = pipe.execute()
         return int(count)
 
     def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
-        return bool(self.client.set(self.prefix + key, value, px=max(1, int(ttl_seconds * 1000)), nx=True))
+        with _answering():
+            return bool(self.client.set(self.prefix + key, value, px=max(1, int(ttl_seconds * 1000)), nx=True))
 
     def delete(self, key: str) -> None:
-        self.client.delete(self.prefix + key)
+        with _answering():
+            self.client.delete(self.prefix + key)
 
     def ping(self) -> bool:
         return bool(self.client.ping())
+
+
+@contextmanager
+def _answering() -> Iterator[None]:
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise Unavailable(f"redis does not answer: {exc}") from exc

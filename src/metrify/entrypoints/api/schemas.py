@@ -309,7 +309,7 @@ class LagOut(BaseModel):
     unprocessed: int | None = Field(
         description="Readings taken in and not yet through the stream core: the workers' lag on the raw "
         "topic (Kafka); 0 on the embedded profile, where each batch goes through the core before its "
-        "answer. Null when the broker did not answer (see error)."
+        "answer. Null when the broker did not answer (see error). Measured at most every 2 s."
     )
     unstored: int | None = Field(
         description="Outcome records the workers produced and the sink has not stored yet (Kafka); "

@@ -84,7 +84,7 @@ class ApiServices:
             meters=meters,
             outcomes=OutcomeQueryService(container.fleet_queries(), meters, windows, container.lag_probe()),
             ingest=ingest,
-            idempotency=IdempotentRequests(cache, settings.api.idempotency_ttl),
+            idempotency=IdempotentRequests(container.idempotency_cache(), settings.api.idempotency_ttl),
             pipeline=pipeline,
             user_limit=RateLimit(auth.user_rate_limit, auth.rate_window),
             ingest_limit=RateLimit(auth.ingest_rate_limit, auth.rate_window),

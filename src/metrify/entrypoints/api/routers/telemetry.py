@@ -74,8 +74,11 @@ async def ingest_batch(
     # the key first: a caller without one is refused before the server buffers up to the body limit
     ingest_key_ = await run_in_threadpool(ingest_key, svc, key)
     body = await read_body(request, api.max_body_bytes)
+    idempotency = svc.idempotency if idempotency_key is not None and svc.idempotency.enabled else None
 
-    def run() -> s.IngestOut:
+    def run() -> Response:
+        """The whole request, in one worker thread: a client that goes away meanwhile cancels the
+        waiting, not the ingest, so an Idempotency-Key's claim ends as the ingest does."""
         # No automatic collection from the body's parsing to the answer (see gc_paused): a batch's
         # readings, events and rows are all dead by then. Paused around the pipeline alone, the
         # parsing of 1,000 readings set off ~7 young collections, and the events still referenced
@@ -84,26 +87,26 @@ async def ingest_batch(
         with gc_paused():
             codings = ",".join(request.headers.getlist("content-encoding"))  # one header or several
             sent = decoded_body(body, codings, api.max_body_bytes)
-            rows = parse_readings(request.headers.get("content-type"), sent, api.max_batch_readings)
-            report = svc.ingest.ingest(ingest_key_, rows)
-            del rows
-            request.app.state.metrics.ingested(report)
-            return ingest_out(report)
+            media_type = request.headers.get("content-type")
+            if idempotency is None:
+                return JSONResponse(_ingested(media_type, sent).model_dump(), status_code=202)
+            assert idempotency_key is not None
+            found = idempotency.begin(ingest_key_.key_id, idempotency_key, fingerprint(media_type or "", sent))
+            if isinstance(found, bytes):  # this request, answered before
+                return Response(found, status_code=202, media_type=JSON, headers={"Idempotent-Replayed": "true"})
+            try:
+                answer = JSONResponse(_ingested(media_type, sent).model_dump(), status_code=202)
+            except BaseException:
+                idempotency.failed(found)
+                raise
+            idempotency.answered(found, bytes(answer.body))
+            return answer
 
-    idempotency = svc.idempotency
-    if idempotency_key is None or not idempotency.enabled:
-        out = await run_in_threadpool(run)
-        return JSONResponse(out.model_dump(), status_code=202)
-    codings = ",".join(request.headers.getlist("content-encoding"))
-    print_ = fingerprint(request.headers.get("content-type") or "", codings, body)
-    found = await run_in_threadpool(idempotency.begin, ingest_key_.key_id, idempotency_key, print_)
-    if isinstance(found, bytes):  # this request, answered before
-        return Response(found, status_code=202, media_type=JSON, headers={"Idempotent-Replayed": "true"})
-    try:
-        out = await run_in_threadpool(run)
-    except BaseException:
-        await run_in_threadpool(idempotency.failed, found)
-        raise
-    answer = JSONResponse(out.model_dump(), status_code=202)
-    await run_in_threadpool(idempotency.answered, found, bytes(answer.body))
-    return answer
+    def _ingested(media_type: str | None, sent: bytes) -> s.IngestOut:
+        rows = parse_readings(media_type, sent, api.max_batch_readings)
+        report = svc.ingest.ingest(ingest_key_, rows)
+        del rows
+        request.app.state.metrics.ingested(report)
+        return ingest_out(report)
+
+    return await run_in_threadpool(run)
