@@ -31,16 +31,22 @@ def measure_lag(
     stored: StoredOffsets,
     timeout: float = 10.0,
 ) -> tuple[list[ConsumerLag], list[ConsumerLag]]:
-    """The workers' partitions and the sink's, in order. Raises KafkaUnavailable or RawTopicMissing."""
-    present = topic_partitions(admin_client(bootstrap), timeout)
+    """The workers' partitions and the sink's, in order, asked of the broker within about `timeout`
+    seconds in all. Raises KafkaUnavailable or RawTopicMissing."""
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.1, deadline - time.monotonic())
+
+    present = topic_partitions(admin_client(bootstrap), left())
     if names.raw not in present:
         raise RawTopicMissing(f"{names.raw} does not exist: run `metrify topics create`")
-    worker = group_lag(bootstrap, worker_group, {names.raw: present[names.raw][0]}, timeout)
+    worker = group_lag(bootstrap, worker_group, {names.raw: present[names.raw][0]}, left())
     outputs = {topic: present[topic][0] for topic in names.outputs.values() if topic in present}
-    ends = end_offsets(admin_client(bootstrap), outputs, timeout)
+    ends = end_offsets(admin_client(bootstrap), outputs, left())
     held = stored(list(outputs))
     if held is None:
-        by_group = group_lag(bootstrap, sink_group, outputs, timeout)
+        by_group = group_lag(bootstrap, sink_group, outputs, left())
         held = {key: committed for key, (committed, _) in by_group.items() if committed is not None}
 
     def rows(group: str, found: dict[tuple[str, int], tuple[int | None, int]]) -> list[ConsumerLag]:
@@ -50,8 +56,8 @@ def measure_lag(
 
 
 class KafkaLagProbe:
-    """The production profile's LagProbe. A broker that does not answer within `timeout` (each
-    call to it) makes the lag unknown (None, with the reason), never an error of the summary
+    """The production profile's LagProbe. A broker that does not answer within `timeout` (about:
+    all calls to it) makes the lag unknown (None, with the reason), never an error of the summary
     around it; a measure is shared for `fresh_for` seconds by the summaries that ask meanwhile (a
     dashboard polling several of them costs the broker one)."""
 
