@@ -15,6 +15,7 @@ from pathlib import Path
 
 from metrify.adapters.crypto import Argon2PasswordHasher, JwtTokenCodec, load_or_create_secret
 from metrify.adapters.files.journal import SqliteIngestJournal
+from metrify.adapters.memory.bounded_cache import BoundedCache
 from metrify.adapters.memory.bus import InMemoryCache, InMemoryEventBus
 from metrify.adapters.sqlalchemy.api_queries import SqlAlchemyFleetQueries
 from metrify.adapters.sqlalchemy.engine import SqliteCheckpointer, create_engine_for
@@ -74,7 +75,10 @@ def _log_store_retry(attempt: int, delay: float, error: Exception) -> None:
     )
 
 
-IDEMPOTENT_ANSWERS_IN_PROCESS = 100_000  # ~30-60 MB: answers of a few hundred bytes
+# ingest's kept answers in the API process: most often a few hundred bytes each, at most 10,000
+# rejected readings listed (~30 KB compressed): at most this many, and this many bytes
+IDEMPOTENT_ANSWERS_IN_PROCESS = 100_000
+IDEMPOTENT_ANSWER_BYTES_IN_PROCESS = 64 << 20
 
 
 def _ingest_journal(path: Path):  # noqa: ANN202 - a generator resource
@@ -205,7 +209,9 @@ class Container(containers.DeclarativeContainer):
     # again, its readings duplicates)
     idempotency_cache = providers.Selector(
         providers.Callable(lambda s: "redis" if s.redis_url else "memory", settings),
-        memory=providers.Singleton(InMemoryCache, max_items=IDEMPOTENT_ANSWERS_IN_PROCESS),
+        memory=providers.Singleton(
+            BoundedCache, max_items=IDEMPOTENT_ANSWERS_IN_PROCESS, max_bytes=IDEMPOTENT_ANSWER_BYTES_IN_PROCESS
+        ),
         redis=providers.Singleton(_redis_cache, client=redis_client),
     )
     event_bus = providers.Selector(

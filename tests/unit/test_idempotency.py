@@ -14,6 +14,7 @@ import pytest
 from dependency_injector import providers
 from tests.support.api import Api, Fakes, api_settings, memory_container, running_api
 
+from metrify.adapters.memory.bounded_cache import BoundedCache
 from metrify.adapters.memory.bus import InMemoryCache
 from metrify.application.errors import Unavailable
 from metrify.application.idempotency import Claim, IdempotentRequests, KeyInUse, KeyReused, fingerprint
@@ -211,8 +212,34 @@ def test_a_request_frees_only_its_own_claim() -> None:
         requests.begin("key-a", "k", print_)
 
 
-def test_the_api_process_keeps_a_bounded_number_of_answers() -> None:
-    cache = InMemoryCache(max_items=100)
+def test_the_api_process_keeps_a_bounded_number_and_size_of_answers() -> None:
+    cache = BoundedCache(max_items=100, max_bytes=10_000)
     for n in range(1_000):
         cache.set(f"answer-{n}", b"x", 3600)
-    assert len(cache) <= 101 and cache.get("answer-999") == b"x" and cache.get("answer-0") is None
+    assert len(cache) == 100 and cache.get("answer-999") == b"x" and cache.get("answer-899") is None
+    cache.set("big", b"y" * 9_000, 3600)
+    assert cache.held_bytes == 9_099 and cache.get("big") == b"y" * 9_000 and len(cache) == 100
+    cache.set("bigger", b"w" * 5_000, 3600)  # over 10,000 bytes: the oldest go, "big" among them
+    assert cache.held_bytes <= 10_000 and cache.get("big") is None and cache.get("bigger") is not None
+    cache.set("big", b"y" * 9_000, 3600)
+    cache.set("big", b"z", 3600)  # set again: its old bytes no longer count
+    assert cache.held_bytes == len(cache) * 1
+    cache.delete("big")
+    assert cache.get("big") is None and cache.held_bytes == len(cache)
+
+
+def test_a_full_bounded_cache_takes_each_new_key_in_constant_time() -> None:
+    """The newest 100,000 of 300,000 keys: evicting one per put, never a scan of the rest."""
+    cache = BoundedCache(max_items=100_000, max_bytes=1 << 30)
+    for n in range(300_000):
+        assert cache.add(f"k{n}", b"C" * 80, 300)
+    assert len(cache) == 100_000 and cache.get("k199999") is None and cache.get("k200000") is not None
+
+
+def test_a_bounded_cache_keeps_the_expiry_and_counts_of_the_port() -> None:
+    now = [0.0]
+    cache = BoundedCache(max_items=10, max_bytes=1_000, clock=lambda: now[0])
+    assert cache.add("a", b"1", 5) and not cache.add("a", b"2", 5)
+    assert [cache.incr("n", 5) for _ in range(3)] == [1, 2, 3]
+    now[0] = 6.0
+    assert cache.get("a") is None and cache.incr("n", 5) == 1 and cache.add("a", b"3", 5)

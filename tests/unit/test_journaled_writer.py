@@ -339,6 +339,20 @@ def test_a_database_made_afresh_after_a_clean_stop_keeps_its_first_batch_through
     assert fresh.progress["api-journal:main"].rows_done == 5
 
 
+def test_an_older_copy_given_one_journaled_batch_that_is_not_its_next_is_refused() -> None:
+    """The journal dropped the batches after the copy's last: its one batch beyond is not the next."""
+    data = batches()
+    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
+    writer, _ = writer_on(store, journal)
+    store_batches(writer, data, range(2))
+    older = copy.deepcopy(store)
+    store_batches(writer, data, range(2, 6))
+    journal.drop_through(6)
+    writer.take(encode_batch("t6", data[6]))  # batch 7, answered, then the process dies
+    with pytest.raises(JournalOfAnotherStore, match="batches 7-7 that this database never stored"):
+        writer_on(older, journal)
+
+
 def test_a_database_made_afresh_after_a_clean_stop_goes_on_with_the_journal() -> None:
     """A writer that stopped cleanly leaves its journal empty: a database made afresh beside it
     takes new batches, numbered on from the journal's last."""

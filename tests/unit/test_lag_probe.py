@@ -3,6 +3,7 @@ rather than raised, one measure shared by the summaries asking within a moment."
 
 from __future__ import annotations
 
+import threading
 import time
 
 from metrify.adapters.kafka.admin import KafkaUnavailable
@@ -56,3 +57,20 @@ def test_one_measure_serves_the_summaries_asking_within_a_moment() -> None:
     assert shared.lag() == shared.lag() and measures.calls == 1
     time.sleep(0.25)
     assert shared.lag().unprocessed == 5 and measures.calls == 2
+
+
+def test_summaries_asking_at_once_wait_for_one_measure() -> None:
+    measures = Measures(*[(WORKER, SINK)] * 8)
+    slow = measures.__call__
+
+    def measure(*args: object) -> tuple[list[ConsumerLag], list[ConsumerLag]]:
+        time.sleep(0.1)
+        return slow(*args)
+
+    shared = KafkaLagProbe("b:9092", TopicNames("m."), "w", "s", lambda topics: None, fresh_for=5.0, measure=measure)
+    threads = [threading.Thread(target=shared.lag) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert measures.calls == 1

@@ -6,7 +6,7 @@ its readings are kept a second time as rejected.
 
 A key is the client's, within its ingest key, and names one request: its media type and its body
 (decompressed: a retry compressed again is the same request). Kept in a cache port (Redis in
-production, shared by every API process; in-process embedded, of bounded size) for `ttl_seconds`
+production, shared by every API process; in-process embedded, bounded) for `ttl_seconds`
 after the answer. While the first request runs the key is claimed: a second one is a conflict. A
 request that failed (a 4xx or 5xx) leaves the key free again.
 """
@@ -19,7 +19,7 @@ import secrets
 import zlib
 from dataclasses import dataclass
 
-from metrify.application.errors import Conflict, InvalidRequest, Unavailable
+from metrify.application.errors import Conflict, InvalidRequest
 from metrify.application.ports import Cache
 
 log = logging.getLogger("metrify.api")
@@ -95,15 +95,16 @@ class IdempotentRequests:
         raise KeyInUse("this Idempotency-Key is being claimed by another request: send it again")
 
     def answered(self, claim: Claim, answer: bytes) -> None:
-        """Keep the answer. Never raises: the batch is ingested and its answer stands; a cache that
-        does not answer now leaves the claim to lapse (a retry meanwhile is a conflict, then
-        ingested again, its readings duplicates)."""
+        """Keep the answer (if this request still holds the key). Never raises: the batch is
+        ingested and its answer stands; a cache that does not answer now leaves the claim to lapse
+        (a retry meanwhile is a conflict, then ingested again, its readings duplicates)."""
         kind = _ANSWERED
         if len(answer) > _COMPRESS_ABOVE:  # a list of rejected readings: up to 10,000 of them
             kind, answer = _COMPRESSED, zlib.compress(answer, 1)
         try:
-            self.cache.set(claim.cache_key, kind + claim.fingerprint.encode() + answer, self.ttl_seconds)
-        except Unavailable as exc:
+            if self.cache.get(claim.cache_key) == claim.mark:  # not a retry's claim, after this one lapsed
+                self.cache.set(claim.cache_key, kind + claim.fingerprint.encode() + answer, self.ttl_seconds)
+        except Exception as exc:  # noqa: BLE001 - the batch is ingested: its 202 stands
             log.warning("an ingest answer was not kept for its Idempotency-Key: %s", exc)
 
     def failed(self, claim: Claim) -> None:
@@ -112,5 +113,5 @@ class IdempotentRequests:
         try:
             if self.cache.get(claim.cache_key) == claim.mark:
                 self.cache.delete(claim.cache_key)
-        except Unavailable as exc:
+        except Exception as exc:  # noqa: BLE001 - the request's own error is what its client hears
             log.warning("an Idempotency-Key was not freed after its request failed: %s", exc)

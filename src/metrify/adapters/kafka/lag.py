@@ -41,12 +41,13 @@ def measure_lag(
     present = topic_partitions(admin_client(bootstrap), left())
     if names.raw not in present:
         raise RawTopicMissing(f"{names.raw} does not exist: run `metrify topics create`")
-    worker = group_lag(bootstrap, worker_group, {names.raw: present[names.raw][0]}, left())
+    # group_lag asks twice (end offsets, then the group's): half of what is left each
+    worker = group_lag(bootstrap, worker_group, {names.raw: present[names.raw][0]}, left() / 2)
     outputs = {topic: present[topic][0] for topic in names.outputs.values() if topic in present}
     ends = end_offsets(admin_client(bootstrap), outputs, left())
     held = stored(list(outputs))
     if held is None:
-        by_group = group_lag(bootstrap, sink_group, outputs, left())
+        by_group = group_lag(bootstrap, sink_group, outputs, left() / 2)
         held = {key: committed for key, (committed, _) in by_group.items() if committed is not None}
 
     def rows(group: str, found: dict[tuple[str, int], tuple[int | None, int]]) -> list[ConsumerLag]:

@@ -37,30 +37,22 @@ class InMemoryCache:
 
     SWEEP_FLOOR = 1024  # no sweep below this many items
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, max_items: int | None = None) -> None:
-        """With `max_items`, the oldest items set go first once there are more (for what may be
-        forgotten early: kept answers, not revocations or rate-limit counters)."""
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._items: dict[str, tuple[bytes, float | None]] = {}
         self._lock = threading.Lock()
-        self._sweep_at = self.SWEEP_FLOOR if max_items is None else min(self.SWEEP_FLOOR, max_items + 1)
-        self._max_items = max_items
+        self._sweep_at = self.SWEEP_FLOOR
 
     def __len__(self) -> int:
         return len(self._items)
 
     def _put(self, key: str, item: tuple[bytes, float | None]) -> None:
-        items = self._items
-        items[key] = item
-        if len(items) >= self._sweep_at:
+        self._items[key] = item
+        if len(self._items) >= self._sweep_at:
             now = self._clock()
-            for stale in [k for k, (_, expires) in items.items() if expires is not None and expires <= now]:
-                del items[stale]
-            self._sweep_at = max(self.SWEEP_FLOOR, 2 * len(items))
-            if self._max_items is not None:
-                while len(items) > self._max_items:  # the oldest first: a dict keeps its order
-                    del items[next(iter(items))]
-                self._sweep_at = min(self._sweep_at, self._max_items + 1)
+            for stale in [k for k, (_, expires) in self._items.items() if expires is not None and expires <= now]:
+                del self._items[stale]
+            self._sweep_at = max(self.SWEEP_FLOOR, 2 * len(self._items))
 
     def _live(self, key: str) -> tuple[bytes, float | None] | None:
         item = self._items.get(key)

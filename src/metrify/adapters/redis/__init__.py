@@ -20,8 +20,8 @@ def open_redis(url: str) -> Iterator[redis.Redis]:
 
 
 class RedisCache:
-    """The Cache port on Redis. Redis not answering is Unavailable (the API answers 503 with
-    Retry-After), not an unexpected error."""
+    """The Cache port on Redis. Redis not answering, or refusing (a replica after a failover, out
+    of memory under `noeviction`), is Unavailable: the API answers 503 with Retry-After."""
 
     def __init__(self, client: redis.Redis, prefix: str = "metrify:") -> None:
         self.client = client
@@ -60,5 +60,5 @@ class RedisCache:
 def _answering() -> Iterator[None]:
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except redis.RedisError as exc:  # away, or refusing (read-only replica, out of memory, loading)
         raise Unavailable(f"redis does not answer: {exc}") from exc

@@ -48,5 +48,5 @@ def check_services(svc: ApiServices) -> dict[str, str]:
             svc.cache.get("readiness-probe")
             checks["redis"] = "ok"
         except Exception as exc:  # noqa: BLE001
-            checks["redis"] = f"unreachable: {exc}"
+            checks["redis"] = f"unreachable: {str(exc).removeprefix('redis does not answer: ')}"
     return checks
