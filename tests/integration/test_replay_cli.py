@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -106,19 +107,41 @@ def large_reference(large_fleet: Path, tmp_path_factory: pytest.TempPathFactory)
     return export_all(env)
 
 
+def _rows_committed(env: dict[str, str]) -> int:
+    """The replay's progress as its database holds it (0 before the first commit)."""
+    try:
+        with sqlite3.connect(f"file:{Path(env['METRIFY_DATA_DIR']) / 'metrify.db'}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT coalesce(sum(rows_done), 0) FROM replay_progress").fetchone()[0])
+    except sqlite3.Error:  # not made yet, or its schema not yet
+        return 0
+
+
 def kill_at_random_moments(
-    commands: list[list[str]], env: dict[str, str], seed: int, after_each_kill: Callable[[], None] | None = None
+    commands: list[list[str]],
+    env: dict[str, str],
+    seed: int,
+    after_each_kill: Callable[[], None] | None = None,
 ) -> None:
-    """Run the commands one after the other, each SIGKILLed 1-2 s after it starts, until one
-    finishes first; at least two must have been killed, or the test proved nothing."""
+    """Run the commands one after the other, each SIGKILLed at a random moment, until one finishes
+    first: every other one during its start-up (0.1-0.6 s in), the others 0-0.3 s after it has
+    committed rows of its own, so that each such kill lands in the middle of its work whatever the
+    machine's speed. At least two must have been killed, or the test proved nothing."""
     chance = random.Random(seed)
     kills = 0
-    for command in commands:
+    for number, command in enumerate(commands):
+        before = _rows_committed(env)
         process = subprocess.Popen(
             [sys.executable, "-m", "metrify", *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        time.sleep(chance.uniform(1.0, 2.0))
+        if number % 2:
+            time.sleep(chance.uniform(0.1, 0.6))
+        else:
+            deadline = time.monotonic() + 60
+            while process.poll() is None and _rows_committed(env) <= before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(chance.uniform(0.0, 0.3))
         if process.poll() is not None:
+            assert process.returncode == 0, process.stderr.read().decode() if process.stderr else ""
             break
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -207,7 +230,8 @@ def test_a_worker_killed_alone_stops_the_replay_at_once_and_a_rerun_resumes(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(children.read_text().split()) < 3:
         time.sleep(0.05)
-    time.sleep(1.0)
+    while time.monotonic() < deadline and _rows_committed(env) == 0:  # in the middle of the work
+        time.sleep(0.01)
     victim = int(children.read_text().split()[1])
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
