@@ -47,19 +47,24 @@ class InMemoryCache:
         return len(self._items)
 
     def _put(self, key: str, item: tuple[bytes, float | None]) -> None:
+        """Every write goes through here (and every removal through `_drop`): a subclass may
+        bound the cache by overriding the two."""
         self._items[key] = item
         if len(self._items) >= self._sweep_at:
             now = self._clock()
             for stale in [k for k, (_, expires) in self._items.items() if expires is not None and expires <= now]:
-                del self._items[stale]
+                self._drop(stale)
             self._sweep_at = max(self.SWEEP_FLOOR, 2 * len(self._items))
 
     def _live(self, key: str) -> tuple[bytes, float | None] | None:
         item = self._items.get(key)
         if item is not None and item[1] is not None and item[1] <= self._clock():
-            del self._items[key]
+            self._drop(key)
             return None
         return item
+
+    def _drop(self, key: str) -> None:
+        self._items.pop(key, None)
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -78,7 +83,7 @@ class InMemoryCache:
                 self._put(key, (b"1", self._clock() + ttl_seconds))
                 return 1
             count = int(item[0]) + 1
-            self._items[key] = (str(count).encode(), item[1])
+            self._put(key, (str(count).encode(), item[1]))
             return count
 
     def add(self, key: str, value: bytes, ttl_seconds: float) -> bool:
@@ -90,4 +95,4 @@ class InMemoryCache:
 
     def delete(self, key: str) -> None:
         with self._lock:
-            self._items.pop(key, None)
+            self._drop(key)
