@@ -302,17 +302,27 @@ def test_a_journal_left_by_a_crash_is_not_stored_into_a_database_made_afresh(sav
     assert len(fresh.readings) > 0
 
 
-def test_a_database_restored_from_an_older_copy_is_not_given_the_journal_beyond_it() -> None:
+@pytest.mark.parametrize(
+    ("dropped", "refusal"),
+    [
+        (False, "batches 3-7 that this database never stored \\(it holds the journal's batches through 2\\)"),
+        (True, "batches 7-7 that this database never stored"),  # one batch beyond, not the next
+    ],
+    ids=["the journal holds the batches after the copy", "the journal dropped them"],
+)
+def test_a_database_restored_from_an_older_copy_is_not_given_the_journal_beyond_it(dropped: bool, refusal: str) -> None:
     """Storing the journaled batches beyond an older copy's progress would leave a hole where the
-    batches dropped from the journal were: refused."""
+    batches stored after the copy were: refused, whether the journal still holds those or not."""
     data = batches()
     store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
     writer, _ = writer_on(store, journal)
     store_batches(writer, data, range(2))
     older = copy.deepcopy(store)
     store_batches(writer, data, range(2, 6))
-    writer.take(encode_batch("t6", data[6]))  # answered, then the process dies
-    with pytest.raises(JournalOfAnotherStore, match="it holds the journal's batches through 2"):
+    if dropped:
+        journal.drop_through(6)
+    writer.take(encode_batch("t6", data[6]))  # batch 7, answered, then the process dies
+    with pytest.raises(JournalOfAnotherStore, match=refusal):
         writer_on(older, journal)
 
 
@@ -337,20 +347,6 @@ def test_a_database_made_afresh_after_a_clean_stop_keeps_its_first_batch_through
         after.store()
     after.recover()
     assert fresh.progress["api-journal:main"].rows_done == 5
-
-
-def test_an_older_copy_given_one_journaled_batch_that_is_not_its_next_is_refused() -> None:
-    """The journal dropped the batches after the copy's last: its one batch beyond is not the next."""
-    data = batches()
-    store, journal = InMemoryStreamStore(), InMemoryIngestJournal()
-    writer, _ = writer_on(store, journal)
-    store_batches(writer, data, range(2))
-    older = copy.deepcopy(store)
-    store_batches(writer, data, range(2, 6))
-    journal.drop_through(6)
-    writer.take(encode_batch("t6", data[6]))  # batch 7, answered, then the process dies
-    with pytest.raises(JournalOfAnotherStore, match="batches 7-7 that this database never stored"):
-        writer_on(older, journal)
 
 
 def test_a_database_made_afresh_after_a_clean_stop_goes_on_with_the_journal() -> None:
