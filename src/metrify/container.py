@@ -212,7 +212,7 @@ class Container(containers.DeclarativeContainer):
         memory=providers.Singleton(
             BoundedCache, max_items=IDEMPOTENT_ANSWERS_IN_PROCESS, max_bytes=IDEMPOTENT_ANSWER_BYTES_IN_PROCESS
         ),
-        redis=providers.Singleton(_redis_cache, client=redis_client),
+        redis=cache,  # the same RedisCache: both select Redis by the same setting
     )
     event_bus = providers.Selector(
         providers.Callable(lambda s: "kafka" if s.kafka.bootstrap else "memory", settings),

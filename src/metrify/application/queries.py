@@ -8,6 +8,7 @@ overlap it (a gap still open reaches forever).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +63,11 @@ class ConsumerLag:
     @property
     def behind(self) -> int:
         return self.end - (self.committed or 0)
+
+
+def total_behind(rows: Iterable[ConsumerLag]) -> int:
+    """Records a group has not read yet, over its partitions."""
+    return sum(row.behind for row in rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -231,10 +231,11 @@ def require_topics(admin: AdminClient, names: TopicNames, timeout: float = 10.0)
 
 
 def group_lag(
-    bootstrap: str, group: str, topics: dict[str, int], timeout: float = 10.0
+    bootstrap: str, group: str, topics: dict[str, int], timeout: float = 10.0, admin: AdminClient | None = None
 ) -> dict[tuple[str, int], tuple[int | None, int]]:
-    """(committed offset or None, end offset) of a group on every partition of these topics."""
-    admin = admin_client(bootstrap)
+    """(committed offset or None, end offset) of a group on every partition of these topics
+    (asked through `admin` when given, else a client of its own)."""
+    admin = admin or admin_client(bootstrap)
     ends = end_offsets(admin, topics, timeout)
     from confluent_kafka import ConsumerGroupTopicPartitions
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from metrify.adapters.kafka.admin import KafkaUnavailable, admin_client, end_offsets, group_lag, topic_partitions
 from metrify.adapters.kafka.clients import TopicNames
-from metrify.application.queries import ConsumerLag, ProcessingLag
+from metrify.application.queries import ConsumerLag, ProcessingLag, total_behind
 
 log = logging.getLogger("metrify.kafka")
 
@@ -38,16 +38,17 @@ def measure_lag(
     def left() -> float:
         return max(0.1, deadline - time.monotonic())
 
-    present = topic_partitions(admin_client(bootstrap), left())
+    admin = admin_client(bootstrap)  # one client for every question of this measure
+    present = topic_partitions(admin, left())
     if names.raw not in present:
         raise RawTopicMissing(f"{names.raw} does not exist: run `metrify topics create`")
     # group_lag asks twice (end offsets, then the group's): half of what is left each
-    worker = group_lag(bootstrap, worker_group, {names.raw: present[names.raw][0]}, left() / 2)
+    worker = group_lag(bootstrap, worker_group, {names.raw: present[names.raw][0]}, left() / 2, admin)
     outputs = {topic: present[topic][0] for topic in names.outputs.values() if topic in present}
-    ends = end_offsets(admin_client(bootstrap), outputs, left())
+    ends = end_offsets(admin, outputs, left())
     held = stored(list(outputs))
     if held is None:
-        by_group = group_lag(bootstrap, sink_group, outputs, left() / 2)
+        by_group = group_lag(bootstrap, sink_group, outputs, left() / 2, admin)
         held = {key: committed for key, (committed, _) in by_group.items() if committed is not None}
 
     def rows(group: str, found: dict[tuple[str, int], tuple[int | None, int]]) -> list[ConsumerLag]:
@@ -105,9 +106,4 @@ class KafkaLagProbe:
         except Exception as exc:  # noqa: BLE001 - the summary answers; the log has the details
             log.warning("the lag was not measured", exc_info=exc)
             return ProcessingLag("kafka", None, None, error=f"the lag was not measured: {type(exc).__name__}")
-        return ProcessingLag(
-            "kafka",
-            sum(row.behind for row in worker),
-            sum(row.behind for row in sink),
-            (*worker, *sink),
-        )
+        return ProcessingLag("kafka", total_behind(worker), total_behind(sink), (*worker, *sink))

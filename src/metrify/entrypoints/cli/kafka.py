@@ -13,7 +13,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from metrify.application.queries import ConsumerLag
+from metrify.application.queries import ConsumerLag, total_behind
 from metrify.application.replay import ReplayOptions, SourceError
 from metrify.entrypoints.cli.app import app, console, state
 from metrify.entrypoints.cli.errors import UserError
@@ -141,8 +141,8 @@ def topics_lag(
 
     if as_json:
         report = {
-            "worker": {"group": settings.kafka.group_id, "lag": _total(worker), "partitions": _rows(worker)},
-            "sink": {"group": settings.kafka.sink_group_id, "lag": _total(sink), "partitions": _rows(sink)},
+            "worker": {"group": settings.kafka.group_id, "lag": total_behind(worker), "partitions": _rows(worker)},
+            "sink": {"group": settings.kafka.sink_group_id, "lag": total_behind(sink), "partitions": _rows(sink)},
         }
         print(orjson.dumps(report).decode())
         return
@@ -150,17 +150,13 @@ def topics_lag(
         (f"workers ({settings.kafka.group_id})", worker),
         (f"sink ({settings.kafka.sink_group_id})", sink),
     ):
-        table = Table(title=f"{title}: lag {_total(rows):,}")
+        table = Table(title=f"{title}: lag {total_behind(rows):,}")
         for column in ("topic", "partition", "committed", "end", "lag"):
             table.add_column(column, justify="left" if column == "topic" else "right")
         for row in rows:
             shown = "-" if row.committed is None else f"{row.committed:,}"
             table.add_row(row.topic, str(row.partition), shown, f"{row.end:,}", f"{row.behind:,}")
         console.print(table)
-
-
-def _total(rows: list[ConsumerLag]) -> int:
-    return sum(row.behind for row in rows)
 
 
 def _rows(rows: list[ConsumerLag]) -> list[dict[str, object]]:
